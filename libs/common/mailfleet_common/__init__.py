@@ -1,0 +1,1 @@
+"""Shared pieces of the mailfleet services: settings, bus contract, database, crypto."""

@@ -1,0 +1,74 @@
+"""The bus contract: every event and command that crosses a service boundary."""
+
+from datetime import datetime
+from typing import Literal
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class RecipientsEnqueued(_Message):
+    """api -> dispatcher: a campaign has new queued messages; dispatch them soon."""
+
+    campaign_id: UUID
+    count: int = Field(ge=0)
+
+
+class SendBatch(_Message):
+    """dispatcher -> sender: deliver these messages through this account now, in order.
+
+    A command may arrive twice (a sweep re-dispatch, a redelivery after a replica died): the
+    sender's compare-and-set claim makes every repeat a no-op.
+    """
+
+    account_id: UUID
+    message_ids: list[int] = Field(min_length=1, max_length=10_000)
+    dispatched_at: datetime
+
+
+Outcome = Literal["sent", "deferred", "failed", "uncertain"]
+
+
+class SendAttempt(_Message):
+    """One SMTP attempt and its outcome."""
+
+    message_id: int
+    campaign_id: UUID
+    account_id: UUID
+    attempt: int = Field(ge=1)
+    outcome: Outcome
+    smtp_code: int | None = None
+    detail: str | None = None
+    attempted_at: datetime
+
+
+class SendAttempts(_Message):
+    """sender -> dispatcher: the attempts one sender finished since its last report.
+
+    Batched because one bus message per email per hop costs more CPU than the email itself.
+    """
+
+    attempts: list[SendAttempt] = Field(min_length=1)
+
+
+class AccountPaused(_Message):
+    """sender or dispatcher -> anyone: an account was paused automatically, and why."""
+
+    account_id: UUID
+    reason: str
+    paused_at: datetime
+
+
+class MessagesUncertain(_Message):
+    """dispatcher -> anyone: these messages may or may not have been delivered.
+
+    Their sender died between claiming them and recording the SMTP outcome. They are never
+    re-sent automatically: an operator decides.
+    """
+
+    message_ids: list[int] = Field(min_length=1)
+    found_at: datetime

@@ -1,0 +1,43 @@
+"""Settings sections shared by every service; each service adds its own on top."""
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PostgresSettings(BaseModel):
+    dsn: str = "postgresql://postgres@127.0.0.1:5432/mailfleet"
+    pool_min: int = Field(default=2, ge=1)
+    pool_max: int = Field(default=10, ge=1)
+
+
+class RabbitSettings(BaseModel):
+    url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+
+
+class CryptoSettings(BaseModel):
+    """Fernet keys for secrets at rest, newest first: the first encrypts, all decrypt.
+
+    MAILFLEET_CRYPTO__KEYS is a comma-separated list; rotate by prepending a new key and
+    re-encrypting (``mailfleet rotate-secrets``) before the old one is dropped.
+    """
+
+    keys: SecretStr = SecretStr("")
+
+
+class HttpSettings(BaseModel):
+    """Where a service answers HTTP: the API itself, or /metrics and health for workers."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+
+
+class ServiceSettings(BaseSettings):
+    """Base for each service's Settings: MAILFLEET_POSTGRES__DSN, MAILFLEET_RABBIT__URL, ..."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILFLEET_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    postgres: PostgresSettings = PostgresSettings()
+    rabbit: RabbitSettings = RabbitSettings()
+    log_level: str = "INFO"

@@ -1,0 +1,50 @@
+"""RabbitMQ exchanges, queues and routing keys: the wiring every producer and consumer shares.
+
+- ``mailfleet.events`` (topic): domain events, routed by their name (``enqueue``,
+  ``send-attempt``, ``account-paused``, ...).
+- ``mailfleet.send`` (direct): send commands, routed by account id to that account's own
+  durable queue ``mailfleet.send.<account id>``. Those queues have single-active-consumer
+  set, so exactly one sender replica delivers for an account at any moment.
+- ``mailfleet.dead`` (fanout) -> ``mailfleet.dead-letter``: what a consumer rejected.
+"""
+
+from uuid import UUID
+
+from faststream.rabbit import ExchangeType, RabbitExchange, RabbitQueue
+
+EVENTS = RabbitExchange("mailfleet.events", type=ExchangeType.TOPIC, durable=True)
+SEND = RabbitExchange("mailfleet.send", type=ExchangeType.DIRECT, durable=True)
+DEAD = RabbitExchange("mailfleet.dead", type=ExchangeType.FANOUT, durable=True)
+
+DEAD_LETTER_QUEUE = RabbitQueue("mailfleet.dead-letter", durable=True)
+
+ENQUEUE_KEY = "enqueue"
+SEND_ATTEMPT_KEY = "send-attempt"
+ACCOUNT_PAUSED_KEY = "account-paused"
+MESSAGE_UNCERTAIN_KEY = "message-uncertain"
+
+_DEAD_LETTERED = {"x-dead-letter-exchange": DEAD.name}
+
+
+def event_queue(name: str, routing_key: str) -> RabbitQueue:
+    """A durable, dead-lettered queue of one consumer group for one event type."""
+    return RabbitQueue(name, durable=True, routing_key=routing_key, arguments=dict(_DEAD_LETTERED))
+
+
+def send_queue_name(account_id: UUID) -> str:
+    return f"mailfleet.send.{account_id}"
+
+
+def send_queue(account_id: UUID) -> RabbitQueue:
+    """The account's own command queue; one active consumer at a time across all replicas."""
+    return RabbitQueue(
+        send_queue_name(account_id),
+        durable=True,
+        routing_key=str(account_id),
+        arguments={**_DEAD_LETTERED, "x-single-active-consumer": True},
+    )
+
+
+ENQUEUE_QUEUE = event_queue("mailfleet.dispatcher.enqueue", ENQUEUE_KEY)
+SEND_ATTEMPT_QUEUE = event_queue("mailfleet.dispatcher.send-attempt", SEND_ATTEMPT_KEY)
+ACCOUNT_PAUSED_QUEUE = event_queue("mailfleet.dispatcher.account-paused", ACCOUNT_PAUSED_KEY)
