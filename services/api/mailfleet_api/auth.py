@@ -1,0 +1,118 @@
+"""Credentials: argon2 password hashes, signed access tokens (JWT) and API keys."""
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+from uuid import UUID
+
+import jwt
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+
+from mailfleet_api.errors import UnauthenticatedError
+from mailfleet_api.settings import MIN_JWT_SECRET_LENGTH, AuthSettings
+
+Role = Literal["admin", "operator", "viewer"]
+ROLE_RANK: dict[str, int] = {"viewer": 0, "operator": 1, "admin": 2}
+
+API_KEY_SCHEME = "mf"
+_JWT_ALGORITHM = "HS256"
+_hasher = PasswordHasher()
+# Verified against when the email is unknown, so a login takes as long either way.
+_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+class InsecureSecretError(ValueError):
+    """The configured JWT secret is missing or too short."""
+
+
+def hash_password(password: str) -> str:
+    return _hasher.hash(password)
+
+
+def verify_password(password_hash: str | None, password: str) -> bool:
+    """Check a password; with no hash (unknown user) spend the same time and say no."""
+    try:
+        return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+@dataclass(frozen=True)
+class TokenSigner:
+    """Issues and checks HS256 access tokens whose subject is a user id."""
+
+    secret: str
+    ttl: timedelta
+
+    @classmethod
+    def from_settings(cls, settings: AuthSettings) -> "TokenSigner":
+        secret = settings.jwt_secret.get_secret_value()
+        if not secret and settings.dev_ephemeral_secret:
+            secret = secrets.token_urlsafe(48)
+        if len(secret) < MIN_JWT_SECRET_LENGTH:
+            raise InsecureSecretError(
+                f"MAILFLEET_AUTH__JWT_SECRET must hold at least {MIN_JWT_SECRET_LENGTH} "
+                "characters (or leave it empty and set MAILFLEET_AUTH__DEV_EPHEMERAL_SECRET=true "
+                "for a throwaway secret in development)"
+            )
+        return cls(secret=secret, ttl=timedelta(seconds=settings.token_ttl_s))
+
+    def issue(self, user_id: UUID, now: datetime | None = None) -> tuple[str, datetime]:
+        issued = now or datetime.now(UTC)
+        expires = issued + self.ttl
+        claims = {"sub": str(user_id), "iat": issued, "exp": expires, "typ": "access"}
+        return jwt.encode(claims, self.secret, algorithm=_JWT_ALGORITHM), expires
+
+    def user_id(self, token: str) -> UUID:
+        """The user a valid, unexpired token was issued to."""
+        try:
+            claims = jwt.decode(
+                token,
+                self.secret,
+                algorithms=[_JWT_ALGORITHM],
+                options={"require": ["sub", "exp", "iat"]},
+            )
+            if claims.get("typ") != "access":
+                raise UnauthenticatedError("not an access token")
+            return UUID(claims["sub"])
+        except jwt.ExpiredSignatureError as exc:
+            raise UnauthenticatedError("access token expired") from exc
+        except (jwt.InvalidTokenError, ValueError) as exc:
+            raise UnauthenticatedError("invalid access token") from exc
+
+
+@dataclass(frozen=True)
+class NewApiKey:
+    prefix: str
+    key: str
+    key_hash: bytes
+
+
+def generate_api_key() -> NewApiKey:
+    """A key ``mf_<prefix>_<secret>``; only the prefix and a hash of the secret are stored."""
+    prefix = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    return NewApiKey(prefix, f"{API_KEY_SCHEME}_{prefix}_{secret}", hash_api_secret(secret))
+
+
+def hash_api_secret(secret: str) -> bytes:
+    # The secret is 256 random bits, so a fast hash is as safe as a slow one and keeps
+    # per-request authentication cheap.
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def split_api_key(token: str) -> tuple[str, str] | None:
+    """(prefix, secret) of something shaped like an API key, else None."""
+    scheme, _, rest = token.partition("_")
+    prefix, _, secret = rest.partition("_")
+    if scheme != API_KEY_SCHEME or not prefix or not secret:
+        return None
+    return prefix, secret
+
+
+def api_secret_matches(secret: str, key_hash: bytes) -> bool:
+    return hmac.compare_digest(hash_api_secret(secret), key_hash)

@@ -1,0 +1,605 @@
+"""Every SQL statement the API runs. The caller owns the transaction."""
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from mailfleet_common.db import Conn
+
+from mailfleet_api import schemas
+
+# --- users --------------------------------------------------------------------------------
+
+_USER_COLUMNS = "id, email, role, disabled, created_at"
+
+
+async def insert_user(
+    conn: Conn, email: str, password_hash: str, role: str
+) -> schemas.User | None:
+    """Create a user, or return None if the email is taken (case-insensitively)."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO users (email, password_hash, role) VALUES ($1, $2, $3)
+        ON CONFLICT (lower(email)) DO NOTHING
+        RETURNING id, email, role, disabled, created_at
+        """,
+        email,
+        password_hash,
+        role,
+    )
+    return None if row is None else schemas.User.model_validate(dict(row))
+
+
+async def fetch_login(conn: Conn, email: str) -> asyncpg.Record | None:
+    """The id, password hash and disabled flag of the user with this email."""
+    return await conn.fetchrow(
+        "SELECT id, password_hash, disabled FROM users WHERE lower(email) = lower($1)", email
+    )
+
+
+async def fetch_user_role(conn: Conn, user_id: UUID) -> str | None:
+    """The role of an enabled user, or None if the user is gone or disabled."""
+    role: str | None = await conn.fetchval(
+        "SELECT role FROM users WHERE id = $1 AND NOT disabled", user_id
+    )
+    return role
+
+
+async def fetch_user_by_email(conn: Conn, email: str) -> schemas.User | None:
+    row = await conn.fetchrow(
+        "SELECT id, email, role, disabled, created_at FROM users WHERE lower(email) = lower($1)",
+        email,
+    )
+    return None if row is None else schemas.User.model_validate(dict(row))
+
+
+async def list_users(conn: Conn, limit: int, offset: int) -> tuple[list[schemas.User], int]:
+    rows = await conn.fetch(
+        """
+        SELECT id, email, role, disabled, created_at FROM users
+        ORDER BY created_at, id LIMIT $1 OFFSET $2
+        """,
+        limit,
+        offset,
+    )
+    total: int = await conn.fetchval("SELECT count(*) FROM users")
+    return [schemas.User.model_validate(dict(r)) for r in rows], total
+
+
+# --- API keys -----------------------------------------------------------------------------
+
+
+async def insert_api_key(
+    conn: Conn, user_id: UUID, name: str, prefix: str, key_hash: bytes, role: str
+) -> schemas.ApiKey:
+    row = await conn.fetchrow(
+        """
+        INSERT INTO api_keys (user_id, name, prefix, key_hash, role)
+        VALUES ($1, $2, $3, $4, $5)
+        RETURNING id, user_id, name, prefix, role, created_at, last_used_at, revoked_at
+        """,
+        user_id,
+        name,
+        prefix,
+        key_hash,
+        role,
+    )
+    return schemas.ApiKey.model_validate(dict(row))  # type: ignore[arg-type]
+
+
+async def fetch_api_key_for_auth(conn: Conn, prefix: str) -> asyncpg.Record | None:
+    """A live key with this prefix whose user is enabled, with the key's hash and role."""
+    return await conn.fetchrow(
+        """
+        SELECT k.id, k.user_id, k.key_hash, k.role AS key_role, u.role AS user_role
+        FROM api_keys k JOIN users u ON u.id = k.user_id
+        WHERE k.prefix = $1 AND k.revoked_at IS NULL AND NOT u.disabled
+        """,
+        prefix,
+    )
+
+
+async def touch_api_key(conn: Conn, key_id: UUID) -> None:
+    """Record a use of the key, at most once a minute so reads stay reads."""
+    await conn.execute(
+        """
+        UPDATE api_keys SET last_used_at = now()
+        WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < now() - interval '1 minute')
+        """,
+        key_id,
+    )
+
+
+async def list_api_keys(conn: Conn, limit: int, offset: int) -> tuple[list[schemas.ApiKey], int]:
+    rows = await conn.fetch(
+        """
+        SELECT id, user_id, name, prefix, role, created_at, last_used_at, revoked_at
+        FROM api_keys ORDER BY created_at, id LIMIT $1 OFFSET $2
+        """,
+        limit,
+        offset,
+    )
+    total: int = await conn.fetchval("SELECT count(*) FROM api_keys")
+    return [schemas.ApiKey.model_validate(dict(r)) for r in rows], total
+
+
+async def revoke_api_key(conn: Conn, key_id: UUID) -> schemas.ApiKey | None:
+    """Revoke a key (keeping the first revocation time); None if there is no such key."""
+    row = await conn.fetchrow(
+        """
+        UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
+        RETURNING id, user_id, name, prefix, role, created_at, last_used_at, revoked_at
+        """,
+        key_id,
+    )
+    return None if row is None else schemas.ApiKey.model_validate(dict(row))
+
+
+# --- accounts -----------------------------------------------------------------------------
+
+_ACCOUNT_SELECT = """
+    SELECT a.id, a.name, a.kind, a.smtp_host, a.smtp_port, a.smtp_tls, a.smtp_username,
+           a.smtp_password_enc IS NOT NULL AS has_password, a.from_email, a.from_name,
+           a.daily_limit, a.min_gap_ms, a.warmup_started_on IS NOT NULL AS warmup_enabled,
+           a.warmup_started_on, a.warmup_initial, a.warmup_increment, a.status,
+           a.status_reason, a.created_at, a.updated_at,
+           d.day, coalesce(u.reserved, 0) AS reserved, coalesce(u.sent, 0) AS sent,
+           coalesce(u.failed, 0) AS failed, account_effective_limit(a, d.day) AS effective_limit
+    FROM accounts a
+    CROSS JOIN (SELECT (now() AT TIME ZONE 'utc')::date AS day) d
+    LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = d.day
+"""
+
+_USAGE_FIELDS = ("day", "reserved", "sent", "failed", "effective_limit")
+
+
+def _account(row: asyncpg.Record) -> schemas.Account:
+    values = dict(row)
+    usage = {field: values.pop(field) for field in _USAGE_FIELDS}
+    return schemas.Account.model_validate({**values, "today": usage})
+
+
+async def fetch_account(conn: Conn, account_id: UUID) -> schemas.Account | None:
+    row = await conn.fetchrow(_ACCOUNT_SELECT + " WHERE a.id = $1", account_id)
+    return None if row is None else _account(row)
+
+
+async def list_accounts(
+    conn: Conn, limit: int, offset: int, include_archived: bool
+) -> tuple[list[schemas.Account], int]:
+    rows = await conn.fetch(
+        _ACCOUNT_SELECT
+        + " WHERE $3 OR a.status <> 'archived' ORDER BY a.created_at, a.id LIMIT $1 OFFSET $2",
+        limit,
+        offset,
+        include_archived,
+    )
+    total: int = await conn.fetchval(
+        "SELECT count(*) FROM accounts WHERE $1 OR status <> 'archived'", include_archived
+    )
+    return [_account(r) for r in rows], total
+
+
+async def insert_account(conn: Conn, values: dict[str, Any]) -> UUID:
+    """Create an account from the full set of its writable columns; returns its id."""
+    account_id: UUID = await conn.fetchval(
+        """
+        INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, smtp_username,
+                              smtp_password_enc, from_email, from_name, daily_limit, min_gap_ms,
+                              warmup_started_on, warmup_initial, warmup_increment, status,
+                              status_reason)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+        RETURNING id
+        """,
+        *(values[column] for column in ACCOUNT_WRITABLE),
+    )
+    return account_id
+
+
+ACCOUNT_WRITABLE = (
+    "name", "smtp_host", "smtp_port", "smtp_tls", "smtp_username", "smtp_password_enc",
+    "from_email", "from_name", "daily_limit", "min_gap_ms", "warmup_started_on",
+    "warmup_initial", "warmup_increment", "status", "status_reason",
+)  # fmt: skip
+
+
+async def lock_account(conn: Conn, account_id: UUID) -> dict[str, Any] | None:
+    """The writable columns of an account, row-locked until the transaction ends."""
+    row = await conn.fetchrow(
+        """
+        SELECT name, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
+               from_email, from_name, daily_limit, min_gap_ms, warmup_started_on,
+               warmup_initial, warmup_increment, status, status_reason
+        FROM accounts WHERE id = $1 FOR UPDATE
+        """,
+        account_id,
+    )
+    return None if row is None else dict(row)
+
+
+async def update_account(conn: Conn, account_id: UUID, values: dict[str, Any]) -> None:
+    """Write the full set of an account's writable columns."""
+    await conn.execute(
+        """
+        UPDATE accounts SET name = $2, smtp_host = $3, smtp_port = $4, smtp_tls = $5,
+               smtp_username = $6, smtp_password_enc = $7, from_email = $8, from_name = $9,
+               daily_limit = $10, min_gap_ms = $11, warmup_started_on = $12,
+               warmup_initial = $13, warmup_increment = $14, status = $15, status_reason = $16,
+               updated_at = now()
+        WHERE id = $1
+        """,
+        account_id,
+        *(values[column] for column in ACCOUNT_WRITABLE),
+    )
+
+
+async def archive_account(conn: Conn, account_id: UUID) -> bool:
+    """Archive an account; False if there is no such account."""
+    found = await conn.fetchval(
+        """
+        UPDATE accounts
+        SET status = 'archived', status_reason = 'archived via API', updated_at = now()
+        WHERE id = $1
+        RETURNING true
+        """,
+        account_id,
+    )
+    return bool(found)
+
+
+async def unusable_accounts(conn: Conn, account_ids: Sequence[UUID]) -> list[UUID]:
+    """The given ids that name no account, or an archived one."""
+    rows = await conn.fetch(
+        """
+        SELECT i.id FROM unnest($1::uuid[]) AS i (id)
+        WHERE NOT EXISTS (SELECT 1 FROM accounts a WHERE a.id = i.id AND a.status <> 'archived')
+        """,
+        list(account_ids),
+    )
+    return [r["id"] for r in rows]
+
+
+async def fetch_account_secrets(conn: Conn) -> list[asyncpg.Record]:
+    """Every account's encrypted password, row-locked for re-encryption."""
+    return await conn.fetch(
+        "SELECT id, smtp_password_enc FROM accounts WHERE smtp_password_enc IS NOT NULL "
+        "ORDER BY id FOR UPDATE"
+    )
+
+
+async def set_account_secret(conn: Conn, account_id: UUID, encrypted: bytes) -> None:
+    await conn.execute(
+        "UPDATE accounts SET smtp_password_enc = $2 WHERE id = $1", account_id, encrypted
+    )
+
+
+# --- campaigns ----------------------------------------------------------------------------
+
+_CAMPAIGN_SUMMARY = """
+    id, owner_id, name, subject, account_ids, status, start_at, tracking, created_at,
+    updated_at, completed_at
+"""
+
+
+async def insert_campaign(conn: Conn, owner_id: UUID, body: schemas.CampaignCreate) -> UUID:
+    campaign_id: UUID = await conn.fetchval(
+        """
+        INSERT INTO campaigns (owner_id, name, subject, html_body, text_body, account_ids,
+                               start_at, tracking)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        RETURNING id
+        """,
+        owner_id,
+        body.name,
+        body.subject,
+        body.html_body,
+        body.text_body,
+        list(dict.fromkeys(body.account_ids)),
+        body.start_at,
+        body.tracking,
+    )
+    return campaign_id
+
+
+async def fetch_campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign | None:
+    """A campaign with the number of its messages in each status."""
+    row = await conn.fetchrow(
+        """
+        SELECT c.id, c.owner_id, c.name, c.subject, c.account_ids, c.status, c.start_at,
+               c.tracking, c.created_at, c.updated_at, c.completed_at, c.html_body, c.text_body,
+               coalesce((SELECT jsonb_object_agg(s.status, s.n) FROM (
+                   SELECT status, count(*) AS n FROM messages WHERE campaign_id = c.id
+                   GROUP BY status) s), '{}'::jsonb) AS messages
+        FROM campaigns c WHERE c.id = $1
+        """,
+        campaign_id,
+    )
+    if row is None:
+        return None
+    values = dict(row)
+    values["total_messages"] = sum(values["messages"].values())
+    return schemas.Campaign.model_validate(values)
+
+
+async def list_campaigns(
+    conn: Conn, limit: int, offset: int, status: str | None
+) -> tuple[list[schemas.CampaignSummary], int]:
+    rows = await conn.fetch(
+        """
+        SELECT id, owner_id, name, subject, account_ids, status, start_at, tracking,
+               created_at, updated_at, completed_at
+        FROM campaigns WHERE $3::text IS NULL OR status = $3
+        ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2
+        """,
+        limit,
+        offset,
+        status,
+    )
+    total: int = await conn.fetchval(
+        "SELECT count(*) FROM campaigns WHERE $1::text IS NULL OR status = $1", status
+    )
+    return [schemas.CampaignSummary.model_validate(dict(r)) for r in rows], total
+
+
+async def fetch_campaign_status(conn: Conn, campaign_id: UUID) -> str | None:
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM campaigns WHERE id = $1", campaign_id
+    )
+    return status
+
+
+async def start_campaign(conn: Conn, campaign_id: UUID, start_at: datetime | None) -> bool:
+    """draft/paused -> running, keeping the stored start_at unless one is given."""
+    found = await conn.fetchval(
+        """
+        UPDATE campaigns
+        SET status = 'running', start_at = coalesce($2, start_at), updated_at = now()
+        WHERE id = $1 AND status IN ('draft', 'paused')
+        RETURNING true
+        """,
+        campaign_id,
+        start_at,
+    )
+    return bool(found)
+
+
+async def pause_campaign(conn: Conn, campaign_id: UUID) -> bool:
+    """Pause a running campaign."""
+    found = await conn.fetchval(
+        """
+        UPDATE campaigns SET status = 'paused', updated_at = now()
+        WHERE id = $1 AND status = 'running'
+        RETURNING true
+        """,
+        campaign_id,
+    )
+    return bool(found)
+
+
+async def cancel_campaign(conn: Conn, campaign_id: UUID) -> tuple[int, int] | None:
+    """Cancel a draft/running/paused campaign and its unsent messages, in one statement.
+
+    Returns (messages cancelled, reservations released), or None if the campaign is in no
+    cancellable status. The messages are locked first (FOR UPDATE re-reads a row a sender
+    changed meanwhile), so a message a sender has just claimed (`sending`) is left alone and
+    only the messages that really were `assigned` give their unit back, to the UTC day they
+    were assigned on.
+    """
+    row = await conn.fetchrow(
+        """
+        WITH campaign AS (
+            UPDATE campaigns SET status = 'cancelled', updated_at = now()
+            WHERE id = $1 AND status IN ('draft', 'running', 'paused')
+            RETURNING id
+        ), unsent AS (
+            SELECT m.id, m.status, m.account_id, m.assigned_at
+            FROM messages m JOIN campaign c ON c.id = m.campaign_id
+            WHERE m.status IN ('queued', 'assigned', 'deferred')
+            FOR UPDATE OF m
+        ), cancelled AS (
+            UPDATE messages m SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
+            FROM unsent
+            WHERE m.id = unsent.id
+            RETURNING unsent.status AS was, unsent.account_id, unsent.assigned_at
+        ), released AS (
+            SELECT account_id, (assigned_at AT TIME ZONE 'utc')::date AS day, count(*) AS n
+            FROM cancelled
+            WHERE was = 'assigned' AND account_id IS NOT NULL AND assigned_at IS NOT NULL
+            GROUP BY 1, 2
+        ), usage AS (
+            UPDATE account_daily_usage u SET reserved = greatest(u.reserved - r.n, 0)
+            FROM released r
+            WHERE u.account_id = r.account_id AND u.day = r.day
+            RETURNING r.n
+        )
+        SELECT (SELECT count(*) FROM campaign) AS campaigns,
+               (SELECT count(*) FROM cancelled) AS messages,
+               (SELECT coalesce(sum(n), 0) FROM usage) AS released
+        """,
+        campaign_id,
+    )
+    assert row is not None  # noqa: S101 - an aggregate always returns a row
+    if not row["campaigns"]:
+        return None
+    return row["messages"], int(row["released"])
+
+
+async def lock_campaign_status(conn: Conn, campaign_id: UUID) -> str | None:
+    """The campaign's status, row-locked against a concurrent cancel until commit."""
+    status: str | None = await conn.fetchval(
+        "SELECT status FROM campaigns WHERE id = $1 FOR NO KEY UPDATE", campaign_id
+    )
+    return status
+
+
+async def reopen_campaign(conn: Conn, campaign_id: UUID) -> None:
+    """Run a completed campaign again: new recipients arrived."""
+    await conn.execute(
+        """
+        UPDATE campaigns SET status = 'running', completed_at = NULL, updated_at = now()
+        WHERE id = $1 AND status = 'completed'
+        """,
+        campaign_id,
+    )
+
+
+async def count_queued(conn: Conn, campaign_id: UUID) -> int:
+    count: int = await conn.fetchval(
+        "SELECT count(*) FROM messages WHERE campaign_id = $1 AND status = 'queued'", campaign_id
+    )
+    return count
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+async def suppressed_among(conn: Conn, campaign_id: UUID, emails: Sequence[str]) -> set[str]:
+    """The given addresses suppressed (globally or for this campaign) and not expired."""
+    rows = await conn.fetch(
+        """
+        SELECT e.email FROM unnest($2::text[]) AS e (email)
+        WHERE EXISTS (
+            SELECT 1 FROM suppressions s
+            WHERE lower(s.email) = lower(e.email)
+              AND (s.campaign_id IS NULL OR s.campaign_id = $1)
+              AND (s.expires_at IS NULL OR s.expires_at > now())
+        )
+        """,
+        campaign_id,
+        list(emails),
+    )
+    return {r["email"] for r in rows}
+
+
+async def insert_messages(
+    conn: Conn,
+    campaign_id: UUID,
+    emails: Sequence[str],
+    names: Sequence[str | None],
+    variables_json: Sequence[str],
+) -> set[str]:
+    """Queue messages in the given order; returns the addresses that were not there yet."""
+    rows = await conn.fetch(
+        """
+        INSERT INTO messages (campaign_id, email, name, variables)
+        SELECT $1, r.email, r.name, r.variables::jsonb
+        FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+             AS r (email, name, variables, position)
+        ORDER BY r.position
+        ON CONFLICT (campaign_id, lower(email)) DO NOTHING
+        RETURNING email
+        """,
+        campaign_id,
+        list(emails),
+        list(names),
+        list(variables_json),
+    )
+    return {r["email"] for r in rows}
+
+
+async def count_messages_by_status(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM messages GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def count_account_messages_by_status(conn: Conn) -> list[schemas.AccountQueue]:
+    """Per account, its messages in each status (messages not tied to an account left out)."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id AS account_id, a.name, jsonb_object_agg(m.status, m.n) AS by_status
+        FROM (SELECT account_id, status, count(*) AS n FROM messages
+              WHERE account_id IS NOT NULL GROUP BY 1, 2) m
+        JOIN accounts a ON a.id = m.account_id
+        GROUP BY a.id, a.name ORDER BY a.name, a.id
+        """
+    )
+    return [schemas.AccountQueue.model_validate(dict(r)) for r in rows]
+
+
+async def delete_failed_messages(conn: Conn, campaign_id: UUID | None) -> int:
+    removed = await conn.fetchval(
+        """
+        WITH gone AS (
+            DELETE FROM messages
+            WHERE status = 'failed' AND ($1::uuid IS NULL OR campaign_id = $1)
+            RETURNING 1
+        )
+        SELECT count(*) FROM gone
+        """,
+        campaign_id,
+    )
+    return int(removed)
+
+
+# --- stats --------------------------------------------------------------------------------
+
+
+async def count_campaigns_by_status(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM campaigns GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def usage_today(conn: Conn) -> list[schemas.AccountToday]:
+    """Today's (UTC) usage against the effective limit of every account not archived."""
+    rows = await conn.fetch(
+        _ACCOUNT_SELECT + " WHERE a.status <> 'archived' ORDER BY a.name, a.id"
+    )
+    return [
+        schemas.AccountToday(account_id=a.id, name=a.name, status=a.status, usage=a.today)
+        for a in map(_account, rows)
+    ]
+
+
+# --- idempotency --------------------------------------------------------------------------
+
+
+async def claim_idempotency_key(
+    conn: Conn, principal: str, key: str, request_hash: bytes
+) -> bool:
+    """Reserve a key for this request; False if another request holds it already.
+
+    A concurrent request with the same key waits here until the first one commits.
+    """
+    claimed = await conn.fetchval(
+        """
+        INSERT INTO idempotency_keys (principal, key, request_hash, status_code, response)
+        VALUES ($1, $2, $3, 0, '{}')
+        ON CONFLICT (principal, key) DO NOTHING
+        RETURNING true
+        """,
+        principal,
+        key,
+        request_hash,
+    )
+    return bool(claimed)
+
+
+async def fetch_idempotent_response(
+    conn: Conn, principal: str, key: str
+) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """
+        SELECT request_hash, status_code, response FROM idempotency_keys
+        WHERE principal = $1 AND key = $2
+        """,
+        principal,
+        key,
+    )
+
+
+async def store_idempotent_response(
+    conn: Conn, principal: str, key: str, status_code: int, response: dict[str, Any]
+) -> None:
+    await conn.execute(
+        """
+        UPDATE idempotency_keys SET status_code = $3, response = $4
+        WHERE principal = $1 AND key = $2
+        """,
+        principal,
+        key,
+        status_code,
+        response,
+    )
+

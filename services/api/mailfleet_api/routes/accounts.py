@@ -1,0 +1,126 @@
+"""SMTP accounts: configuration, status, and today's usage against the effective limit."""
+
+from datetime import UTC, date, datetime
+from typing import Annotated, Any
+from uuid import UUID
+
+from fastapi import APIRouter, Query, status
+from mailfleet_common.crypto import SecretBox
+
+from mailfleet_api import queries, schemas
+from mailfleet_api.deps import Admin, DbConn, Limit, Offset, Operator, SecretBoxDep, Viewer
+from mailfleet_api.errors import ConflictError, ForbiddenError, NotFoundError
+
+router = APIRouter(prefix="/api/admin/accounts", tags=["accounts"])
+
+# What an operator may do to an account: pause it, or resume it after a pause.
+_OPERATOR_STATUSES = {"active", "paused"}
+
+
+def _today() -> date:
+    return datetime.now(UTC).date()
+
+
+def _status_reason(new_status: str, principal_role: str) -> str | None:
+    return None if new_status == "active" else f"set {new_status} by an {principal_role} via API"
+
+
+def _changed_columns(
+    body: schemas.AccountUpdate, current: dict[str, Any], box: SecretBox, role: str
+) -> dict[str, Any]:
+    values = dict(current)
+    for field in body.model_fields_set:
+        value = getattr(body, field)
+        if field == "smtp_password":
+            values["smtp_password_enc"] = None if value is None else box.encrypt(
+                value.get_secret_value()
+            )
+        elif field == "warmup_enabled":
+            # Enabling again keeps the ramp where it is; disabling drops it.
+            values["warmup_started_on"] = (current["warmup_started_on"] or _today()) if value \
+                else None
+        elif field == "status":
+            if value != current["status"]:
+                values["status"] = value
+                values["status_reason"] = _status_reason(value, role)
+        else:
+            values[field] = value
+    return values
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+async def create_account(
+    body: schemas.AccountCreate, conn: DbConn, box: SecretBoxDep, principal: Admin
+) -> schemas.Account:
+    """Create an SMTP account; its password is stored encrypted and never returned."""
+    password = body.smtp_password
+    values = body.model_dump(exclude={"smtp_password", "warmup_enabled"})
+    values["smtp_password_enc"] = None if password is None else box.encrypt(
+        password.get_secret_value()
+    )
+    values["warmup_started_on"] = _today() if body.warmup_enabled else None
+    values["status_reason"] = _status_reason(body.status, principal.role)
+    account_id = await queries.insert_account(conn, values)
+    account = await queries.fetch_account(conn, account_id)
+    assert account is not None  # noqa: S101 - inserted just now on this connection
+    return account
+
+
+@router.get("")
+async def list_accounts(
+    conn: DbConn,
+    _: Viewer,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    include_archived: Annotated[bool, Query()] = False,
+) -> schemas.Page[schemas.Account]:
+    """List accounts with today's usage, oldest first."""
+    items, total = await queries.list_accounts(conn, limit, offset, include_archived)
+    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{account_id}")
+async def get_account(account_id: UUID, conn: DbConn, _: Viewer) -> schemas.Account:
+    """Show one account with today's usage and effective limit."""
+    account = await queries.fetch_account(conn, account_id)
+    if account is None:
+        raise NotFoundError(f"no account {account_id}")
+    return account
+
+
+@router.patch("/{account_id}")
+async def update_account(
+    account_id: UUID,
+    body: schemas.AccountUpdate,
+    conn: DbConn,
+    box: SecretBoxDep,
+    principal: Operator,
+) -> schemas.Account:
+    """Change an account (admin), or pause/resume it (operator: only ``status``)."""
+    if principal.role != "admin" and (
+        body.model_fields_set != {"status"} or body.status not in _OPERATOR_STATUSES
+    ):
+        raise ForbiddenError("an operator may only set status to active or paused")
+    async with conn.transaction():
+        current = await queries.lock_account(conn, account_id)
+        if current is None:
+            raise NotFoundError(f"no account {account_id}")
+        if current["status"] == "archived":
+            raise ConflictError("the account is archived")
+        if principal.role != "admin" and current["status"] not in _OPERATOR_STATUSES:
+            raise ForbiddenError(f"only an admin may change a {current['status']} account")
+        values = _changed_columns(body, current, box, principal.role)
+        await queries.update_account(conn, account_id, values)
+    account = await queries.fetch_account(conn, account_id)
+    assert account is not None  # noqa: S101 - accounts are archived, never deleted
+    return account
+
+
+@router.delete("/{account_id}")
+async def archive_account(account_id: UUID, conn: DbConn, _: Admin) -> schemas.Account:
+    """Archive an account (status archived): it sends nothing more; its history stays."""
+    if not await queries.archive_account(conn, account_id):
+        raise NotFoundError(f"no account {account_id}")
+    account = await queries.fetch_account(conn, account_id)
+    assert account is not None  # noqa: S101 - accounts are archived, never deleted
+    return account

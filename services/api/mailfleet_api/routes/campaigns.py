@@ -1,0 +1,117 @@
+"""Campaigns: create, list, show, start, pause and cancel."""
+
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Body, Query, status
+from mailfleet_common.db import Conn
+from mailfleet_common.templating import compile_campaign
+
+from mailfleet_api import queries, schemas
+from mailfleet_api.deps import BrokerDep, DbConn, Limit, Offset, Operator, Viewer
+from mailfleet_api.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
+from mailfleet_api.events import announce_recipients
+
+router = APIRouter(prefix="/api/campaigns", tags=["campaigns"])
+
+# Two bodies at their limit, JSON-escaped (up to 6 bytes a character), and the rest.
+_MAX_CAMPAIGN_BYTES = 16 * schemas.MAX_BODY_BYTES
+
+
+async def _campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign:
+    campaign = await queries.fetch_campaign(conn, campaign_id)
+    if campaign is None:
+        raise NotFoundError(f"no campaign {campaign_id}")
+    return campaign
+
+
+async def _wrong_status(conn: Conn, campaign_id: UUID, action: str) -> Exception:
+    current = await queries.fetch_campaign_status(conn, campaign_id)
+    if current is None:
+        return NotFoundError(f"no campaign {campaign_id}")
+    return ConflictError(f"cannot {action} a {current} campaign")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, max_body_size=_MAX_CAMPAIGN_BYTES)
+async def create_campaign(
+    body: schemas.CampaignCreate, conn: DbConn, principal: Operator
+) -> schemas.Campaign:
+    """Create a campaign in draft, after checking its templates and account pool."""
+    for part in ("html_body", "text_body"):
+        text = getattr(body, part)
+        if text is not None and len(text.encode()) > schemas.MAX_BODY_BYTES:
+            raise TooLargeError(f"{part} is larger than {schemas.MAX_BODY_BYTES} bytes")
+    compile_campaign(body.subject, body.html_body, body.text_body)
+    if body.account_ids:
+        unusable = await queries.unusable_accounts(conn, body.account_ids)
+        if unusable:
+            names = ", ".join(map(str, unusable))
+            raise InvalidError(f"account_ids name unknown or archived accounts: {names}")
+    campaign_id = await queries.insert_campaign(conn, principal.user_id, body)
+    return await _campaign(conn, campaign_id)
+
+
+@router.get("")
+async def list_campaigns(
+    conn: DbConn,
+    _: Viewer,
+    limit: Limit = 50,
+    offset: Offset = 0,
+    status: Annotated[schemas.CampaignStatus | None, Query()] = None,
+) -> schemas.Page[schemas.CampaignSummary]:
+    """List campaigns, newest first, optionally only those in one status."""
+    items, total = await queries.list_campaigns(conn, limit, offset, status)
+    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.get("/{campaign_id}")
+async def get_campaign(campaign_id: UUID, conn: DbConn, _: Viewer) -> schemas.Campaign:
+    """Show a campaign with the number of its messages in each status."""
+    return await _campaign(conn, campaign_id)
+
+
+@router.post("/{campaign_id}/start")
+async def start_campaign(
+    campaign_id: UUID,
+    conn: DbConn,
+    broker: BrokerDep,
+    _: Operator,
+    body: Annotated[schemas.CampaignStart | None, Body()] = None,
+) -> schemas.Campaign:
+    """Start (or resume) a draft or paused campaign, optionally not before ``start_at``."""
+    start_at = None if body is None else body.start_at
+    if not await queries.start_campaign(conn, campaign_id, start_at):
+        raise await _wrong_status(conn, campaign_id, "start")
+    queued = await queries.count_queued(conn, campaign_id)
+    if queued:
+        await announce_recipients(broker, campaign_id, queued)
+    return await _campaign(conn, campaign_id)
+
+
+@router.post("/{campaign_id}/pause")
+async def pause_campaign(campaign_id: UUID, conn: DbConn, _: Operator) -> schemas.Campaign:
+    """Pause a running campaign: nothing more is dispatched or claimed until it starts again."""
+    if not await queries.pause_campaign(conn, campaign_id):
+        raise await _wrong_status(conn, campaign_id, "pause")
+    return await _campaign(conn, campaign_id)
+
+
+@router.delete("/{campaign_id}")
+async def cancel_campaign(
+    campaign_id: UUID, conn: DbConn, _: Operator
+) -> schemas.CampaignCancelled:
+    """Cancel a campaign and every message not yet being sent; reservations are given back."""
+    async with conn.transaction():
+        # Locked first so an enqueue that commits meanwhile is seen by the cancel statement.
+        current = await queries.lock_campaign_status(conn, campaign_id)
+        if current is None:
+            raise NotFoundError(f"no campaign {campaign_id}")
+        outcome = await queries.cancel_campaign(conn, campaign_id)
+        if outcome is None:
+            raise ConflictError(f"cannot cancel a {current} campaign")
+    cancelled, released = outcome
+    return schemas.CampaignCancelled(
+        campaign=await _campaign(conn, campaign_id),
+        cancelled_messages=cancelled,
+        released_reservations=released,
+    )

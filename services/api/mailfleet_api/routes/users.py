@@ -1,0 +1,63 @@
+"""Users and their API keys (admin only)."""
+
+from uuid import UUID
+
+from fastapi import APIRouter, status
+
+from mailfleet_api import auth, queries, schemas
+from mailfleet_api.deps import Admin, DbConn, Limit, Offset
+from mailfleet_api.errors import ConflictError, ForbiddenError, NotFoundError
+
+router = APIRouter(prefix="/api/admin", tags=["users"])
+
+
+@router.post("/users", status_code=status.HTTP_201_CREATED)
+async def create_user(body: schemas.UserCreate, conn: DbConn, _: Admin) -> schemas.User:
+    """Create a user with a role."""
+    password_hash = auth.hash_password(body.password.get_secret_value())
+    user = await queries.insert_user(conn, body.email, password_hash, body.role)
+    if user is None:
+        raise ConflictError(f"a user with email {body.email} exists already")
+    return user
+
+
+@router.get("/users")
+async def list_users(
+    conn: DbConn, _: Admin, limit: Limit = 50, offset: Offset = 0
+) -> schemas.Page[schemas.User]:
+    """List users, oldest first."""
+    items, total = await queries.list_users(conn, limit, offset)
+    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.post("/api-keys", status_code=status.HTTP_201_CREATED)
+async def create_api_key(
+    body: schemas.ApiKeyCreate, conn: DbConn, principal: Admin
+) -> schemas.ApiKeyCreated:
+    """Create an API key for the caller; the key is in this response only."""
+    role = body.role or principal.role
+    if auth.ROLE_RANK[role] > auth.ROLE_RANK[principal.role]:
+        raise ForbiddenError(f"a key cannot carry more than your own role ({principal.role})")
+    new = auth.generate_api_key()
+    stored = await queries.insert_api_key(
+        conn, principal.user_id, body.name, new.prefix, new.key_hash, role
+    )
+    return schemas.ApiKeyCreated(**stored.model_dump(), key=new.key)
+
+
+@router.get("/api-keys")
+async def list_api_keys(
+    conn: DbConn, _: Admin, limit: Limit = 50, offset: Offset = 0
+) -> schemas.Page[schemas.ApiKey]:
+    """List API keys (never the keys themselves), oldest first."""
+    items, total = await queries.list_api_keys(conn, limit, offset)
+    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+
+
+@router.delete("/api-keys/{key_id}")
+async def revoke_api_key(key_id: UUID, conn: DbConn, _: Admin) -> schemas.ApiKey:
+    """Revoke an API key; it is refused from then on."""
+    key = await queries.revoke_api_key(conn, key_id)
+    if key is None:
+        raise NotFoundError(f"no API key {key_id}")
+    return key
