@@ -127,10 +127,16 @@ CREATE UNIQUE INDEX messages_campaign_email_key ON messages (campaign_id, lower(
 CREATE INDEX messages_queued_idx ON messages (campaign_id, id) WHERE status = 'queued';
 -- Dispatcher: retries that are due.
 CREATE INDEX messages_deferred_idx ON messages (next_attempt_at) WHERE status = 'deferred';
+-- Dispatcher: a running campaign's due retries, without reading other campaigns' ones.
+CREATE INDEX messages_deferred_campaign_idx ON messages (campaign_id, next_attempt_at)
+    WHERE status = 'deferred';
 -- Dispatcher pacing and sweeps: what each account has in flight.
 CREATE INDEX messages_inflight_idx ON messages (account_id, status, assigned_at)
     WHERE status IN ('assigned', 'sending');
 CREATE INDEX messages_campaign_status_idx ON messages (campaign_id, status);
+-- Dispatcher: messages cancelled while assigned, whose reserved unit is still to give back.
+CREATE INDEX messages_cancelled_assigned_idx ON messages (id)
+    WHERE status = 'cancelled' AND account_id IS NOT NULL;
 CREATE INDEX messages_message_id_idx ON messages (message_id) WHERE message_id IS NOT NULL;
 
 -- One row per SMTP attempt, written in batches from send-attempt events.
