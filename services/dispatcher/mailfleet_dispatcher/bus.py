@@ -1,0 +1,84 @@
+"""The dispatcher's RabbitMQ side: what it declares, the commands and events it publishes."""
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from uuid import UUID
+
+from faststream.rabbit import RabbitBroker
+from mailfleet_common import topology
+from mailfleet_common.messages import MessagesUncertain, SendBatch
+
+from mailfleet_dispatcher import metrics
+
+log = logging.getLogger(__name__)
+
+
+class Bus:
+    """Publishes SendBatch commands and MessagesUncertain events through one broker."""
+
+    def __init__(self, broker: RabbitBroker, batch_size: int) -> None:
+        self._broker = broker
+        self._batch_size = batch_size
+        self._declared: set[UUID] = set()
+
+    async def declare_topology(self) -> None:
+        """Declare the exchanges this service publishes to, and the dead-letter queue.
+
+        Done before the subscribers start, so a message rejected at once still has somewhere
+        to go.
+        """
+        for exchange in (topology.EVENTS, topology.SEND):
+            await self._broker.declare_exchange(exchange)
+        dead = await self._broker.declare_exchange(topology.DEAD)
+        queue = await self._broker.declare_queue(topology.DEAD_LETTER_QUEUE)
+        await queue.bind(dead, routing_key="")
+
+    async def _declare_send_queue(self, account_id: UUID) -> None:
+        # A command published before its queue exists would be dropped as unroutable.
+        if account_id in self._declared:
+            return
+        queue = await self._broker.declare_queue(topology.send_queue(account_id))
+        await queue.bind(topology.SEND.name, routing_key=str(account_id))
+        self._declared.add(account_id)
+
+    async def _publish_account(self, account_id: UUID, message_ids: Sequence[int]) -> int:
+        try:
+            await self._declare_send_queue(account_id)
+            published = 0
+            # In order: a sender delivers an account's commands in the order they arrive.
+            for start in range(0, len(message_ids), self._batch_size):
+                command = SendBatch(
+                    account_id=account_id,
+                    message_ids=list(message_ids[start : start + self._batch_size]),
+                    dispatched_at=datetime.now(UTC),
+                )
+                await self._broker.publish(
+                    command, exchange=topology.SEND, routing_key=str(account_id), persist=True
+                )
+                published += 1
+        except Exception:
+            # The messages stay `assigned`; the stranded sweep gives them back to the queue.
+            metrics.BATCH_PUBLISH_FAILURES.inc()
+            log.exception("could not publish send commands", extra={"account_id": str(account_id)})
+            return 0
+        metrics.BATCHES_PUBLISHED.inc(published)
+        return published
+
+    async def publish_batches(self, assignments: Mapping[UUID, Sequence[int]]) -> int:
+        """Publish each account's messages as SendBatch commands; returns how many went out."""
+        counts = await asyncio.gather(
+            *(self._publish_account(account, ids) for account, ids in assignments.items())
+        )
+        return sum(counts)
+
+    async def publish_uncertain(self, message_ids: Sequence[int]) -> None:
+        """Tell whoever listens that these messages may or may not have been delivered."""
+        event = MessagesUncertain(message_ids=list(message_ids), found_at=datetime.now(UTC))
+        await self._broker.publish(
+            event,
+            exchange=topology.EVENTS,
+            routing_key=topology.MESSAGE_UNCERTAIN_KEY,
+            persist=True,
+        )

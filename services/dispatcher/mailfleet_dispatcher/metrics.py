@@ -1,0 +1,31 @@
+"""Prometheus metrics of the dispatcher (served on /metrics)."""
+
+from prometheus_client import Counter, Histogram
+
+MESSAGES_ASSIGNED = Counter(
+    "mailfleet_dispatcher_messages_assigned_total", "Messages assigned to an account."
+)
+BATCHES_PUBLISHED = Counter(
+    "mailfleet_dispatcher_send_batches_published_total", "SendBatch commands published."
+)
+BATCH_PUBLISH_FAILURES = Counter(
+    "mailfleet_dispatcher_send_batch_failures_total",
+    "SendBatch commands that could not be published (the stranded sweep recovers them).",
+)
+TICK_SECONDS = Histogram(
+    "mailfleet_dispatcher_tick_seconds",
+    "Duration of one assignment tick, commit and publish included.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+TICK_ERRORS = Counter("mailfleet_dispatcher_tick_errors_total", "Assignment ticks that failed.")
+SWEPT = Counter(
+    "mailfleet_dispatcher_swept_total",
+    "Rows changed by the periodic sweeps, by sweep.",
+    ["sweep"],
+)
+SWEEP_ERRORS = Counter("mailfleet_dispatcher_sweep_errors_total", "Sweep passes that failed.")
+RECORDED = Counter(
+    "mailfleet_dispatcher_recorded_rows_total",
+    "Rows written by the recorder, by table (redeliveries write none).",
+    ["table"],
+)

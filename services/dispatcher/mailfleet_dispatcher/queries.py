@@ -1,0 +1,419 @@
+"""Every SQL statement the dispatcher runs. The caller owns the transaction."""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import TypeAlias
+from uuid import UUID
+
+import asyncpg
+from asyncpg.pool import PoolConnectionProxy
+from mailfleet_common.db import Conn as Connection
+from mailfleet_common.messages import SendAttempt
+
+# mailfleet_common.db.Conn names a bare connection; a pooled one is a proxy with the same API.
+Conn: TypeAlias = "Connection | PoolConnectionProxy[asyncpg.Record]"
+
+# Any constant works, as long as every dispatcher replica uses the same one.
+PARTITION_LOCK = 0x6D66_6470_6172_7473  # "mfdparts"
+
+
+@dataclass(frozen=True)
+class LockedAccount:
+    id: UUID
+    min_gap_ms: int
+    effective_limit: int
+    today: date
+
+
+@dataclass(frozen=True)
+class AccountLoad:
+    reserved: int
+    inflight: int
+
+
+@dataclass(frozen=True)
+class Campaign:
+    id: UUID
+    pool: tuple[UUID, ...]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    campaign_id: UUID
+
+
+@dataclass(frozen=True)
+class UncertainMessage:
+    id: int
+    campaign_id: UUID
+    account_id: UUID | None
+    sender_replica: str | None
+
+
+async def lock_active_accounts(conn: Conn) -> list[LockedAccount]:
+    """Lock the active accounts no other dispatcher is working on, with today's limit.
+
+    FOR NO KEY UPDATE rather than FOR UPDATE: it excludes other dispatchers just the same but
+    does not block the FOR KEY SHARE locks that foreign-key checks take (usage rows, messages).
+    """
+    rows = await conn.fetch(
+        """
+        SELECT a.id, a.min_gap_ms, account_effective_limit(a, d.today) AS effective_limit,
+               d.today
+        FROM accounts a, (SELECT (now() AT TIME ZONE 'UTC')::date AS today) d
+        WHERE a.status = 'active'
+        ORDER BY a.id
+        FOR NO KEY UPDATE OF a SKIP LOCKED
+        """
+    )
+    return [LockedAccount(r["id"], r["min_gap_ms"], r["effective_limit"], r["today"]) for r in rows]
+
+
+async def account_loads(
+    conn: Conn, account_ids: Sequence[UUID], day: date
+) -> dict[UUID, AccountLoad]:
+    """What each account has reserved on `day` and has in flight (assigned or sending).
+
+    Run as its own statement after the accounts are locked: its snapshot then includes
+    whatever the previous holder of each lock committed.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT a.id, coalesce(u.reserved, 0) AS reserved,
+               (SELECT count(*) FROM messages m
+                WHERE m.account_id = a.id AND m.status IN ('assigned', 'sending')) AS inflight
+        FROM unnest($1::uuid[]) AS a (id)
+        LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = $2
+        """,
+        account_ids,
+        day,
+    )
+    return {r["id"]: AccountLoad(r["reserved"], r["inflight"]) for r in rows}
+
+
+async def runnable_campaigns(conn: Conn) -> list[Campaign]:
+    """Running campaigns whose start time has come, with their account pools."""
+    rows = await conn.fetch(
+        """
+        SELECT id, account_ids FROM campaigns
+        WHERE status = 'running' AND (start_at IS NULL OR start_at <= now())
+        """
+    )
+    return [Campaign(r["id"], tuple(r["account_ids"])) for r in rows]
+
+
+async def lock_candidates(
+    conn: Conn, campaign_ids: Sequence[UUID], demands: Sequence[int]
+) -> list[Candidate]:
+    """Lock up to `demand` assignable messages of each campaign, oldest first.
+
+    Assignable: queued, or deferred with its retry due. Each campaign reads its own slice of a
+    partial index (messages_queued_idx, messages_deferred_campaign_idx), so the cost follows
+    the demand, not the size of the table. Rows another dispatcher holds are skipped.
+    """
+    rows = await conn.fetch(
+        """
+        WITH wanted AS (
+            SELECT c.id, w.demand
+            FROM unnest($1::uuid[], $2::int[]) AS w (campaign_id, demand)
+            JOIN campaigns c ON c.id = w.campaign_id
+            WHERE c.status = 'running' AND w.demand > 0
+        ), candidates AS (
+            SELECT q.id FROM wanted w CROSS JOIN LATERAL (
+                SELECT m.id FROM messages m
+                WHERE m.campaign_id = w.id AND m.status = 'queued'
+                ORDER BY m.id LIMIT w.demand
+            ) q
+            UNION ALL
+            SELECT d.id FROM wanted w CROSS JOIN LATERAL (
+                SELECT m.id FROM messages m
+                WHERE m.campaign_id = w.id AND m.status = 'deferred'
+                  AND m.next_attempt_at <= now()
+                ORDER BY m.next_attempt_at LIMIT w.demand
+            ) d
+        )
+        SELECT m.id, m.campaign_id FROM messages m
+        WHERE m.id IN (SELECT id FROM candidates)
+          AND (m.status = 'queued' OR (m.status = 'deferred' AND m.next_attempt_at <= now()))
+        ORDER BY m.id
+        FOR NO KEY UPDATE SKIP LOCKED
+        """,
+        campaign_ids,
+        demands,
+    )
+    return [Candidate(r["id"], r["campaign_id"]) for r in rows]
+
+
+async def assign_and_reserve(
+    conn: Conn, message_ids: Sequence[int], account_ids: Sequence[UUID], day: date
+) -> int:
+    """Mark locked messages assigned to their accounts and reserve one unit of `day` each.
+
+    The reservation counts the rows actually updated, so reserved always equals assigned.
+    Usage rows are written in account order, as every other writer does, to avoid deadlocks.
+    """
+    value = await conn.fetchval(
+        """
+        WITH assigned AS (
+            UPDATE messages m
+            SET status = 'assigned', account_id = t.account_id, assigned_at = now(),
+                updated_at = now()
+            FROM unnest($1::bigint[], $2::uuid[]) AS t (id, account_id)
+            WHERE m.id = t.id AND m.status IN ('queued', 'deferred')
+            RETURNING m.account_id
+        ), reserved AS (
+            INSERT INTO account_daily_usage AS u (account_id, day, reserved)
+            SELECT account_id, $3, count(*) FROM assigned GROUP BY account_id ORDER BY account_id
+            ON CONFLICT (account_id, day) DO UPDATE SET reserved = u.reserved + EXCLUDED.reserved
+        )
+        SELECT count(*) FROM assigned
+        """,
+        message_ids,
+        account_ids,
+        day,
+    )
+    return int(value)
+
+
+async def requeue_stranded(conn: Conn, stranded_after_s: float) -> int:
+    """Put back to queued what waits in `assigned` too long or for an account no longer active.
+
+    Each unit goes back to the day it was reserved on. A late send command then finds the
+    message no longer `assigned` and skips it.
+    """
+    value = await conn.fetchval(
+        """
+        WITH stale AS (
+            SELECT m.id, m.account_id, (m.assigned_at AT TIME ZONE 'UTC')::date AS day
+            FROM messages m
+            WHERE m.status = 'assigned'
+              AND (m.assigned_at < now() - make_interval(secs => $1)
+                   OR NOT EXISTS (SELECT 1 FROM accounts a
+                                  WHERE a.id = m.account_id AND a.status = 'active'))
+            FOR NO KEY UPDATE OF m SKIP LOCKED
+        ), requeued AS (
+            UPDATE messages m
+            SET status = 'queued', account_id = NULL, assigned_at = NULL, updated_at = now()
+            FROM stale WHERE m.id = stale.id
+            RETURNING stale.account_id, stale.day
+        ), released AS (
+            SELECT account_id, day, count(*) AS n FROM requeued GROUP BY account_id, day
+        ), usage_rows AS (
+            SELECT u.account_id, u.day FROM account_daily_usage u
+            JOIN released r ON r.account_id = u.account_id AND r.day = u.day
+            ORDER BY u.account_id, u.day
+            FOR NO KEY UPDATE OF u
+        ), unreserved AS (
+            UPDATE account_daily_usage u SET reserved = greatest(u.reserved - r.n, 0)
+            FROM released r, usage_rows l
+            WHERE u.account_id = r.account_id AND u.day = r.day
+              AND l.account_id = r.account_id AND l.day = r.day
+        )
+        SELECT count(*) FROM requeued
+        """,
+        stranded_after_s,
+    )
+    return int(value)
+
+
+async def release_cancelled(conn: Conn) -> int:
+    """Give back the units of messages cancelled while `assigned` (never attempted).
+
+    A message cancelled while assigned still carries its account_id; one cancelled after an
+    attempt does not (a deferral clears it), and its unit stays spent.
+    """
+    value = await conn.fetchval(
+        """
+        WITH cancelled AS (
+            SELECT m.id, m.account_id, (m.assigned_at AT TIME ZONE 'UTC')::date AS day
+            FROM messages m
+            WHERE m.status = 'cancelled' AND m.account_id IS NOT NULL
+            FOR NO KEY UPDATE OF m SKIP LOCKED
+        ), cleared AS (
+            UPDATE messages m SET account_id = NULL, updated_at = now()
+            FROM cancelled WHERE m.id = cancelled.id
+            RETURNING cancelled.account_id, cancelled.day
+        ), released AS (
+            SELECT account_id, day, count(*) AS n FROM cleared
+            WHERE day IS NOT NULL GROUP BY account_id, day
+        ), usage_rows AS (
+            SELECT u.account_id, u.day FROM account_daily_usage u
+            JOIN released r ON r.account_id = u.account_id AND r.day = u.day
+            ORDER BY u.account_id, u.day
+            FOR NO KEY UPDATE OF u
+        ), unreserved AS (
+            UPDATE account_daily_usage u SET reserved = greatest(u.reserved - r.n, 0)
+            FROM released r, usage_rows l
+            WHERE u.account_id = r.account_id AND u.day = r.day
+              AND l.account_id = r.account_id AND l.day = r.day
+        )
+        SELECT count(*) FROM cleared
+        """
+    )
+    return int(value)
+
+
+async def mark_orphans_uncertain(conn: Conn, replica_timeout_s: float) -> list[UncertainMessage]:
+    """Set `uncertain` the messages in `sending` whose sender replica stopped heartbeating.
+
+    Each gets an 'uncertain' event row. They are never re-sent automatically.
+    """
+    rows = await conn.fetch(
+        """
+        WITH orphaned AS (
+            SELECT m.id FROM messages m
+            LEFT JOIN sender_replicas r ON r.id = m.sender_replica
+            WHERE m.status = 'sending'
+              AND (r.id IS NULL OR r.heartbeat_at < now() - make_interval(secs => $1))
+            FOR NO KEY UPDATE OF m SKIP LOCKED
+        ), marked AS (
+            UPDATE messages m SET status = 'uncertain', updated_at = now()
+            FROM orphaned WHERE m.id = orphaned.id
+            RETURNING m.id, m.campaign_id, m.account_id, m.sender_replica, m.attempts
+        ), logged AS (
+            INSERT INTO events (occurred_at, type, campaign_id, message_id, account_id, data)
+            SELECT now(), 'uncertain', campaign_id, id, account_id,
+                   jsonb_build_object('sender_replica', sender_replica, 'attempt', attempts)
+            FROM marked
+        )
+        SELECT id, campaign_id, account_id, sender_replica FROM marked ORDER BY id
+        """,
+        replica_timeout_s,
+    )
+    return [
+        UncertainMessage(r["id"], r["campaign_id"], r["account_id"], r["sender_replica"])
+        for r in rows
+    ]
+
+
+async def lock_finished_campaigns(conn: Conn) -> list[UUID]:
+    """Lock running campaigns that had messages and have none left to deliver."""
+    rows = await conn.fetch(
+        """
+        SELECT c.id FROM campaigns c
+        WHERE c.status = 'running'
+          AND EXISTS (SELECT 1 FROM messages m WHERE m.campaign_id = c.id)
+          AND NOT EXISTS (
+              SELECT 1 FROM messages m
+              WHERE m.campaign_id = c.id
+                AND m.status IN ('queued', 'assigned', 'sending', 'deferred'))
+        FOR NO KEY UPDATE SKIP LOCKED
+        """
+    )
+    return [r["id"] for r in rows]
+
+
+async def complete_campaigns(conn: Conn, campaign_ids: Sequence[UUID]) -> list[UUID]:
+    """Mark locked campaigns completed if, seen after taking the lock, nothing is left.
+
+    The second look matters: an enqueue that committed while we waited for the lock is only
+    visible to a statement that starts after it.
+    """
+    rows = await conn.fetch(
+        """
+        WITH completed AS (
+            UPDATE campaigns c SET status = 'completed', completed_at = now(), updated_at = now()
+            WHERE c.id = ANY($1::uuid[]) AND c.status = 'running'
+              AND NOT EXISTS (
+                  SELECT 1 FROM messages m
+                  WHERE m.campaign_id = c.id
+                    AND m.status IN ('queued', 'assigned', 'sending', 'deferred'))
+            RETURNING c.id, c.completed_at
+        ), logged AS (
+            INSERT INTO events (occurred_at, type, campaign_id)
+            SELECT completed_at, 'campaign-completed', id FROM completed
+        )
+        SELECT id FROM completed
+        """,
+        campaign_ids,
+    )
+    return [r["id"] for r in rows]
+
+
+async def ensure_events_partitions(conn: Conn) -> None:
+    """Create this month's and next month's events partitions (UTC) if missing."""
+    # Serialized: two replicas creating the same partition at once would collide.
+    await conn.execute("SELECT pg_advisory_xact_lock($1)", PARTITION_LOCK)
+    await conn.execute(
+        """
+        SELECT ensure_events_partition(d), ensure_events_partition((d + interval '1 month')::date)
+        FROM (SELECT (now() AT TIME ZONE 'UTC')::date AS d) today
+        """
+    )
+
+
+async def record_attempts(conn: Conn, attempts: Sequence[SendAttempt]) -> tuple[int, int]:
+    """Write the attempts not yet recorded, their events and usage; returns (attempts, events).
+
+    A redelivered batch inserts nothing: events and usage follow only the rows inserted now.
+    """
+    row = await conn.fetchrow(
+        """
+        WITH input AS (
+            SELECT * FROM unnest(
+                $1::bigint[], $2::uuid[], $3::uuid[], $4::int[], $5::text[], $6::int[],
+                $7::text[], $8::timestamptz[]
+            ) AS t (message_id, campaign_id, account_id, attempt, outcome, smtp_code, detail,
+                    attempted_at)
+        ), inserted AS (
+            INSERT INTO send_attempts (message_id, campaign_id, account_id, attempt, outcome,
+                                       smtp_code, detail, attempted_at)
+            SELECT message_id, campaign_id, account_id, attempt, outcome, smtp_code, detail,
+                   attempted_at
+            FROM input
+            ON CONFLICT (message_id, attempt) DO NOTHING
+            RETURNING message_id, campaign_id, account_id, attempt, outcome, smtp_code, detail,
+                      attempted_at
+        ), logged AS (
+            INSERT INTO events (occurred_at, type, campaign_id, message_id, account_id, data)
+            SELECT attempted_at, outcome, campaign_id, message_id, account_id,
+                   jsonb_strip_nulls(jsonb_build_object(
+                       'attempt', attempt, 'smtp_code', smtp_code, 'detail', detail))
+            FROM inserted
+            RETURNING 1
+        ), counted AS (
+            INSERT INTO account_daily_usage AS u (account_id, day, sent, failed)
+            SELECT account_id, (attempted_at AT TIME ZONE 'UTC')::date,
+                   count(*) FILTER (WHERE outcome = 'sent'),
+                   count(*) FILTER (WHERE outcome = 'failed')
+            FROM inserted
+            WHERE outcome IN ('sent', 'failed')
+            GROUP BY 1, 2
+            ORDER BY 1, 2
+            ON CONFLICT (account_id, day) DO UPDATE
+            SET sent = u.sent + EXCLUDED.sent, failed = u.failed + EXCLUDED.failed
+        )
+        SELECT (SELECT count(*) FROM inserted) AS attempts, (SELECT count(*) FROM logged) AS events
+        """,
+        [a.message_id for a in attempts],
+        [a.campaign_id for a in attempts],
+        [a.account_id for a in attempts],
+        [a.attempt for a in attempts],
+        [a.outcome for a in attempts],
+        [a.smtp_code for a in attempts],
+        [a.detail for a in attempts],
+        [a.attempted_at for a in attempts],
+    )
+    assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
+    return int(row["attempts"]), int(row["events"])
+
+
+async def record_account_paused(
+    conn: Conn, account_id: UUID, reason: str, paused_at: datetime
+) -> bool:
+    """Write an 'account-paused' event unless this very pause is already recorded."""
+    status = await conn.execute(
+        """
+        INSERT INTO events (occurred_at, type, account_id, data)
+        SELECT $2, 'account-paused', $1, jsonb_build_object('reason', $3::text)
+        WHERE NOT EXISTS (
+            SELECT 1 FROM events
+            WHERE account_id = $1 AND type = 'account-paused' AND occurred_at = $2)
+        """,
+        account_id,
+        paused_at,
+        reason,
+    )
+    return status == "INSERT 0 1"

@@ -1,0 +1,33 @@
+"""The recorder: writes what senders report into send_attempts, events and daily usage."""
+
+import logging
+
+from mailfleet_common.db import Pool
+from mailfleet_common.messages import AccountPaused, SendAttempts
+
+from mailfleet_dispatcher import metrics, queries
+
+log = logging.getLogger(__name__)
+
+
+async def record_send_attempts(pool: Pool, report: SendAttempts) -> int:
+    """Record one report in one transaction; returns the attempts that were new."""
+    async with pool.acquire() as conn, conn.transaction():
+        attempts, events = await queries.record_attempts(conn, report.attempts)
+    metrics.RECORDED.labels("send_attempts").inc(attempts)
+    metrics.RECORDED.labels("events").inc(events)
+    if attempts < len(report.attempts):
+        log.info(
+            "attempts already recorded were skipped",
+            extra={"received": len(report.attempts), "new": attempts},
+        )
+    return attempts
+
+
+async def record_account_paused(pool: Pool, event: AccountPaused) -> None:
+    """Record an automatic pause as an 'account-paused' event."""
+    async with pool.acquire() as conn:
+        inserted = await queries.record_account_paused(
+            conn, event.account_id, event.reason, event.paused_at
+        )
+    metrics.RECORDED.labels("events").inc(int(inserted))

@@ -1,0 +1,22 @@
+"""The dispatcher's settings: MAILFLEET_DISPATCHER__TICK_MS, MAILFLEET_HTTP__PORT, ..."""
+
+from mailfleet_common.settings import HttpSettings, ServiceSettings
+from pydantic import BaseModel, Field
+
+
+class DispatchSettings(BaseModel):
+    """How often and how far ahead the dispatcher assigns, and when it gives up on others."""
+
+    tick_ms: int = Field(default=200, ge=10)
+    # Each account gets commands for about this many seconds of its pace ahead of time.
+    lookahead_s: float = Field(default=5.0, gt=0)
+    max_inflight: int = Field(default=500, ge=1)
+    batch_size: int = Field(default=100, ge=1, le=10_000)
+    sweep_interval_s: float = Field(default=2.0, gt=0)
+    stranded_after_s: float = Field(default=60.0, ge=0)
+    replica_timeout_s: float = Field(default=5.0, ge=0)
+
+
+class Settings(ServiceSettings):
+    http: HttpSettings = HttpSettings(port=8001)
+    dispatcher: DispatchSettings = DispatchSettings()

@@ -1,0 +1,155 @@
+"""Fixtures for the dispatcher: settings, a pool, a broker, and rows inserted with plain SQL."""
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+import pytest
+from faststream.rabbit import RabbitBroker
+from mailfleet_common.db import Conn, create_pool
+from mailfleet_common.settings import PostgresSettings, RabbitSettings
+from mailfleet_dispatcher.settings import DispatchSettings, Settings
+
+__all__ = ["Conn"]
+
+
+@pytest.fixture
+def settings(database_dsn: str, rabbit_url: str) -> Settings:
+    return Settings(
+        postgres=PostgresSettings(dsn=database_dsn),
+        rabbit=RabbitSettings(url=rabbit_url),
+        dispatcher=DispatchSettings(tick_ms=50, sweep_interval_s=0.2),
+    )
+
+
+@pytest.fixture
+async def pool(db: Conn, settings: Settings) -> AsyncIterator[Any]:
+    pool = await create_pool(settings.postgres)
+    try:
+        yield pool
+    finally:
+        await pool.close()
+
+
+@pytest.fixture
+async def broker(rabbit_url: str) -> AsyncIterator[RabbitBroker]:
+    broker = RabbitBroker(rabbit_url)
+    await broker.connect()
+    try:
+        yield broker
+    finally:
+        await broker.stop()
+
+
+class RecordingPublisher:
+    """Stands in for the bus where a test only cares what would be published."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[UUID, list[int]]] = []
+
+    async def publish_batches(self, assignments: Mapping[UUID, Sequence[int]]) -> int:
+        self.published.extend((account, list(ids)) for account, ids in assignments.items())
+        return len(assignments)
+
+    def ids(self) -> list[int]:
+        return [i for _, ids in self.published for i in ids]
+
+
+@pytest.fixture
+def publisher() -> RecordingPublisher:
+    return RecordingPublisher()
+
+
+async def insert_account(
+    db: Conn,
+    *,
+    daily_limit: int = 1000,
+    min_gap_ms: int = 0,
+    status: str = "active",
+    warmup_started_on: Any = None,
+    warmup_initial: int = 20,
+    warmup_increment: int = 20,
+) -> UUID:
+    account_id: UUID = await db.fetchval(
+        """
+        INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, from_email, daily_limit,
+                              min_gap_ms, status, warmup_started_on, warmup_initial,
+                              warmup_increment)
+        VALUES ('test', '127.0.0.1', 2525, 'none', 'news@example.com', $1, $2, $3, $4, $5, $6)
+        RETURNING id
+        """,
+        daily_limit,
+        min_gap_ms,
+        status,
+        warmup_started_on,
+        warmup_initial,
+        warmup_increment,
+    )
+    return account_id
+
+
+async def insert_campaign(
+    db: Conn,
+    *,
+    status: str = "running",
+    pool: Sequence[UUID] = (),
+    start_at: datetime | None = None,
+) -> UUID:
+    owner = await db.fetchval("SELECT id FROM users LIMIT 1")
+    if owner is None:
+        owner = await db.fetchval(
+            "INSERT INTO users (email, password_hash, role) VALUES ('op@example.com', 'x', 'admin')"
+            " RETURNING id"
+        )
+    campaign_id: UUID = await db.fetchval(
+        """
+        INSERT INTO campaigns (owner_id, name, subject, text_body, status, account_ids, start_at)
+        VALUES ($1, 'test', 'Hello', 'Hi', $2, $3, $4) RETURNING id
+        """,
+        owner,
+        status,
+        list(pool),
+        start_at,
+    )
+    return campaign_id
+
+
+async def insert_messages(
+    db: Conn,
+    campaign_id: UUID,
+    count: int,
+    *,
+    status: str = "queued",
+    next_attempt_at: datetime | None = None,
+) -> list[int]:
+    rows = await db.fetch(
+        """
+        INSERT INTO messages (campaign_id, email, status, next_attempt_at)
+        SELECT $1, 'r' || g || '-' || gen_random_uuid() || '@example.com', $2, $3
+        FROM generate_series(1, $4) AS g
+        ORDER BY g
+        RETURNING id
+        """,
+        campaign_id,
+        status,
+        next_attempt_at,
+        count,
+    )
+    return sorted(r["id"] for r in rows)
+
+
+async def status_counts(db: Conn) -> dict[str, int]:
+    rows = await db.fetch("SELECT status, count(*) AS n FROM messages GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def reserved_today(db: Conn, account_id: UUID) -> int:
+    value = await db.fetchval(
+        """
+        SELECT coalesce(sum(reserved), 0) FROM account_daily_usage
+        WHERE account_id = $1 AND day = (now() AT TIME ZONE 'UTC')::date
+        """,
+        account_id,
+    )
+    return int(value)
