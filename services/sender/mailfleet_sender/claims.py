@@ -1,0 +1,178 @@
+"""Group commit of claims and outcomes: every connection's writes in one round trip.
+
+A connection hands in the outcome of its previous message together with the claim of its
+next one. Both land in the same statement, so a connection never holds a claimed message
+while an earlier outcome of its own is still only in memory: a crash leaves at most one
+`sending` message per open SMTP connection.
+"""
+
+import asyncio
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from uuid import UUID
+
+import asyncpg
+from mailfleet_common.db import Pool
+from mailfleet_common.messages import SendAttempt
+
+from mailfleet_sender import queries
+from mailfleet_sender.metrics import FLUSH_SECONDS, FLUSH_SIZE
+from mailfleet_sender.queries import ClaimedMessage, FlushArrays
+
+log = logging.getLogger(__name__)
+
+_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The durable result of one SMTP attempt, and its report."""
+
+    message_id: int
+    status: str  # sent | deferred | failed
+    code: int | None
+    error: str | None
+    next_attempt_at: datetime | None
+    attempt: SendAttempt
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    message_id: int
+    account_id: UUID
+    domain: str  # the Message-ID's right-hand side: the account's From domain
+
+
+@dataclass(slots=True)
+class _Request:
+    outcome: Outcome | None
+    claim: Claim | None
+    done: asyncio.Future[ClaimedMessage | None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+class Committer:
+    """Collects claims and outcomes from every connection and writes them in groups."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        replica_id: str,
+        report: Callable[[list[SendAttempt]], None],
+        linger_ms: float,
+        max_group: int,
+    ) -> None:
+        self._pool = pool
+        self._replica_id = replica_id
+        self._report = report
+        self._linger = linger_ms / 1000
+        self._max = max_group
+        self._pending: list[_Request] = []
+        self._wakeup = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="claims-committer")
+
+    async def submit(self, outcome: Outcome | None, claim: Claim | None) -> ClaimedMessage | None:
+        """Make `outcome` durable and try `claim`; returns the claimed message or None."""
+        if outcome is None and claim is None:
+            return None
+        request = _Request(outcome, claim)
+        self._pending.append(request)
+        self._wakeup.set()
+        return await request.done
+
+    async def close(self) -> None:
+        """Write what is pending, then stop."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            if self._linger and len(self._pending) < self._max and not self._closing:
+                await asyncio.sleep(self._linger)
+            group, self._pending = self._take_group()
+            await self._flush(group)
+
+    def _take_group(self) -> tuple[list[_Request], list[_Request]]:
+        # The same message claimed twice in one statement would let both claimants see it
+        # returned; a repeat waits for the next group, where the first claim has settled.
+        group: list[_Request] = []
+        rest: list[_Request] = []
+        claimed: set[int] = set()
+        for request in self._pending:
+            claim = request.claim
+            if len(group) >= self._max or (claim is not None and claim.message_id in claimed):
+                rest.append(request)
+                continue
+            if claim is not None:
+                claimed.add(claim.message_id)
+            group.append(request)
+        return group, rest
+
+    async def _flush(self, group: list[_Request]) -> None:
+        arrays = FlushArrays([], [], [], [], [], [], [], [], [])
+        for request in group:
+            if (outcome := request.outcome) is not None:
+                arrays.outcome_ids.append(outcome.message_id)
+                arrays.outcome_statuses.append(outcome.status)
+                arrays.outcome_codes.append(outcome.code)
+                arrays.outcome_errors.append(outcome.error)
+                arrays.outcome_retry_at.append(outcome.next_attempt_at)
+            if (claim := request.claim) is not None:
+                arrays.claim_ids.append(claim.message_id)
+                arrays.claim_accounts.append(claim.account_id)
+                arrays.claim_tokens.append(secrets.token_hex(6))
+                arrays.claim_domains.append(claim.domain)
+        started = time.perf_counter()
+        try:
+            recorded, claimed = await self._write(arrays)
+        except Exception as exc:
+            for request in group:
+                if not request.done.done():
+                    request.done.set_exception(exc)
+            return
+        FLUSH_SECONDS.observe(time.perf_counter() - started)
+        FLUSH_SIZE.observe(len(arrays.outcome_ids) + len(arrays.claim_ids))
+        attempts = []
+        for request in group:
+            if (outcome := request.outcome) is not None:
+                attempts.append(outcome.attempt)
+                if outcome.message_id not in recorded:
+                    log.warning(
+                        "outcome not recorded: message no longer in sending",
+                        extra={"message_id": outcome.message_id, "outcome": outcome.status},
+                    )
+            claim = request.claim
+            request.done.set_result(None if claim is None else claimed.get(claim.message_id))
+        if attempts:
+            self._report(attempts)
+
+    async def _write(self, arrays: FlushArrays) -> tuple[set[int], dict[int, ClaimedMessage]]:
+        # Outcomes must not be lost to a database blip: retry a few times before giving up.
+        # A retried statement is safe: every update in it is a compare-and-set.
+        for delay in (*_RETRY_DELAYS, None):
+            try:
+                async with self._pool.acquire() as conn:
+                    return await queries.record_outcomes_and_claim(conn, self._replica_id, arrays)
+            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
+                if delay is None:
+                    raise
+                log.warning("group commit failed, retrying", extra={"error": repr(exc)})
+                await asyncio.sleep(delay)
+        raise AssertionError("unreachable")

@@ -1,0 +1,271 @@
+"""Delivering a SendBatch: claim, render, send and record each message, in order."""
+
+import asyncio
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from uuid import UUID
+
+from mailfleet_common.crypto import SecretBox, SecretBoxError
+from mailfleet_common.db import Pool
+from mailfleet_common.messages import AccountPaused, SendAttempt
+from mailfleet_common.messages import Outcome as AttemptOutcome
+from mailfleet_common.templating import TemplateInvalid
+from mailfleet_common.topology import ACCOUNT_PAUSED_KEY
+from prometheus_client import Counter
+
+from mailfleet_sender import queries
+from mailfleet_sender.claims import Claim, Committer, Outcome
+from mailfleet_sender.metrics import MESSAGES, SKIPPED
+from mailfleet_sender.mime import (
+    MessageBuildError,
+    TemplateCache,
+    build_message,
+    envelope_address,
+    mailbox,
+    template_context,
+)
+from mailfleet_sender.queries import AccountRow, ClaimedMessage
+from mailfleet_sender.reporting import AttemptReporter, EventPublisher
+from mailfleet_sender.settings import Settings
+from mailfleet_sender.smtp import AccountTransport, SmtpEndpoint, SmtpOptions, SmtpResult
+
+log = logging.getLogger(__name__)
+
+_DETAIL_MAX = 1000
+
+
+@dataclass
+class Account:
+    """An account as this replica delivers for it: config, headers and SMTP connections."""
+
+    row: AccountRow
+    transport: AccountTransport
+    from_header: str
+    envelope_from: str
+    domain: str
+    _counters: dict[str, "Counter"] = field(default_factory=dict)
+
+    @property
+    def id(self) -> UUID:
+        return self.row.id
+
+    def count(self, outcome: str) -> None:
+        counter = self._counters.get(outcome)
+        if counter is None:
+            counter = self._counters[outcome] = MESSAGES.labels(str(self.row.id), outcome)
+        counter.inc()
+
+
+def _endpoint(row: AccountRow, secrets: SecretBox | None) -> SmtpEndpoint:
+    password = None
+    error = None
+    if row.smtp_password_enc is not None:
+        if secrets is None:
+            error = "no encryption key configured to decrypt the SMTP password"
+        else:
+            try:
+                password = secrets.decrypt(row.smtp_password_enc)
+            except SecretBoxError as exc:
+                error = f"SMTP password unusable: {exc}"
+    return SmtpEndpoint(
+        host=row.smtp_host,
+        port=row.smtp_port,
+        tls=row.smtp_tls,
+        username=row.smtp_username,
+        password=password,
+        password_error=error,
+    )
+
+
+def open_account(
+    row: AccountRow, settings: Settings, options: SmtpOptions, secrets: SecretBox | None
+) -> Account:
+    transport = AccountTransport(
+        _endpoint(row, secrets), options, settings.max_connections_per_account, row.min_gap_ms
+    )
+    return Account(
+        row=row,
+        transport=transport,
+        from_header=mailbox(row.from_name, row.from_email),
+        envelope_from=envelope_address(row.from_email),
+        domain=row.from_email.rpartition("@")[2] or "mailfleet.invalid",
+    )
+
+
+def reconfigure_account(account: Account, row: AccountRow, secrets: SecretBox | None) -> None:
+    """Adopt a changed account row; its SMTP sessions reopen with the new settings."""
+    account.row = row
+    account.from_header = mailbox(row.from_name, row.from_email)
+    account.envelope_from = envelope_address(row.from_email)
+    account.domain = row.from_email.rpartition("@")[2] or "mailfleet.invalid"
+    account.transport.reconfigure(_endpoint(row, secrets), row.min_gap_ms)
+
+
+@dataclass
+class _Batch:
+    ids: Iterator[int]
+    halted: bool = False  # the account was paused: leave the rest assigned
+    interrupted: bool = False  # shutting down: a pulled id was left unprocessed
+
+
+class Deliverer:
+    """Works SendBatch commands through an account's SMTP connections."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        pool: Pool,
+        committer: Committer,
+        reporter: AttemptReporter,
+        publisher: EventPublisher,
+        templates: TemplateCache,
+    ) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._committer = committer
+        self._reporter = reporter
+        self._publisher = publisher
+        self._templates = templates
+
+    async def deliver_batch(
+        self, account: Account, message_ids: list[int], stopping: asyncio.Event
+    ) -> bool:
+        """Deliver the messages; False if shutdown interrupted before every one was handled."""
+        batch = _Batch(iter(message_ids))
+        workers = min(account.transport.size, len(message_ids))
+        results = await asyncio.gather(
+            *(self._work(account, slot, batch, stopping) for slot in range(workers)),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+        return batch.halted or not batch.interrupted
+
+    async def _work(
+        self, account: Account, slot: int, batch: _Batch, stopping: asyncio.Event
+    ) -> None:
+        pending: Outcome | None = None
+        for message_id in batch.ids:
+            if batch.halted:
+                break
+            if stopping.is_set():
+                batch.interrupted = True
+                break
+            delay = account.transport.reserve_turn()
+            if delay > 0:
+                if pending is not None:
+                    # Don't keep an outcome in memory through the pause between sends.
+                    await self._committer.submit(pending, None)
+                    pending = None
+                await asyncio.sleep(delay)
+            claimed = await self._committer.submit(
+                pending, Claim(message_id, account.id, account.domain)
+            )
+            pending = None
+            if claimed is None:
+                SKIPPED.inc()
+                continue
+            try:
+                result = await self._attempt(account, slot, claimed)
+            except Exception as exc:
+                log.exception("delivery crashed", extra={"message_id": claimed.id})
+                # Whether anything reached the server is unknown: never retry it blindly.
+                result = SmtpResult("permanent", None, f"internal error: {exc!r}")
+            if result.verdict == "auth":
+                batch.halted = True
+                await self._requeue_and_pause(account, claimed, result)
+                break
+            pending = self._outcome(account, claimed, result)
+        if pending is not None:
+            await self._committer.submit(pending, None)
+
+    async def _attempt(self, account: Account, slot: int, claimed: ClaimedMessage) -> SmtpResult:
+        try:
+            templates = await self._templates.get(claimed.campaign_id)
+            subject, html, text = templates.render(
+                template_context(claimed.email, claimed.name, claimed.variables)
+            )
+            data = build_message(
+                from_header=account.from_header,
+                to_header=mailbox(claimed.name, claimed.email),
+                subject=subject,
+                message_id=claimed.message_id,
+                html=html,
+                text=text,
+            )
+            recipient = envelope_address(claimed.email)
+        except (TemplateInvalid, MessageBuildError) as exc:
+            return SmtpResult("permanent", None, str(exc))
+        connection = account.transport.connections[slot]
+        return await connection.send(account.envelope_from, recipient, data)
+
+    def _outcome(self, account: Account, claimed: ClaimedMessage, result: SmtpResult) -> Outcome:
+        now = datetime.now(UTC)
+        retry_at = None
+        status: AttemptOutcome
+        if result.verdict == "sent":
+            status = "sent"
+        elif result.verdict == "temporary" and claimed.attempts < self._settings.max_attempts:
+            status = "deferred"
+            retry_at = now + timedelta(seconds=self._backoff(claimed.attempts))
+        else:
+            status = "failed"
+        account.count(status)
+        detail = result.detail[:_DETAIL_MAX]
+        attempt = SendAttempt.model_construct(
+            message_id=claimed.id,
+            campaign_id=claimed.campaign_id,
+            account_id=account.id,
+            attempt=claimed.attempts,
+            outcome=status,
+            smtp_code=result.code,
+            detail=detail,
+            attempted_at=now,
+        )
+        error = None if status == "sent" else detail
+        return Outcome(claimed.id, status, result.code, error, retry_at, attempt)
+
+    def _backoff(self, attempts: int) -> float:
+        base = self._settings.retry_base_s * 2 ** max(attempts - 1, 0)
+        jitter = random.uniform(0.5, 1.5)  # noqa: S311 - spreading retries, not a secret
+        return float(min(self._settings.retry_cap_s, base) * jitter)
+
+    async def _requeue_and_pause(
+        self, account: Account, claimed: ClaimedMessage, result: SmtpResult
+    ) -> None:
+        reason = f"SMTP authentication failed: {result.detail}"[:_DETAIL_MAX]
+        async with self._pool.acquire() as conn:
+            paused = await queries.requeue_and_pause_account(
+                conn, claimed.id, account.id, result.code, reason
+            )
+        account.transport.close()
+        account.count("requeued")
+        now = datetime.now(UTC)
+        # Nothing was sent: the attempt is reported as deferred while the message is queued.
+        self._reporter.add(
+            [
+                SendAttempt.model_construct(
+                    message_id=claimed.id,
+                    campaign_id=claimed.campaign_id,
+                    account_id=account.id,
+                    attempt=claimed.attempts,
+                    outcome="deferred",
+                    smtp_code=result.code,
+                    detail=reason,
+                    attempted_at=now,
+                )
+            ]
+        )
+        log.error("account paused", extra={"account_id": str(account.id), "reason": reason})
+        if paused:
+            try:
+                await self._publisher.publish_event(
+                    AccountPaused(account_id=account.id, reason=reason, paused_at=now),
+                    ACCOUNT_PAUSED_KEY,
+                )
+            except Exception:
+                log.exception("AccountPaused not published", extra={"account_id": str(account.id)})

@@ -1,0 +1,60 @@
+"""The send-command subscriber: parse a SendBatch, deliver it, settle it on the broker."""
+
+import asyncio
+import logging
+
+from aio_pika.abc import AbstractIncomingMessage
+from mailfleet_common.messages import SendBatch
+from pydantic import ValidationError
+
+from mailfleet_sender.delivery import Account, Deliverer
+
+log = logging.getLogger(__name__)
+
+
+async def deliver_send_batch(
+    deliverer: Deliverer,
+    account: Account,
+    message: AbstractIncomingMessage,
+    stopping: asyncio.Event,
+) -> None:
+    """Deliver one SendBatch through its account; ack only once every message is settled."""
+    try:
+        batch = SendBatch.model_validate_json(message.body)
+    except ValidationError as exc:
+        log.error(
+            "malformed send command dead-lettered",
+            extra={"account_id": str(account.id), "error": str(exc)[:500]},
+        )
+        await _settle(message, "reject")
+        return
+    if batch.account_id != account.id:
+        log.error(
+            "send command for another account dead-lettered",
+            extra={"account_id": str(account.id), "command_account_id": str(batch.account_id)},
+        )
+        await _settle(message, "reject")
+        return
+    try:
+        settled = await deliverer.deliver_batch(account, batch.message_ids, stopping)
+    except Exception:
+        # Messages not yet claimed stay `assigned`; the dispatcher's stranded sweep returns
+        # them. Dead-lettering (not requeueing) keeps a persistent fault from looping.
+        log.exception("send command failed; dead-lettered", extra={"account_id": str(account.id)})
+        await _settle(message, "reject")
+        return
+    await _settle(message, "ack" if settled else "requeue")
+
+
+async def _settle(message: AbstractIncomingMessage, how: str) -> None:
+    try:
+        if how == "ack":
+            await message.ack()
+        elif how == "requeue":
+            await message.nack(requeue=True)
+        else:
+            await message.reject(requeue=False)
+    except Exception as exc:
+        # The channel went away: the broker requeues the command by itself, and every
+        # message in it that was handled is no longer `assigned`, so a repeat is harmless.
+        log.warning("send command not settled", extra={"how": how, "error": repr(exc)})

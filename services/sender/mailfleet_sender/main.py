@@ -1,0 +1,61 @@
+"""Entry point: the sender app (replica plus /metrics, /health, /ready) served by uvicorn."""
+
+from collections.abc import Sequence
+from typing import cast
+
+from faststream.asgi import AsgiFastStream
+from faststream.asgi.types import ASGIApp
+from faststream.rabbit import RabbitBroker
+from mailfleet_common import topology
+from mailfleet_common.jsonlog import configure_logging
+from mailfleet_common.ops import ops_routes
+from pydantic import BaseModel
+
+from mailfleet_sender.replica import SenderReplica
+from mailfleet_sender.settings import Settings
+
+
+class BrokerPublisher:
+    """Publishes persistent events through the app's broker."""
+
+    def __init__(self, broker: RabbitBroker) -> None:
+        self._broker = broker
+
+    async def publish_event(self, event: BaseModel, routing_key: str) -> None:
+        await self._broker.publish(
+            event, exchange=topology.EVENTS, routing_key=routing_key, persist=True
+        )
+
+
+def create_app(settings: Settings, replica: SenderReplica | None = None) -> AsgiFastStream:
+    """The sender: consumers start once the broker is up and stop before it closes."""
+    broker = RabbitBroker(settings.rabbit.url.get_secret_value())
+    sender = replica or SenderReplica(settings)
+
+    async def start_sender() -> None:
+        await sender.start(BrokerPublisher(broker))
+
+    return AsgiFastStream(
+        broker,
+        # Same ASGI callables; the two libraries spell the scope type differently.
+        asgi_routes=cast("Sequence[tuple[str, ASGIApp]]", ops_routes([sender.is_ready])),
+        after_startup=[start_sender],
+        on_shutdown=[sender.stop],
+    )
+
+
+def run() -> None:
+    """Console script: read the environment, log JSON, serve until SIGTERM."""
+    import uvicorn
+
+    settings = Settings()
+    configure_logging(settings.log_level, service="mailfleet-sender")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.http.host,
+        port=settings.http.port,
+        loop="uvloop",
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+    )

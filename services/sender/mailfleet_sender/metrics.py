@@ -1,0 +1,33 @@
+"""Prometheus metrics of the sender."""
+
+from prometheus_client import Counter, Gauge, Histogram
+
+MESSAGES = Counter(
+    "mailfleet_sender_messages_total",
+    "Delivery attempts by account and outcome (sent, deferred, failed, requeued).",
+    ["account", "outcome"],
+)
+SKIPPED = Counter(
+    "mailfleet_sender_skipped_total",
+    "Commanded messages not claimed: already handled, cancelled, or account/campaign halted.",
+)
+SMTP_SECONDS = Histogram(
+    "mailfleet_sender_smtp_seconds",
+    "Time for one SMTP transaction (MAIL FROM to the reply to DATA).",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+FLUSH_SIZE = Histogram(
+    "mailfleet_sender_flush_size",
+    "Claims plus outcomes written by one group commit.",
+    buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000),
+)
+FLUSH_SECONDS = Histogram(
+    "mailfleet_sender_flush_seconds",
+    "Duration of one group commit round trip.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1),
+)
+ACCOUNTS = Gauge(
+    "mailfleet_sender_accounts",
+    "Account queues this replica consumes, by role (owned, standby).",
+    ["role"],
+)

@@ -1,0 +1,225 @@
+"""Fast RFC 5322 message rendering: campaign templates in, ready-to-send bytes out.
+
+The `email` package's default policy costs milliseconds per message; the headers we emit are
+few and known, so they are built directly: RFC 2047 encoded-words for non-ASCII text, quoted
+display names, CRLF line endings, and bodies in quoted-printable (binascii, in C) or base64.
+"""
+
+import asyncio
+import binascii
+import re
+import secrets
+import time
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from typing import Any
+from uuid import UUID
+
+from mailfleet_common.errors import MailfleetError
+from mailfleet_common.templating import CampaignTemplates, TemplateInvalid, compile_campaign
+
+from mailfleet_sender.queries import CampaignRow
+
+
+class MessageBuildError(MailfleetError):
+    """A message cannot be built (bad address, missing campaign): a permanent failure."""
+
+
+# Every ASCII control character (CR and LF above all) becomes a space: a rendered subject or
+# name can never start a new header line.
+_FOLD = str.maketrans({**{chr(c): " " for c in range(32)}, "\x7f": " "})
+_ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*")
+_ADDRESS = re.compile(r"[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.\-]+")
+# RFC 2047: an encoded-word is at most 75 characters; "=?utf-8?b?" + "?=" leaves 63 for
+# base64, i.e. 45 bytes of UTF-8.
+_WORD_BYTES = 45
+_MAX_PLAIN_HEADER = 900  # RFC 5322 caps lines at 998 characters
+
+
+def encoded_words(value: str) -> str:
+    """RFC 2047 'B' encoded-words, never splitting a UTF-8 character, folded with CRLF SP."""
+    data = value.encode()
+    size = len(data)
+    words = []
+    start = 0
+    while start < size:
+        end = min(start + _WORD_BYTES, size)
+        while end < size and data[end] & 0xC0 == 0x80:
+            end -= 1
+        chunk = binascii.b2a_base64(data[start:end], newline=False).decode("ascii")
+        words.append(f"=?utf-8?b?{chunk}?=")
+        start = end
+    return "\r\n ".join(words)
+
+
+def header_text(value: str) -> str:
+    """An unstructured header value (Subject) that is safe to put on one header line."""
+    value = value.translate(_FOLD)
+    if value.isascii() and len(value) <= _MAX_PLAIN_HEADER:
+        return value
+    return encoded_words(value)
+
+
+def display_name(name: str) -> str:
+    """A display name as an RFC 5322 phrase: atoms, a quoted-string or encoded-words."""
+    name = " ".join(name.translate(_FOLD).split())
+    if not name.isascii():
+        return encoded_words(name)
+    if _ATOMS.fullmatch(name):
+        return name
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def mailbox(name: str | None, address: str) -> str:
+    """`Name <address>`, or the bare address when there is no name."""
+    if not _ADDRESS.fullmatch(address):
+        address = _ascii_address(address)
+    phrase = display_name(name) if name else ""
+    return f"{phrase} <{address}>" if phrase else address
+
+
+def _ascii_address(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    if at and local.isascii() and not domain.isascii():
+        try:
+            candidate = f"{local}@{domain.encode('idna').decode('ascii')}"
+        except UnicodeError as exc:
+            raise MessageBuildError(f"invalid recipient domain: {domain!r}") from exc
+        if _ADDRESS.fullmatch(candidate):
+            return candidate
+    raise MessageBuildError(f"invalid or non-ASCII email address: {address!r}")
+
+
+def envelope_address(address: str) -> str:
+    """The address for the SMTP envelope (ASCII; international domains in IDNA)."""
+    return address if _ADDRESS.fullmatch(address) else _ascii_address(address)
+
+
+def _crlf_lines(text: str) -> bytes:
+    if "\r" in text:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\n", "\r\n")
+    if not text.endswith("\r\n"):
+        # Also makes b2a_qp see CRLF line ends, so its soft breaks are "=\r\n" too.
+        text += "\r\n"
+    return text.encode()
+
+
+def _part(content_type: str, text: str) -> bytes:
+    data = _crlf_lines(text)
+    if len(data) - len(text) > len(text) // 8:
+        # Mostly non-ASCII text: base64 is smaller than quoted-printable.
+        body = b"\r\n".join(
+            binascii.b2a_base64(data[i : i + 57]).rstrip(b"\n") for i in range(0, len(data), 57)
+        ) + b"\r\n"
+        encoding = b"base64"
+    else:
+        body = binascii.b2a_qp(data, istext=True)
+        encoding = b"quoted-printable"
+    return (
+        b"Content-Type: " + content_type.encode() + b"; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: " + encoding + b"\r\n\r\n" + body
+    )
+
+
+class _DateCache:
+    """RFC 5322 Date for the current second (formatting it costs more than building headers)."""
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second = second
+            self._value = formatdate(second, usegmt=True)
+        return self._value
+
+
+_DATE = _DateCache()
+
+
+def build_message(
+    *,
+    from_header: str,
+    to_header: str,
+    subject: str,
+    message_id: str,
+    html: str | None,
+    text: str | None,
+) -> bytes:
+    """The complete message: headers, then one part or multipart/alternative (text, html)."""
+    head = (
+        f"From: {from_header}\r\n"
+        f"To: {to_header}\r\n"
+        f"Subject: {header_text(subject)}\r\n"
+        f"Date: {_DATE.now()}\r\n"
+        f"Message-ID: {message_id}\r\n"
+        "MIME-Version: 1.0\r\n"
+    ).encode()
+    if html is None or text is None:
+        if html is None:
+            return head + _part("text/plain", text or "")
+        return head + _part("text/html", html)
+    # "=_" never occurs in quoted-printable or base64 output, so the boundary cannot collide.
+    boundary = b"=_mf" + secrets.token_hex(12).encode()
+    return b"".join(
+        (
+            head,
+            b'Content-Type: multipart/alternative; boundary="',
+            boundary,
+            b'"\r\n\r\n--',
+            boundary,
+            b"\r\n",
+            _part("text/plain", text),
+            b"--",
+            boundary,
+            b"\r\n",
+            _part("text/html", html),
+            b"--",
+            boundary,
+            b"--\r\n",
+        )
+    )
+
+
+def template_context(email: str, name: str | None, variables: dict[str, Any]) -> dict[str, Any]:
+    """What a campaign template sees: the recipient's variables plus `email` and `name`."""
+    return {**variables, "email": email, "name": name or ""}
+
+
+CampaignLoader = Callable[[UUID], Awaitable[CampaignRow | None]]
+
+
+class TemplateCache:
+    """Compiled templates per campaign, each campaign fetched and compiled once."""
+
+    def __init__(self, load: CampaignLoader, size: int = 1024) -> None:
+        self._load = load
+        self._size = size
+        self._entries: OrderedDict[UUID, asyncio.Future[CampaignTemplates]] = OrderedDict()
+
+    async def get(self, campaign_id: UUID) -> CampaignTemplates:
+        """The campaign's templates; raises TemplateInvalid or MessageBuildError."""
+        entry = self._entries.get(campaign_id)
+        if entry is None:
+            entry = asyncio.get_running_loop().create_future()
+            self._entries[campaign_id] = entry
+            if len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+            try:
+                row = await self._load(campaign_id)
+                if row is None:
+                    raise MessageBuildError(f"campaign {campaign_id} does not exist")
+                entry.set_result(compile_campaign(row.subject, row.html_body, row.text_body))
+            except (TemplateInvalid, MessageBuildError) as exc:
+                entry.set_exception(exc)
+            except Exception as exc:
+                # A database hiccup is not the campaign's fault: forget it, try again later.
+                self._entries.pop(campaign_id, None)
+                entry.set_exception(exc)
+                entry.exception()  # retrieved here; concurrent waiters see it too
+                raise
+        return await asyncio.shield(entry) if not entry.done() else entry.result()

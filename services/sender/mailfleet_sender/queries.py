@@ -1,0 +1,239 @@
+"""Every SQL statement the sender runs."""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeAlias
+from uuid import UUID
+
+import asyncpg
+import asyncpg.pool
+
+# A plain connection or one borrowed from a pool: the caller owns the transaction.
+Conn: TypeAlias = (
+    "asyncpg.Connection[asyncpg.Record] | asyncpg.pool.PoolConnectionProxy[asyncpg.Record]"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountRow:
+    """An account's delivery configuration as stored (password still encrypted)."""
+
+    id: UUID
+    status: str
+    smtp_host: str
+    smtp_port: int
+    smtp_tls: str
+    smtp_username: str | None
+    smtp_password_enc: bytes | None
+    from_email: str
+    from_name: str | None
+    min_gap_ms: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignRow:
+    id: UUID
+    subject: str
+    html_body: str | None
+    text_body: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimedMessage:
+    """A message this replica now holds in `sending`, with what rendering it needs."""
+
+    id: int
+    campaign_id: UUID
+    email: str
+    name: str | None
+    variables: dict[str, Any]
+    attempts: int
+    message_id: str
+
+
+async def beat_heart(conn: Conn, replica_id: str) -> None:
+    """Record that this replica is alive."""
+    await conn.execute(
+        """
+        INSERT INTO sender_replicas (id) VALUES ($1)
+        ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+        """,
+        replica_id,
+    )
+
+
+async def list_live_replicas(conn: Conn, timeout_s: float) -> list[str]:
+    """Replicas whose heartbeat is younger than the timeout."""
+    rows = await conn.fetch(
+        """
+        SELECT id FROM sender_replicas
+        WHERE heartbeat_at > now() - make_interval(secs => $1)
+        """,
+        timeout_s,
+    )
+    return [row["id"] for row in rows]
+
+
+async def delete_replica(conn: Conn, replica_id: str) -> None:
+    await conn.execute("DELETE FROM sender_replicas WHERE id = $1", replica_id)
+
+
+async def list_serving_accounts(conn: Conn) -> list[AccountRow]:
+    """Every account whose queue a sender consumes: all but the archived ones."""
+    rows = await conn.fetch(
+        """
+        SELECT id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
+               from_email, from_name, min_gap_ms, updated_at
+        FROM accounts
+        WHERE status <> 'archived'
+        """
+    )
+    return [AccountRow(**dict(row)) for row in rows]
+
+
+async def fetch_campaign(conn: Conn, campaign_id: UUID) -> CampaignRow | None:
+    row = await conn.fetchrow(
+        "SELECT id, subject, html_body, text_body FROM campaigns WHERE id = $1", campaign_id
+    )
+    return None if row is None else CampaignRow(**dict(row))
+
+
+# Outcomes first (compare-and-set from `sending`; a slow sender swept to `uncertain` may still
+# record `sent`), then claims (`assigned -> sending`, only for an active account and a running
+# campaign). One statement, so one round trip and one commit for a whole group. The two
+# updates never touch the same row: one needs `assigned`, the other `sending`/`uncertain`.
+_FLUSH = """
+WITH outcome AS (
+    UPDATE messages AS m
+    SET status = o.status,
+        last_code = o.code,
+        last_error = o.error,
+        next_attempt_at = o.next_attempt_at,
+        account_id = CASE WHEN o.status = 'deferred' THEN NULL ELSE m.account_id END,
+        sent_at = CASE WHEN o.status = 'sent' THEN now() ELSE m.sent_at END,
+        updated_at = now()
+    FROM unnest($1::bigint[], $2::text[], $3::integer[], $4::text[], $5::timestamptz[])
+        AS o (id, status, code, error, next_attempt_at)
+    WHERE m.id = o.id
+      AND (m.status = 'sending' OR (m.status = 'uncertain' AND o.status = 'sent'))
+    RETURNING m.id
+),
+claim AS (
+    UPDATE messages AS m
+    SET status = 'sending',
+        sender_replica = $6,
+        attempts = m.attempts + 1,
+        message_id = coalesce(
+            m.message_id, '<' || m.id || '.' || c.token || '@' || c.domain || '>'
+        ),
+        updated_at = now()
+    FROM unnest($7::bigint[], $8::uuid[], $9::text[], $10::text[])
+            AS c (id, account_id, token, domain)
+        JOIN accounts AS a ON a.id = c.account_id AND a.status = 'active'
+    WHERE m.id = c.id
+      AND m.status = 'assigned'
+      AND m.account_id = c.account_id
+      AND EXISTS (
+          SELECT 1 FROM campaigns AS k WHERE k.id = m.campaign_id AND k.status = 'running'
+      )
+    RETURNING m.id, m.campaign_id, m.email, m.name, m.variables, m.attempts, m.message_id
+)
+SELECT true AS claimed, id, campaign_id, email, name, variables, attempts, message_id
+FROM claim
+UNION ALL
+SELECT false, id, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
+"""
+
+
+@dataclass(slots=True)
+class FlushArrays:
+    """Column arrays of one group commit: outcomes to record, then messages to claim."""
+
+    outcome_ids: list[int]
+    outcome_statuses: list[str]
+    outcome_codes: list[int | None]
+    outcome_errors: list[str | None]
+    outcome_retry_at: list[datetime | None]
+    claim_ids: list[int]
+    claim_accounts: list[UUID]
+    claim_tokens: list[str]
+    claim_domains: list[str]
+
+
+async def record_outcomes_and_claim(
+    conn: Conn, replica_id: str, arrays: FlushArrays
+) -> tuple[set[int], dict[int, ClaimedMessage]]:
+    """Record outcomes and claim messages in one statement.
+
+    Returns the ids whose outcome was recorded and the messages claimed, by id.
+    """
+    rows = await conn.fetch(
+        _FLUSH,
+        arrays.outcome_ids,
+        arrays.outcome_statuses,
+        arrays.outcome_codes,
+        arrays.outcome_errors,
+        arrays.outcome_retry_at,
+        replica_id,
+        arrays.claim_ids,
+        arrays.claim_accounts,
+        arrays.claim_tokens,
+        arrays.claim_domains,
+    )
+    recorded: set[int] = set()
+    claimed: dict[int, ClaimedMessage] = {}
+    for row in rows:
+        if row["claimed"]:
+            claimed[row["id"]] = ClaimedMessage(
+                id=row["id"],
+                campaign_id=row["campaign_id"],
+                email=row["email"],
+                name=row["name"],
+                variables=row["variables"],
+                attempts=row["attempts"],
+                message_id=row["message_id"],
+            )
+        else:
+            recorded.add(row["id"])
+    return recorded, claimed
+
+
+async def requeue_and_pause_account(
+    conn: Conn, message_id: int, account_id: UUID, code: int | None, reason: str
+) -> bool:
+    """Return a message nothing was sent for to `queued`, and pause its account.
+
+    The message gives its unit of capacity back to the day it was assigned on. Returns
+    whether this call paused the account (False if it was no longer active).
+    """
+    async with conn.transaction():
+        await conn.execute(
+            """
+            WITH msg AS (
+                UPDATE messages
+                SET status = 'queued', account_id = NULL, sender_replica = NULL,
+                    last_code = $3, last_error = $4, updated_at = now()
+                WHERE id = $1 AND status = 'sending'
+                RETURNING assigned_at
+            )
+            UPDATE account_daily_usage AS u
+            SET reserved = greatest(u.reserved - 1, 0)
+            FROM msg
+            WHERE u.account_id = $2 AND u.day = (msg.assigned_at AT TIME ZONE 'UTC')::date
+            """,
+            message_id,
+            account_id,
+            code,
+            reason,
+        )
+        paused = await conn.fetchval(
+            """
+            UPDATE accounts SET status = 'paused', status_reason = $2, updated_at = now()
+            WHERE id = $1 AND status = 'active'
+            RETURNING id
+            """,
+            account_id,
+            reason,
+        )
+    return paused is not None

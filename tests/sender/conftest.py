@@ -1,0 +1,235 @@
+"""Fixtures for the sender: an SMTP peer, settings, a running replica, and data helpers."""
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import aio_pika
+import pytest
+from mailfleet_common import topology
+from mailfleet_common.crypto import SecretBox
+from mailfleet_common.messages import SendBatch
+from mailfleet_common.settings import CryptoSettings, PostgresSettings, RabbitSettings
+from mailfleet_sender.main import create_app
+from mailfleet_sender.replica import SenderReplica
+from mailfleet_sender.settings import Settings
+
+from tests.sender.smtp_peer import SmtpPeer
+
+Db = "asyncpg.Connection[asyncpg.Record]"
+
+
+@pytest.fixture
+def smtp_peer() -> Iterator[SmtpPeer]:
+    peer = SmtpPeer().start()
+    yield peer
+    peer.stop()
+
+
+@pytest.fixture
+def settings(database_dsn: str, rabbit_url: str, crypto_keys: str) -> Settings:
+    return Settings(
+        postgres=PostgresSettings(dsn=database_dsn, pool_min=1, pool_max=4),
+        rabbit=RabbitSettings(url=rabbit_url),
+        crypto=CryptoSettings(keys=crypto_keys),
+        heartbeat_s=0.2,
+        replica_timeout_s=1.0,
+        account_poll_s=0.2,
+        retry_base_s=1,
+        retry_cap_s=10,
+        max_attempts=5,
+        smtp_timeout_s=5,
+        helo_name="sender.test",
+    )
+
+
+@asynccontextmanager
+async def running_sender(settings: Settings) -> AsyncIterator[SenderReplica]:
+    """The real app (broker, replica, ops routes), started and stopped as uvicorn would."""
+    replica = SenderReplica(settings)
+    app = create_app(settings, replica)
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        # Its own task: the app's task group must be entered and left by the same task.
+        async with app.start_lifespan_context():
+            await stop.wait()
+
+    task = asyncio.create_task(serve())
+    try:
+        await wait_for(lambda: _ready_or_crashed(replica, task), within=15)
+        if task.done():
+            task.result()
+        yield replica
+    finally:
+        stop.set()
+        await task
+
+
+async def _ready_or_crashed(replica: SenderReplica, task: "asyncio.Task[None]") -> bool:
+    return task.done() or await replica.is_ready()
+
+
+@pytest.fixture
+async def sender(settings: Settings, db: Any) -> AsyncIterator[SenderReplica]:
+    async with running_sender(settings) as replica:
+        yield replica
+
+
+async def wait_for(
+    check: Callable[[], Awaitable[Any]], within: float = 10, interval: float = 0.05
+) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        result = await check()
+        if result:
+            return result
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {within}s")
+        await asyncio.sleep(interval)
+
+
+async def insert_account(
+    db: Any,
+    port: int,
+    *,
+    crypto_keys: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    from_name: str | None = "Mail Fleet",
+    min_gap_ms: int = 0,
+    status: str = "active",
+) -> uuid.UUID:
+    encrypted = None
+    if password is not None and crypto_keys is not None:
+        encrypted = SecretBox([k for k in crypto_keys.split(",") if k]).encrypt(password)
+    account_id: uuid.UUID = await db.fetchval(
+        """
+        INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, smtp_username,
+                              smtp_password_enc, from_email, from_name, daily_limit,
+                              min_gap_ms, status)
+        VALUES ('test', '127.0.0.1', $1, 'none', $2, $3, 'news@fleet.example.com', $4, 1000,
+                $5, $6)
+        RETURNING id
+        """,
+        port,
+        username,
+        encrypted,
+        from_name,
+        min_gap_ms,
+        status,
+    )
+    return account_id
+
+
+async def insert_campaign(
+    db: Any,
+    *,
+    subject: str = "Hello {{ name }}",
+    html: str | None = "<p>Hi {{ name }}, your code is {{ code }}</p>",
+    text: str | None = "Hi {{ name }}, your code is {{ code }}",
+    status: str = "running",
+) -> uuid.UUID:
+    owner = await db.fetchval(
+        "INSERT INTO users (email, password_hash, role) VALUES ($1, 'x', 'admin') RETURNING id",
+        f"{uuid.uuid4().hex}@example.com",
+    )
+    campaign_id: uuid.UUID = await db.fetchval(
+        """
+        INSERT INTO campaigns (owner_id, name, subject, html_body, text_body, status)
+        VALUES ($1, 'test', $2, $3, $4, $5) RETURNING id
+        """,
+        owner,
+        subject,
+        html,
+        text,
+        status,
+    )
+    return campaign_id
+
+
+async def insert_messages(
+    db: Any,
+    campaign_id: uuid.UUID,
+    account_id: uuid.UUID,
+    recipients: list[str | tuple[str, str | None]],
+    variables: dict[str, Any] | None = None,
+) -> list[int]:
+    """Messages already `assigned` to the account, as the dispatcher leaves them."""
+    ids = []
+    for recipient in recipients:
+        email, name = (recipient, "Reader") if isinstance(recipient, str) else recipient
+        ids.append(
+            await db.fetchval(
+                """
+                INSERT INTO messages (campaign_id, email, name, variables, status, account_id,
+                                      assigned_at)
+                VALUES ($1, $2, $3, $4::jsonb, 'assigned', $5, now()) RETURNING id
+                """,
+                campaign_id,
+                email,
+                name,
+                json.dumps(variables or {"code": "c-1"}),
+                account_id,
+            )
+        )
+    return ids
+
+
+async def reassign(db: Any, account_id: uuid.UUID, ids: list[int]) -> None:
+    """What the dispatcher does with a deferred message whose retry is due."""
+    await db.execute(
+        """
+        UPDATE messages SET status = 'assigned', account_id = $1, assigned_at = now()
+        WHERE id = ANY($2::bigint[]) AND status = 'deferred'
+        """,
+        account_id,
+        ids,
+    )
+
+
+async def publish_raw(rabbit_url: str, account_id: uuid.UUID, body: bytes) -> None:
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel()
+        exchange = await channel.declare_exchange(
+            topology.SEND.name, type=topology.SEND.type.value, durable=True
+        )
+        spec = topology.send_queue(account_id)
+        queue = await channel.declare_queue(spec.name, durable=True, arguments=spec.arguments)
+        await queue.bind(exchange, routing_key=spec.routing_key)
+        await exchange.publish(
+            aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+            routing_key=str(account_id),
+        )
+
+
+async def publish_batch(rabbit_url: str, account_id: uuid.UUID, ids: list[int]) -> None:
+    command = SendBatch(account_id=account_id, message_ids=ids, dispatched_at=datetime.now(UTC))
+    await publish_raw(rabbit_url, account_id, command.model_dump_json().encode())
+
+
+async def statuses(db: Any, ids: list[int]) -> list[str]:
+    rows = await db.fetch(
+        "SELECT status FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id", ids
+    )
+    return [row["status"] for row in rows]
+
+
+async def drain_queue(rabbit_url: str, name: str) -> list[dict[str, Any]]:
+    """Every message now in a queue, decoded from JSON (the queue is left empty)."""
+    bodies = []
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.get_queue(name, ensure=True)
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            try:
+                bodies.append(json.loads(message.body))
+            except ValueError:
+                bodies.append({"raw": message.body.decode(errors="replace")})
+    return bodies
