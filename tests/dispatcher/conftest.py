@@ -1,12 +1,13 @@
 """Fixtures for the dispatcher: settings, a pool, a broker, and rows inserted with plain SQL."""
 
+import asyncio
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import pytest
-from faststream.rabbit import RabbitBroker
+from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitQueue
 from mailfleet_common.db import Conn, create_pool
 from mailfleet_common.settings import PostgresSettings, RabbitSettings
 from mailfleet_dispatcher.settings import DispatchSettings, Settings
@@ -153,3 +154,23 @@ async def reserved_today(db: Conn, account_id: UUID) -> int:
         account_id,
     )
     return int(value)
+
+
+async def bound_queue(broker: RabbitBroker, exchange: RabbitExchange, routing_key: str) -> Any:
+    """A fresh queue bound to `exchange`, for a test to read what was published there."""
+    await broker.declare_exchange(exchange)
+    queue = await broker.declare_queue(RabbitQueue(f"test.{uuid4().hex}", auto_delete=True))
+    await queue.bind(exchange.name, routing_key=routing_key)
+    return queue
+
+
+async def next_body(queue: Any, wait_s: float = 5.0) -> bytes:
+    """The body of the next message on `queue`, waiting up to `wait_s` for it."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        message = await queue.get(no_ack=True, fail=False)
+        if message is not None:
+            return bytes(message.body)
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"nothing arrived on {queue.name}")
+        await asyncio.sleep(0.05)

@@ -78,4 +78,6 @@ class Runtime:
             return False
 
     async def broker_ready(self) -> bool:
-        return await self.broker.ping(timeout=1)
+        # FastStream reports ASGI startup complete before the broker starts consuming; the
+        # loops start only after it has, so they mark the moment the service is really up.
+        return bool(self._tasks) and await self.broker.ping(timeout=1)
