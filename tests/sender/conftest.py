@@ -48,9 +48,11 @@ def settings(database_dsn: str, rabbit_url: str, crypto_keys: str) -> Settings:
 
 
 @asynccontextmanager
-async def running_sender(settings: Settings) -> AsyncIterator[SenderReplica]:
+async def running_sender(
+    settings: Settings, replica: SenderReplica | None = None
+) -> AsyncIterator[SenderReplica]:
     """The real app (broker, replica, ops routes), started and stopped as uvicorn would."""
-    replica = SenderReplica(settings)
+    replica = replica or SenderReplica(settings)
     app = create_app(settings, replica)
     stop = asyncio.Event()
 

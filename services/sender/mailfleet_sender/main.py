@@ -1,5 +1,6 @@
 """Entry point: the sender app (replica plus /metrics, /health, /ready) served by uvicorn."""
 
+import signal
 from collections.abc import Sequence
 from typing import cast
 
@@ -50,6 +51,9 @@ def run() -> None:
 
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-sender")
+    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler
+    # it found installed; a no-op one makes a graceful stop exit with status 0.
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     uvicorn.run(
         create_app(settings),
         host=settings.http.host,

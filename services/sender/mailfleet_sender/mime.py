@@ -31,9 +31,9 @@ class MessageBuildError(MailfleetError):
 _FOLD = str.maketrans({**{chr(c): " " for c in range(32)}, "\x7f": " "})
 _ATOMS = re.compile(r"[A-Za-z0-9!#$%&'*+\-/=?^_`{|}~ ]*")
 _ADDRESS = re.compile(r"[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.\-]+")
-# RFC 2047: an encoded-word is at most 75 characters; "=?utf-8?b?" + "?=" leaves 63 for
-# base64, i.e. 45 bytes of UTF-8.
-_WORD_BYTES = 45
+# RFC 2047 caps an encoded-word at 75 characters; 39 bytes of UTF-8 (52 of base64, 64 with
+# "=?utf-8?b?" and "?=") keep even the first line, after "Subject: ", within 78.
+_WORD_BYTES = 39
 _MAX_PLAIN_HEADER = 900  # RFC 5322 caps lines at 998 characters
 
 
@@ -96,18 +96,19 @@ def envelope_address(address: str) -> str:
     return address if _ADDRESS.fullmatch(address) else _ascii_address(address)
 
 
-def _crlf_lines(text: str) -> bytes:
+def _crlf_lines(text: str) -> str:
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
     text = text.replace("\n", "\r\n")
     if not text.endswith("\r\n"):
         # Also makes b2a_qp see CRLF line ends, so its soft breaks are "=\r\n" too.
         text += "\r\n"
-    return text.encode()
+    return text
 
 
 def _part(content_type: str, text: str) -> bytes:
-    data = _crlf_lines(text)
+    text = _crlf_lines(text)
+    data = text.encode()
     if len(data) - len(text) > len(text) // 8:
         # Mostly non-ASCII text: base64 is smaller than quoted-printable.
         body = b"\r\n".join(
@@ -164,6 +165,8 @@ def build_message(
             return head + _part("text/plain", text or "")
         return head + _part("text/html", html)
     # "=_" never occurs in quoted-printable or base64 output, so the boundary cannot collide.
+    # The CRLF before each delimiter belongs to the delimiter (RFC 2046 5.1.1), hence the
+    # extra one after each part, whose own last line already ends in CRLF.
     boundary = b"=_mf" + secrets.token_hex(12).encode()
     return b"".join(
         (
@@ -174,11 +177,11 @@ def build_message(
             boundary,
             b"\r\n",
             _part("text/plain", text),
-            b"--",
+            b"\r\n--",
             boundary,
             b"\r\n",
             _part("text/html", html),
-            b"--",
+            b"\r\n--",
             boundary,
             b"--\r\n",
         )
