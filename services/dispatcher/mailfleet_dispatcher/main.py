@@ -33,6 +33,7 @@ def create_app(settings: Settings) -> AsgiFastStream:
     return AsgiFastStream(
         broker,
         asgi_routes=routes,
+        logger=logging.getLogger("mailfleet_dispatcher.app"),
         on_startup=[runtime.start],
         after_startup=[runtime.start_loops],
         on_shutdown=[runtime.stop_loops],
