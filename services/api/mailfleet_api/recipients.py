@@ -42,50 +42,57 @@ class Rejection:
     reason: str
 
 
-def screen_recipients(
-    recipients: Sequence[RecipientIn], max_variables_bytes: int
-) -> tuple[list[Candidate], list[Rejection]]:
-    """Split recipients into storable candidates and rejections, dropping repeats."""
-    candidates: list[Candidate] = []
-    rejections: list[Rejection] = []
-    seen: set[str] = set()
-    dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-    for index, recipient in enumerate(recipients):
+class RecipientScreen:
+    """Screens the recipients of one request, chunk by chunk, remembering what it has seen.
+
+    Chunks can be screened in a worker thread while the previous chunk is being stored.
+    """
+
+    def __init__(self, max_variables_bytes: int) -> None:
+        self.max_variables_bytes = max_variables_bytes
+        self._seen: set[str] = set()
+        self._dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+    def screen(
+        self, recipients: Sequence[RecipientIn], first_index: int = 0
+    ) -> tuple[list[Candidate], list[Rejection]]:
+        """Split recipients into storable candidates and rejections, dropping repeats."""
+        candidates: list[Candidate] = []
+        rejections: list[Rejection] = []
+        for index, recipient in enumerate(recipients, first_index):
+            outcome = self._screen_one(index, recipient)
+            if isinstance(outcome, Rejection):
+                rejections.append(outcome)
+            else:
+                candidates.append(outcome)
+        return candidates, rejections
+
+    def _screen_one(self, index: int, recipient: RecipientIn) -> Candidate | Rejection:
         raw = recipient.email
         if len(raw) > MAX_ADDRESS_CHARS:
-            reason = "invalid address: too long"
-            rejections.append(Rejection(index, raw[:MAX_ADDRESS_CHARS], reason))
-            continue
+            return Rejection(index, raw[:MAX_ADDRESS_CHARS], "invalid address: too long")
         try:
             email = validate_email(raw, check_deliverability=False).normalized
         except EmailNotValidError as exc:
-            rejections.append(Rejection(index, raw, f"invalid address: {exc}"))
-            continue
+            return Rejection(index, raw, f"invalid address: {exc}")
         name = recipient.name
         if name is not None:
             if _CONTROL.search(name):
-                reason = "name must not contain control characters (CR, LF, ...)"
-                rejections.append(Rejection(index, email, reason))
-                continue
-            if len(name) > MAX_NAME_CHARS:
-                rejections.append(
-                    Rejection(index, email, f"name longer than {MAX_NAME_CHARS} characters")
+                return Rejection(
+                    index, email, "name must not contain control characters (CR, LF, ...)"
                 )
-                continue
-        variables_json = "{}" if recipient.variables is None else dumps(recipient.variables)
+            if len(name) > MAX_NAME_CHARS:
+                return Rejection(index, email, f"name longer than {MAX_NAME_CHARS} characters")
+        variables_json = "{}" if not recipient.variables else self._dumps(recipient.variables)
         if "\\u0000" in variables_json:
             # PostgreSQL's jsonb cannot hold NUL characters.
-            rejections.append(Rejection(index, email, "variables must not contain NUL"))
-            continue
-        if len(variables_json.encode()) > max_variables_bytes:
-            rejections.append(
-                Rejection(index, email, f"variables larger than {max_variables_bytes} bytes")
+            return Rejection(index, email, "variables must not contain NUL")
+        if len(variables_json.encode()) > self.max_variables_bytes:
+            return Rejection(
+                index, email, f"variables larger than {self.max_variables_bytes} bytes"
             )
-            continue
         key = email.lower()
-        if key in seen:
-            rejections.append(Rejection(index, email, "duplicate in request"))
-            continue
-        seen.add(key)
-        candidates.append(Candidate(index, email, name, variables_json))
-    return candidates, rejections
+        if key in self._seen:
+            return Rejection(index, email, "duplicate in request")
+        self._seen.add(key)
+        return Candidate(index, email, name, variables_json)

@@ -1,0 +1,183 @@
+"""Campaigns: validation, lifecycle, and cancel giving back reservations."""
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+
+from .conftest import Conn, account_body, campaign_body
+
+
+async def test_campaign_is_created_in_draft_with_message_counts(
+    client: httpx.AsyncClient, operator: dict[str, Any], admin: dict[str, Any]
+) -> None:
+    account = (
+        await client.post("/api/admin/accounts", json=account_body(), headers=admin["headers"])
+    ).json()
+    body = campaign_body(
+        account_ids=[account["id"]], tracking=False, start_at="2030-01-01T09:00:00+00:00"
+    )
+    created = await client.post("/api/campaigns", json=body, headers=operator["headers"])
+    assert created.status_code == 201, created.text
+    campaign = created.json()
+    assert campaign["status"] == "draft"
+    assert campaign["account_ids"] == [account["id"]]
+    assert campaign["tracking"] is False
+    assert campaign["messages"] == {}
+    assert campaign["total_messages"] == 0
+    assert campaign["owner_id"] == str(operator["id"])
+
+
+async def test_campaign_input_is_refused_with_a_reason(
+    client: httpx.AsyncClient, operator: dict[str, Any], admin: dict[str, Any]
+) -> None:
+    archived = (
+        await client.post("/api/admin/accounts", json=account_body(), headers=admin["headers"])
+    ).json()["id"]
+    await client.delete(f"/api/admin/accounts/{archived}", headers=admin["headers"])
+    cases = {
+        "subject CR/LF": campaign_body(subject="Hi\r\nBcc: everyone@example.com"),
+        "name LF": campaign_body(name="a\nb"),
+        "no body": campaign_body(html_body=None, text_body=None),
+        "broken subject": campaign_body(subject="Hello {{ name "),
+        "broken html": campaign_body(html_body="<p>{% if x %}</p>"),
+        "long subject": campaign_body(subject="x" * 999),
+        "unknown account": campaign_body(account_ids=[str(uuid.uuid4())]),
+        "archived account": campaign_body(account_ids=[archived]),
+        "malformed account id": campaign_body(account_ids=["nope"]),
+        "naive start_at": campaign_body(start_at="2030-01-01T09:00:00"),
+        "NUL in body": campaign_body(text_body="a\x00b"),
+    }
+    for case, body in cases.items():
+        response = await client.post("/api/campaigns", json=body, headers=operator["headers"])
+        assert response.status_code == 422, (case, response.text)
+        assert response.json()["detail"], case
+    broken = await client.post(
+        "/api/campaigns", json=cases["broken html"], headers=operator["headers"]
+    )
+    assert "html_body is not a valid template" in broken.json()["detail"]
+
+
+async def test_oversize_bodies_are_refused(
+    client: httpx.AsyncClient, operator: dict[str, Any]
+) -> None:
+    big = "x" * (512 * 1024 + 1)
+    for field in ("html_body", "text_body"):
+        response = await client.post(
+            "/api/campaigns", json=campaign_body(**{field: big}), headers=operator["headers"]
+        )
+        assert response.status_code == 413, field
+        assert field in response.json()["detail"]
+    huge = await client.post(
+        "/api/campaigns",
+        content=b"{" + b" " * (9 * 1024 * 1024) + b"}",
+        headers={**operator["headers"], "content-type": "application/json"},
+    )
+    assert huge.status_code == 413
+
+
+async def test_campaign_lifecycle_start_pause_start(
+    client: httpx.AsyncClient, operator: dict[str, Any], campaign_id: str
+) -> None:
+    h = operator["headers"]
+    start_at = "2031-05-01T08:00:00Z"
+    started = await client.post(
+        f"/api/campaigns/{campaign_id}/start", json={"start_at": start_at}, headers=h
+    )
+    assert started.status_code == 200, started.text
+    assert started.json()["status"] == "running"
+    assert datetime.fromisoformat(started.json()["start_at"]) == datetime(2031, 5, 1, 8, tzinfo=UTC)
+    assert (await client.post(f"/api/campaigns/{campaign_id}/start", headers=h)).status_code == 409
+    paused = await client.post(f"/api/campaigns/{campaign_id}/pause", headers=h)
+    assert paused.json()["status"] == "paused"
+    assert (await client.post(f"/api/campaigns/{campaign_id}/pause", headers=h)).status_code == 409
+    resumed = await client.post(f"/api/campaigns/{campaign_id}/start", headers=h)
+    assert resumed.json()["status"] == "running"
+
+
+async def test_unknown_campaign_is_not_found_everywhere(
+    client: httpx.AsyncClient, operator: dict[str, Any]
+) -> None:
+    h = operator["headers"]
+    missing = uuid.uuid4()
+    for method, path in (
+        ("GET", f"/api/campaigns/{missing}"),
+        ("POST", f"/api/campaigns/{missing}/start"),
+        ("POST", f"/api/campaigns/{missing}/pause"),
+        ("DELETE", f"/api/campaigns/{missing}"),
+    ):
+        assert (await client.request(method, path, headers=h)).status_code == 404, path
+    assert (await client.get("/api/campaigns/not-a-uuid", headers=h)).status_code == 422
+
+
+async def test_campaign_list_paginates_newest_first_and_filters_by_status(
+    client: httpx.AsyncClient, operator: dict[str, Any]
+) -> None:
+    h = operator["headers"]
+    ids = []
+    for n in range(4):
+        created = await client.post("/api/campaigns", json=campaign_body(name=f"c{n}"), headers=h)
+        ids.append(created.json()["id"])
+    await client.post(f"/api/campaigns/{ids[0]}/start", headers=h)
+    page = (await client.get("/api/campaigns", params={"limit": 2}, headers=h)).json()
+    assert page["total"] == 4
+    assert [c["name"] for c in page["items"]] == ["c3", "c2"]
+    assert "html_body" not in page["items"][0]
+    running = (await client.get("/api/campaigns", params={"status": "running"}, headers=h)).json()
+    assert [c["id"] for c in running["items"]] == [ids[0]]
+    assert (
+        await client.get("/api/campaigns", params={"status": "bogus"}, headers=h)
+    ).status_code == 422
+
+
+async def test_cancel_marks_unsent_messages_cancelled_and_gives_back_reservations(
+    client: httpx.AsyncClient, operator: dict[str, Any], admin: dict[str, Any], db: Conn
+) -> None:
+    account_id = uuid.UUID(
+        (
+            await client.post("/api/admin/accounts", json=account_body(), headers=admin["headers"])
+        ).json()["id"]
+    )
+    campaign_id = uuid.UUID(
+        (
+            await client.post("/api/campaigns", json=campaign_body(), headers=operator["headers"])
+        ).json()["id"]
+    )
+    await client.post(f"/api/campaigns/{campaign_id}/start", headers=operator["headers"])
+    now = datetime.now(UTC)
+    today, yesterday = now.date(), (now - timedelta(days=1)).date()
+    await db.execute(
+        "INSERT INTO account_daily_usage (account_id, day, reserved, sent) "
+        "VALUES ($1, $2, 10, 3), ($1, $3, 4, 0)",
+        account_id,
+        today,
+        yesterday,
+    )
+    rows = [
+        ("queued", None, None), ("deferred", None, None),
+        ("assigned", account_id, now), ("assigned", account_id, now),
+        ("assigned", account_id, now - timedelta(days=1)),
+        ("sending", account_id, now), ("sent", account_id, now), ("failed", None, None),
+    ]  # fmt: skip
+    await db.executemany(
+        "INSERT INTO messages (campaign_id, email, status, account_id, assigned_at) "
+        "VALUES ($1, $2, $3, $4, $5)",
+        [(campaign_id, f"r{i}@example.com", *row) for i, row in enumerate(rows)],
+    )
+
+    response = await client.delete(f"/api/campaigns/{campaign_id}", headers=operator["headers"])
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["cancelled_messages"] == 5
+    assert body["released_reservations"] == 3
+    assert body["campaign"]["status"] == "cancelled"
+    assert body["campaign"]["messages"] == {"cancelled": 5, "sending": 1, "sent": 1, "failed": 1}
+    usage = dict(await db.fetch(
+        "SELECT day, reserved FROM account_daily_usage WHERE account_id = $1", account_id
+    ))  # fmt: skip
+    assert usage == {today: 8, yesterday: 3}
+    again = await client.delete(f"/api/campaigns/{campaign_id}", headers=operator["headers"])
+    assert again.status_code == 409
+    restart = await client.post(f"/api/campaigns/{campaign_id}/start", headers=operator["headers"])
+    assert restart.status_code == 409
