@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from typing import Any
@@ -13,6 +14,9 @@ from mailfleet_common import topology
 from mailfleet_common.messages import RecipientsEnqueued
 
 from .conftest import Conn
+
+# The target is 1 s on an otherwise idle two-core machine; a busy one may set a looser budget.
+ENQUEUE_BUDGET_S = float(os.environ.get("MAILFLEET_TEST_ENQUEUE_BUDGET_S", "1.0"))
 
 
 async def _enqueue(
@@ -279,4 +283,4 @@ async def test_ten_thousand_recipients_are_accepted_in_under_a_second(
             timings.append(took)
     assert await db.fetchval("SELECT count(*) FROM messages") == 30_100
     print("enqueue of 10,000 recipients took", ", ".join(f"{t * 1000:.0f} ms" for t in timings))  # noqa: T201
-    assert min(timings) < 1.0
+    assert min(timings) < ENQUEUE_BUDGET_S

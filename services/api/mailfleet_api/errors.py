@@ -2,6 +2,7 @@
 
 from typing import ClassVar
 
+import asyncpg
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from mailfleet_common.errors import MailfleetError
@@ -51,6 +52,12 @@ async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, exc.status_code, headers=exc.headers)
 
 
+async def _data_error(request: Request, exc: Exception) -> JSONResponse:
+    # A value PostgreSQL cannot store (bad encoding, out of range) that the schemas let
+    # through: still the caller's input, so a 422 with PostgreSQL's reason, not a 500.
+    return JSONResponse({"detail": f"invalid value: {exc}"}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+
+
 async def _template_invalid(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
 
@@ -58,3 +65,4 @@ async def _template_invalid(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(TemplateInvalid, _template_invalid)
+    app.add_exception_handler(asyncpg.DataError, _data_error)
