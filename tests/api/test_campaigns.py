@@ -177,6 +177,10 @@ async def test_cancel_marks_unsent_messages_cancelled_and_gives_back_reservation
         "SELECT day, reserved FROM account_daily_usage WHERE account_id = $1", account_id
     ))  # fmt: skip
     assert usage == {today: 8, yesterday: 3}
+    # Given back here, so nothing is left for the dispatcher's cancelled-assignment sweep.
+    assert not await db.fetchval(
+        "SELECT count(*) FROM messages WHERE status = 'cancelled' AND account_id IS NOT NULL"
+    )
     again = await client.delete(f"/api/campaigns/{campaign_id}", headers=operator["headers"])
     assert again.status_code == 409
     restart = await client.post(f"/api/campaigns/{campaign_id}/start", headers=operator["headers"])

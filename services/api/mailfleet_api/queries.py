@@ -399,7 +399,12 @@ async def cancel_campaign(conn: Conn, campaign_id: UUID) -> tuple[int, int] | No
             WHERE m.status IN ('queued', 'assigned', 'deferred')
             FOR UPDATE OF m
         ), cancelled AS (
-            UPDATE messages m SET status = 'cancelled', next_attempt_at = NULL, updated_at = now()
+            -- account_id is cleared because the unit is given back right here: the
+            -- dispatcher's sweep gives back units only of cancelled messages that still
+            -- carry an account.
+            UPDATE messages m
+            SET status = 'cancelled', account_id = NULL, next_attempt_at = NULL,
+                updated_at = now()
             FROM unsent
             WHERE m.id = unsent.id
             RETURNING unsent.status AS was, unsent.account_id, unsent.assigned_at
@@ -408,10 +413,17 @@ async def cancel_campaign(conn: Conn, campaign_id: UUID) -> tuple[int, int] | No
             FROM cancelled
             WHERE was = 'assigned' AND account_id IS NOT NULL AND assigned_at IS NOT NULL
             GROUP BY 1, 2
+        ), usage_rows AS (
+            -- Locked in key order, as the dispatcher does, so the two never deadlock.
+            SELECT u.account_id, u.day FROM account_daily_usage u
+            JOIN released r ON r.account_id = u.account_id AND r.day = u.day
+            ORDER BY u.account_id, u.day
+            FOR NO KEY UPDATE OF u
         ), usage AS (
             UPDATE account_daily_usage u SET reserved = greatest(u.reserved - r.n, 0)
-            FROM released r
+            FROM released r, usage_rows l
             WHERE u.account_id = r.account_id AND u.day = r.day
+              AND l.account_id = r.account_id AND l.day = r.day
             RETURNING r.n
         )
         SELECT (SELECT count(*) FROM campaign) AS campaigns,
