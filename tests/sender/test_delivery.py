@@ -25,11 +25,17 @@ async def _settled(db: Any, ids: list[int], wanted: str = "sent") -> bool:
     return all(s == wanted for s in await statuses(db, ids))
 
 
-async def _attempts_for(rabbit_url: str, ids: list[int]) -> list[dict[str, Any]]:
-    found = []
-    for batch in await drain_queue(rabbit_url, topology.SEND_ATTEMPT_QUEUE.name):
-        found.extend(a for a in batch.get("attempts", []) if a["message_id"] in ids)
-    return found
+async def _attempts_for(rabbit_url: str, ids: list[int], count: int) -> list[dict[str, Any]]:
+    """The published attempts of these messages, once `count` of them have arrived."""
+    found: list[dict[str, Any]] = []
+
+    async def collect() -> bool:
+        for batch in await drain_queue(rabbit_url, topology.SEND_ATTEMPT_QUEUE.name):
+            found.extend(a for a in batch.get("attempts", []) if a["message_id"] in ids)
+        return len(found) >= count
+
+    await wait_for(collect)
+    return sorted(found, key=lambda a: (a["message_id"], a["attempt"]))
 
 
 async def test_message_is_delivered_once_with_a_stable_message_id(
@@ -51,7 +57,7 @@ async def test_message_is_delivered_once_with_a_stable_message_id(
     assert row["message_id"] == received[0].message_id
     assert row["message_id"].endswith("@fleet.example.com>")
     assert received[0].message["Subject"] == "Hello Reader"
-    attempts = await wait_for(lambda: _attempts_for(rabbit_url, ids))
+    attempts = await _attempts_for(rabbit_url, ids, 1)
     assert [(a["attempt"], a["outcome"]) for a in attempts] == [(1, "sent")]
 
 
@@ -80,7 +86,7 @@ async def test_temporary_failures_are_retried_with_the_same_message_id_until_sen
     assert [r.message_id for r in smtp_peer.handler.to("tempfail2-a@example.org")] == [
         first_message_id
     ]
-    attempts = await wait_for(lambda: _attempts_for(rabbit_url, ids))
+    attempts = await _attempts_for(rabbit_url, ids, 3)
     assert [(a["attempt"], a["outcome"], a["smtp_code"]) for a in attempts] == [
         (1, "deferred", 451),
         (2, "deferred", 451),

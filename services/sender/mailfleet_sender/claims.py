@@ -8,7 +8,7 @@ while an earlier outcome of its own is still only in memory: a crash leaves at m
 
 import asyncio
 import logging
-import secrets
+import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -66,6 +66,7 @@ class Committer:
         report: Callable[[list[SendAttempt]], None],
         linger_ms: float,
         max_group: int,
+        concurrency: int = 1,
     ) -> None:
         self._pool = pool
         self._replica_id = replica_id
@@ -76,6 +77,11 @@ class Committer:
         self._wakeup = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
+        # Several groups may be in flight: a request then waits for its own commit only, not
+        # for the one that was already running when it arrived. Row locks order any two
+        # statements touching the same message.
+        self._slots = asyncio.Semaphore(concurrency)
+        self._inflight: set[asyncio.Task[None]] = set()
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="claims-committer")
@@ -100,14 +106,24 @@ class Committer:
         while True:
             if not self._pending:
                 if self._closing:
+                    await asyncio.gather(*self._inflight)
                     return
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            await self._slots.acquire()
             if self._linger and len(self._pending) < self._max and not self._closing:
                 await asyncio.sleep(self._linger)
             group, self._pending = self._take_group()
+            task = asyncio.create_task(self._flush_in_slot(group))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+    async def _flush_in_slot(self, group: list[_Request]) -> None:
+        try:
             await self._flush(group)
+        finally:
+            self._slots.release()
 
     def _take_group(self) -> tuple[list[_Request], list[_Request]]:
         # The same message claimed twice in one statement would let both claimants see it
@@ -137,7 +153,8 @@ class Committer:
             if (claim := request.claim) is not None:
                 arrays.claim_ids.append(claim.message_id)
                 arrays.claim_accounts.append(claim.account_id)
-                arrays.claim_tokens.append(secrets.token_hex(6))
+                # Uniqueness comes from the message id; this only makes Message-IDs unguessable.
+                arrays.claim_tokens.append(f"{random.getrandbits(48):012x}")
                 arrays.claim_domains.append(claim.domain)
         started = time.perf_counter()
         try:

@@ -35,6 +35,7 @@ _ADDRESS = re.compile(r"[!#-'*+\-/-9=?A-Z^-~.]+@[A-Za-z0-9.\-]+")
 # "=?utf-8?b?" and "?=") keep even the first line, after "Subject: ", within 78.
 _WORD_BYTES = 39
 _MAX_PLAIN_HEADER = 900  # RFC 5322 caps lines at 998 characters
+_MAX_BODY_LINE = 998
 
 
 def encoded_words(value: str) -> str:
@@ -108,16 +109,23 @@ def _crlf_lines(text: str) -> str:
 
 def _part(content_type: str, text: str) -> bytes:
     text = _crlf_lines(text)
-    data = text.encode()
-    if len(data) - len(text) > len(text) // 8:
-        # Mostly non-ASCII text: base64 is smaller than quoted-printable.
-        body = b"\r\n".join(
-            binascii.b2a_base64(data[i : i + 57]).rstrip(b"\n") for i in range(0, len(data), 57)
-        ) + b"\r\n"
-        encoding = b"base64"
+    if text.isascii() and max(map(len, text.split("\r\n"))) <= _MAX_BODY_LINE:
+        # Plain ASCII in short-enough lines needs no encoding at all (and QP is the costliest
+        # step of building a message).
+        body = text.encode("ascii")
+        encoding = b"7bit"
     else:
-        body = binascii.b2a_qp(data, istext=True)
-        encoding = b"quoted-printable"
+        data = text.encode()
+        if len(data) - len(text) > len(text) // 8:
+            # Mostly non-ASCII text: base64 is smaller than quoted-printable.
+            body = b"\r\n".join(
+                binascii.b2a_base64(data[i : i + 57], newline=False)
+                for i in range(0, len(data), 57)
+            ) + b"\r\n"
+            encoding = b"base64"
+        else:
+            body = binascii.b2a_qp(data, istext=True)
+            encoding = b"quoted-printable"
     return (
         b"Content-Type: " + content_type.encode() + b"; charset=utf-8\r\n"
         b"Content-Transfer-Encoding: " + encoding + b"\r\n\r\n" + body

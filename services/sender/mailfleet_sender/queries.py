@@ -103,6 +103,9 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> CampaignRow | None:
 # record `sent`), then claims (`assigned -> sending`, only for an active account and a running
 # campaign). One statement, so one round trip and one commit for a whole group. The two
 # updates never touch the same row: one needs `assigned`, the other `sending`/`uncertain`.
+# The campaign check is a scalar subquery on purpose: as a join, a planner short of
+# statistics drives the claim from "every assigned message of the running campaigns" (100 ms
+# on 20k rows) instead of from the handful of ids given.
 _FLUSH = """
 WITH outcome AS (
     UPDATE messages AS m
@@ -134,9 +137,7 @@ claim AS (
     WHERE m.id = c.id
       AND m.status = 'assigned'
       AND m.account_id = c.account_id
-      AND EXISTS (
-          SELECT 1 FROM campaigns AS k WHERE k.id = m.campaign_id AND k.status = 'running'
-      )
+      AND (SELECT k.status FROM campaigns AS k WHERE k.id = m.campaign_id) = 'running'
     RETURNING m.id, m.campaign_id, m.email, m.name, m.variables, m.attempts, m.message_id
 )
 SELECT true AS claimed, id, campaign_id, email, name, variables, attempts, message_id

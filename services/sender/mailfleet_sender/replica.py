@@ -61,7 +61,9 @@ class SenderReplica:
             settings.rabbit.url.get_secret_value()
         )
         await self._declare_topology()
-        self._reporter = AttemptReporter(publisher, settings.report_max)
+        self._reporter = AttemptReporter(
+            publisher, settings.report_max, settings.report_linger_ms / 1000
+        )
         self._reporter.start()
         self._committer = Committer(
             self._pool,
@@ -69,6 +71,7 @@ class SenderReplica:
             self._reporter.add,
             settings.flush_linger_ms,
             settings.flush_max,
+            settings.flush_concurrency,
         )
         self._committer.start()
         self._deliverer = Deliverer(

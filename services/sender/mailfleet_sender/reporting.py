@@ -23,9 +23,10 @@ class EventPublisher(Protocol):
 class AttemptReporter:
     """Publishes SendAttempts in batches, in the order their outcomes were written."""
 
-    def __init__(self, publisher: EventPublisher, max_batch: int) -> None:
+    def __init__(self, publisher: EventPublisher, max_batch: int, linger_s: float = 0.1) -> None:
         self._publisher = publisher
         self._max = max_batch
+        self._linger = linger_s
         self._pending: list[SendAttempt] = []
         self._wakeup = asyncio.Event()
         self._closing = False
@@ -57,6 +58,9 @@ class AttemptReporter:
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
+            if self._linger and len(self._pending) < self._max and not self._closing:
+                # One bus message costs about as much CPU as a few dozen attempts in it.
+                await asyncio.sleep(self._linger)
             batch = self._pending[: self._max]
             try:
                 await self._publisher.publish_event(

@@ -19,6 +19,7 @@ class Settings(ServiceSettings):
     # Group commit of claims and outcomes.
     flush_linger_ms: float = Field(default=2.0, ge=0)
     flush_max: int = Field(default=2000, ge=1)
+    flush_concurrency: int = Field(default=3, ge=1)
 
     # SMTP.
     max_connections_per_account: int = Field(default=1, ge=1)
@@ -33,3 +34,4 @@ class Settings(ServiceSettings):
 
     # Reporting.
     report_max: int = Field(default=5000, ge=1)
+    report_linger_ms: float = Field(default=100.0, ge=0)
