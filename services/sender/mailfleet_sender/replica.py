@@ -56,7 +56,11 @@ class SenderReplica:
     async def start(self, publisher: EventPublisher) -> None:
         """Connect, subscribe every account (owned ones first), then announce ourselves."""
         settings = self.settings
-        self._pool: Pool = await create_pool(settings.postgres)
+        # Every statement here is short and keyed by primary keys, and the group commit is
+        # written so that its generic plan stays on them: skip re-planning on each execution.
+        self._pool: Pool = await create_pool(
+            settings.postgres, server_settings={"plan_cache_mode": "force_generic_plan"}
+        )
         self._connection: AbstractRobustConnection = await aio_pika.connect_robust(
             settings.rabbit.url.get_secret_value()
         )

@@ -17,7 +17,7 @@ class Settings(ServiceSettings):
     prefetch_batches: int = Field(default=2, ge=1)
 
     # Group commit of claims and outcomes.
-    flush_linger_ms: float = Field(default=2.0, ge=0)
+    flush_linger_ms: float = Field(default=0.5, ge=0)
     flush_max: int = Field(default=2000, ge=1)
     flush_concurrency: int = Field(default=3, ge=1)
 
