@@ -1,1 +1,1 @@
-"""sink package."""
+"""A low-cost SMTP capture server for demos, tests and benchmarks."""
