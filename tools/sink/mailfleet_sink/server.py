@@ -34,13 +34,17 @@ class Capture:
             self.record.close()
 
 
-async def serve(host: str, port: int, capture: Capture, stop: asyncio.Event) -> None:
-    """Accept SMTP sessions on host:port until `stop` is set."""
-    loop = asyncio.get_running_loop()
+async def start_server(host: str, port: int, capture: Capture) -> asyncio.Server:
+    """A listening SMTP server handing what it accepts to `capture` (port 0: any free one)."""
     hostname = socket.gethostname()
-    server = await loop.create_server(
+    return await asyncio.get_running_loop().create_server(
         lambda: SmtpSession(hostname, capture), host, port, reuse_address=True
     )
+
+
+async def serve(host: str, port: int, capture: Capture, stop: asyncio.Event) -> None:
+    """Accept SMTP sessions on host:port until `stop` is set."""
+    server = await start_server(host, port, capture)
     bound = ", ".join("{}:{}".format(*sock.getsockname()[:2]) for sock in server.sockets)
     log.info("listening on %s", bound)
     async with server:
