@@ -16,7 +16,7 @@ from mailfleet_common.messages import SendBatch
 from mailfleet_common.settings import CryptoSettings, PostgresSettings, RabbitSettings
 from mailfleet_sender.main import create_app
 from mailfleet_sender.replica import SenderReplica
-from mailfleet_sender.settings import Settings
+from mailfleet_sender.settings import SenderSettings, Settings
 
 from tests.sender.smtp_peer import SmtpPeer
 
@@ -36,14 +36,16 @@ def settings(database_dsn: str, rabbit_url: str, crypto_keys: str) -> Settings:
         postgres=PostgresSettings(dsn=database_dsn, pool_min=1, pool_max=4),
         rabbit=RabbitSettings(url=rabbit_url),
         crypto=CryptoSettings(keys=crypto_keys),
-        heartbeat_s=0.2,
-        replica_timeout_s=1.0,
-        account_poll_s=0.2,
-        retry_base_s=1,
-        retry_cap_s=10,
-        max_attempts=5,
-        smtp_timeout_s=5,
-        helo_name="sender.test",
+        sender=SenderSettings(
+            heartbeat_s=0.2,
+            replica_timeout_s=1.0,
+            account_poll_s=0.2,
+            retry_base_s=1,
+            retry_cap_s=10,
+            max_attempts=5,
+            smtp_timeout_s=5,
+            helo_name="sender.test",
+        ),
     )
 
 

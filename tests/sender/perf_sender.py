@@ -30,7 +30,7 @@ from mailfleet_common.templating import compile_campaign
 from mailfleet_sender.main import BrokerPublisher
 from mailfleet_sender.mime import build_message, mailbox, template_context
 from mailfleet_sender.replica import SenderReplica
-from mailfleet_sender.settings import Settings
+from mailfleet_sender.settings import SenderSettings, Settings
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/"
@@ -218,9 +218,11 @@ async def _pipeline(dsn: str, rabbit: str, port: int, args: argparse.Namespace) 
         per_account[row["account_id"]].append(row["id"])
 
     settings = Settings(postgres=PostgresSettings(dsn=dsn, pool_max=8),
-                        rabbit=RabbitSettings(url=rabbit), helo_name="bench",
-                        heartbeat_s=1, account_poll_s=2, flush_linger_ms=args.linger_ms,
-                        max_connections_per_account=args.connections)
+                        rabbit=RabbitSettings(url=rabbit),
+                        sender=SenderSettings(
+                            helo_name="bench", heartbeat_s=1, account_poll_s=2,
+                            flush_linger_ms=args.linger_ms,
+                            max_connections_per_account=args.connections))
     broker = RabbitBroker(rabbit, logger=None)
     await broker.start()
     replica = SenderReplica(settings)

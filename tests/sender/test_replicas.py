@@ -53,7 +53,7 @@ async def test_two_replicas_split_accounts_and_one_stopping_hands_its_accounts_t
             await stack.enter_async_context(running_sender(settings, second))
             await wait_for(lambda: _see(first, both))
             await wait_for(lambda: _see(second, both))
-            await asyncio.sleep(settings.heartbeat_s * 3)  # the hand-over cycles settle
+            await asyncio.sleep(settings.sender.heartbeat_s * 3)  # the hand-over cycles settle
 
             batches = {
                 a: await insert_messages(db, campaign, a, [f"{a.hex[:8]}-{i}@example.org"
@@ -103,9 +103,9 @@ def sender_process(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes]
         "MAILFLEET_RABBIT__URL": settings.rabbit.url.get_secret_value(),
         "MAILFLEET_CRYPTO__KEYS": settings.crypto.keys.get_secret_value(),
         "MAILFLEET_HTTP__PORT": str(port),
-        "MAILFLEET_HEARTBEAT_S": str(settings.heartbeat_s),
-        "MAILFLEET_REPLICA_TIMEOUT_S": str(settings.replica_timeout_s),
-        "MAILFLEET_ACCOUNT_POLL_S": str(settings.account_poll_s),
+        "MAILFLEET_SENDER__HEARTBEAT_S": str(settings.sender.heartbeat_s),
+        "MAILFLEET_SENDER__REPLICA_TIMEOUT_S": str(settings.sender.replica_timeout_s),
+        "MAILFLEET_SENDER__ACCOUNT_POLL_S": str(settings.sender.account_poll_s),
         "MAILFLEET_LOG_LEVEL": "WARNING",
     }
     script = os.path.join(os.path.dirname(sys.executable), "mailfleet-sender")

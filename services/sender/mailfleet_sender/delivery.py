@@ -84,7 +84,10 @@ def open_account(
     row: AccountRow, settings: Settings, options: SmtpOptions, secrets: SecretBox | None
 ) -> Account:
     transport = AccountTransport(
-        _endpoint(row, secrets), options, settings.max_connections_per_account, row.min_gap_ms
+        _endpoint(row, secrets),
+        options,
+        settings.sender.max_connections_per_account,
+        row.min_gap_ms,
     )
     return Account(
         row=row,
@@ -209,7 +212,9 @@ class Deliverer:
         status: AttemptOutcome
         if result.verdict == "sent":
             status = "sent"
-        elif result.verdict == "temporary" and claimed.attempts < self._settings.max_attempts:
+        elif (
+            result.verdict == "temporary" and claimed.attempts < self._settings.sender.max_attempts
+        ):
             status = "deferred"
             retry_at = now + timedelta(seconds=self._backoff(claimed.attempts))
         else:
@@ -230,9 +235,9 @@ class Deliverer:
         return Outcome(claimed.id, status, result.code, error, retry_at, attempt)
 
     def _backoff(self, attempts: int) -> float:
-        base = self._settings.retry_base_s * 2 ** max(attempts - 1, 0)
+        base = self._settings.sender.retry_base_s * 2 ** max(attempts - 1, 0)
         jitter = random.uniform(0.5, 1.5)  # noqa: S311 - spreading retries, not a secret
-        return float(min(self._settings.retry_cap_s, base) * jitter)
+        return float(min(self._settings.sender.retry_cap_s, base) * jitter)
 
     async def _requeue_and_pause(
         self, account: Account, claimed: ClaimedMessage, result: SmtpResult

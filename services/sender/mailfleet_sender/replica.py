@@ -44,9 +44,9 @@ class SenderReplica:
             else None
         )
         self._smtp = SmtpOptions(
-            timeout_s=settings.smtp_timeout_s,
-            validate_certs=settings.smtp_validate_certs,
-            helo_name=settings.helo_name or socket.gethostname(),
+            timeout_s=settings.sender.smtp_timeout_s,
+            validate_certs=settings.sender.smtp_validate_certs,
+            helo_name=settings.sender.helo_name or socket.gethostname(),
         )
 
     @property
@@ -66,16 +66,16 @@ class SenderReplica:
         )
         await self._declare_topology()
         self._reporter = AttemptReporter(
-            publisher, settings.report_max, settings.report_linger_ms / 1000
+            publisher, settings.sender.report_max, settings.sender.report_linger_ms / 1000
         )
         self._reporter.start()
         self._committer = Committer(
             self._pool,
             self.replica_id,
             self._reporter.add,
-            settings.flush_linger_ms,
-            settings.flush_max,
-            settings.flush_concurrency,
+            settings.sender.flush_linger_ms,
+            settings.sender.flush_max,
+            settings.sender.flush_concurrency,
         )
         self._committer.start()
         self._deliverer = Deliverer(
@@ -86,7 +86,9 @@ class SenderReplica:
             publisher,
             TemplateCache(self._load_campaign),
         )
-        self._membership = Membership(self._pool, self.replica_id, settings.replica_timeout_s)
+        self._membership = Membership(
+            self._pool, self.replica_id, settings.sender.replica_timeout_s
+        )
         # Registering before the first heartbeat means that, by the time the others see us
         # and step back from the accounts we own, we are already in line behind them.
         await self._membership.observe()
@@ -182,7 +184,7 @@ class SenderReplica:
         subscription = AccountSubscription(
             account,
             partial(deliver_send_batch, self._deliverer),
-            self.settings.prefetch_batches,
+            self.settings.sender.prefetch_batches,
             partial(self._owned_elsewhere, row.id),
         )
         try:
@@ -210,7 +212,7 @@ class SenderReplica:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.heartbeat_s)
+            await asyncio.sleep(self.settings.sender.heartbeat_s)
             try:
                 if await self._membership.beat():
                     self._rebalance()
@@ -219,7 +221,7 @@ class SenderReplica:
 
     async def _account_loop(self) -> None:
         while True:
-            await asyncio.sleep(self.settings.account_poll_s)
+            await asyncio.sleep(self.settings.sender.account_poll_s)
             try:
                 await self.sync_accounts()
             except Exception as exc:

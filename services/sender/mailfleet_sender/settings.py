@@ -1,37 +1,38 @@
 """The sender's settings: shared sections plus delivery, retry and replica tuning."""
 
 from mailfleet_common.settings import CryptoSettings, HttpSettings, ServiceSettings
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 
-class Settings(ServiceSettings):
-    """MAILFLEET_* environment, e.g. MAILFLEET_RETRY_BASE_S, MAILFLEET_HTTP__PORT."""
-
-    http: HttpSettings = HttpSettings(port=8002)
-    crypto: CryptoSettings = CryptoSettings()
+class SenderSettings(BaseModel):
+    """Delivery, retry and replica tuning: MAILFLEET_SENDER__RETRY_BASE_S, ..."""
 
     # Replicas and accounts.
     heartbeat_s: float = Field(default=1.0, gt=0)
     replica_timeout_s: float = Field(default=5.0, gt=0)
     account_poll_s: float = Field(default=2.0, gt=0)
     prefetch_batches: int = Field(default=2, ge=1)
-
     # Group commit of claims and outcomes.
     flush_linger_ms: float = Field(default=0.5, ge=0)
     flush_max: int = Field(default=2000, ge=1)
     flush_concurrency: int = Field(default=3, ge=1)
-
     # SMTP.
     max_connections_per_account: int = Field(default=1, ge=1)
     smtp_timeout_s: float = Field(default=30.0, gt=0)
     smtp_validate_certs: bool = True
     helo_name: str = ""  # empty: this host's name
-
     # Retries of temporary failures.
     retry_base_s: float = Field(default=60.0, ge=0)
     retry_cap_s: float = Field(default=3600.0, ge=0)
     max_attempts: int = Field(default=5, ge=1)
-
     # Reporting.
     report_max: int = Field(default=5000, ge=1)
     report_linger_ms: float = Field(default=100.0, ge=0)
+
+
+class Settings(ServiceSettings):
+    """MAILFLEET_* environment, e.g. MAILFLEET_SENDER__RETRY_BASE_S, MAILFLEET_HTTP__PORT."""
+
+    http: HttpSettings = HttpSettings(port=8002)
+    crypto: CryptoSettings = CryptoSettings()
+    sender: SenderSettings = SenderSettings()
