@@ -1,0 +1,30 @@
+# mailfleet: `make up` runs it on this machine, `make test` is the test suite.
+SHELL := /bin/bash
+UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
+PYTEST_ARGS ?=
+
+.PHONY: up down test lint bench sync
+
+# Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
+up:
+	@deploy/local/up
+
+# Stop what `make up` started.
+down:
+	@deploy/local/down
+
+sync:
+	@$(UV) sync --frozen --quiet
+
+# The whole suite, against the local PostgreSQL and RabbitMQ.
+test: sync
+	$(UV) run --frozen pytest $(PYTEST_ARGS)
+
+lint: sync
+	$(UV) run --frozen ruff check .
+	$(UV) run --frozen ruff format --check .
+	$(UV) run --frozen mypy libs/common/mailfleet_common services/*/mailfleet_* tools/sink/mailfleet_sink
+
+# The delivery benchmark; it prints its figures.
+bench: sync
+	$(UV) run --frozen python -m bench.delivery
