@@ -6,7 +6,7 @@ async with Stack(postgres_dsn=dsn, rabbit_url=url, crypto_keys=keys) as stack:
     await stack.start_api()
     await stack.start_dispatcher()
     await stack.start_sender()
-    async with await stack.admin_client() as client:
+    async with stack.admin_client() as client:
         ...  # create an account pointing at sink.port, a campaign, enqueue
     records = await sink.wait_for_records(100)
 ```
@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -378,24 +378,32 @@ class Stack:
             "--if-missing",
         )  # fmt: skip
 
+    async def admin_token(self, email: str, password: str) -> str:
+        """A bearer token for an admin, created with the CLI first if missing."""
+        if self.api is None:
+            raise StackError("start_api() first")
+        await self.create_admin(email, password)
+        async with httpx.AsyncClient(base_url=self.api.url, timeout=30.0) as client:
+            response = await client.post(
+                "/api/admin/login", json={"email": email, "password": password}
+            )
+        if response.status_code != 200:
+            raise StackError(f"login failed: {response.status_code} {response.text}")
+        token: str = response.json()["access_token"]
+        return token
+
+    @contextlib.asynccontextmanager
     async def admin_client(
         self, email: str | None = None, password: str | None = None
-    ) -> httpx.AsyncClient:
-        """An API client logged in as an admin (created first if missing); the caller closes it.
+    ) -> AsyncIterator[httpx.AsyncClient]:
+        """An API client logged in as an admin (created if missing).
 
         By default a new admin with a generated email and password is made for the call.
         """
-        if self.api is None:
-            raise StackError("start_api() first")
         email = email or f"admin-{secrets.token_hex(4)}@example.com"
-        password = password or secrets.token_urlsafe(18)
-        await self.create_admin(email, password)
-        client = httpx.AsyncClient(base_url=self.api.url, timeout=30.0)
-        response = await client.post(
-            "/api/admin/login", json={"email": email, "password": password}
-        )
-        if response.status_code != 200:
-            await client.aclose()
-            raise StackError(f"login failed: {response.status_code} {response.text}")
-        client.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
-        return client
+        token = await self.admin_token(email, password or secrets.token_urlsafe(18))
+        assert self.api is not None
+        async with httpx.AsyncClient(
+            base_url=self.api.url, timeout=30.0, headers={"Authorization": f"Bearer {token}"}
+        ) as client:
+            yield client
