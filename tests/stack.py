@@ -6,7 +6,7 @@ async with Stack(postgres_dsn=dsn, rabbit_url=url, crypto_keys=keys) as stack:
     await stack.start_api()
     await stack.start_dispatcher()
     await stack.start_sender()
-    async with stack.admin_client() as client:
+    async with await stack.admin_client() as client:
         ...  # create an account pointing at sink.port, a campaign, enqueue
     records = await sink.wait_for_records(100)
 ```
@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -392,18 +392,18 @@ class Stack:
         token: str = response.json()["access_token"]
         return token
 
-    @contextlib.asynccontextmanager
     async def admin_client(
         self, email: str | None = None, password: str | None = None
-    ) -> AsyncIterator[httpx.AsyncClient]:
-        """An API client logged in as an admin (created if missing).
+    ) -> httpx.AsyncClient:
+        """An API client logged in as an admin (created if missing); the caller closes it.
 
-        By default a new admin with a generated email and password is made for the call.
+        The client is returned unopened, so `async with await stack.admin_client() as c:`
+        works as well as `aclosing(...)`. By default a new admin with a generated email and
+        password is made for the call.
         """
         email = email or f"admin-{secrets.token_hex(4)}@example.com"
         token = await self.admin_token(email, password or secrets.token_urlsafe(18))
         assert self.api is not None
-        async with httpx.AsyncClient(
+        return httpx.AsyncClient(
             base_url=self.api.url, timeout=30.0, headers={"Authorization": f"Bearer {token}"}
-        ) as client:
-            yield client
+        )
