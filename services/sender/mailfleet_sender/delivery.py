@@ -125,8 +125,10 @@ class Deliverer:
         reporter: AttemptReporter,
         publisher: EventPublisher,
         templates: TemplateCache,
+        secrets: SecretBox | None,
     ) -> None:
         self._settings = settings
+        self._secrets = secrets
         self._pool = pool
         self._committer = committer
         self._reporter = reporter
@@ -172,6 +174,8 @@ class Deliverer:
             if claimed is None:
                 SKIPPED.inc()
                 continue
+            if claimed.account_updated_at > account.row.updated_at:
+                await self._refresh(account)
             try:
                 result = await self._attempt(account, slot, claimed)
             except Exception as exc:
@@ -185,6 +189,13 @@ class Deliverer:
             pending = self._outcome(account, claimed, result)
         if pending is not None:
             await self._committer.submit(pending, None)
+
+    async def _refresh(self, account: Account) -> None:
+        """Adopt an account configuration changed since this replica last polled it."""
+        async with self._pool.acquire() as conn:
+            row = await queries.fetch_account(conn, account.id)
+        if row is not None and row.updated_at > account.row.updated_at:
+            reconfigure_account(account, row, self._secrets)
 
     async def _attempt(self, account: Account, slot: int, claimed: ClaimedMessage) -> SmtpResult:
         try:

@@ -50,6 +50,9 @@ class ClaimedMessage:
     variables: dict[str, Any]
     attempts: int
     message_id: str
+    # The account's configuration version at claim time: a newer one than the replica holds
+    # (new password, new host) is loaded before anything is sent.
+    account_updated_at: datetime
 
 
 async def beat_heart(conn: Conn, replica_id: str) -> None:
@@ -79,17 +82,26 @@ async def delete_replica(conn: Conn, replica_id: str) -> None:
     await conn.execute("DELETE FROM sender_replicas WHERE id = $1", replica_id)
 
 
+_ACCOUNT_COLUMNS = """
+    id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
+    from_email, from_name, min_gap_ms, updated_at
+"""
+
+
 async def list_serving_accounts(conn: Conn) -> list[AccountRow]:
     """Every account whose queue a sender consumes: all but the archived ones."""
     rows = await conn.fetch(
-        """
-        SELECT id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
-               from_email, from_name, min_gap_ms, updated_at
-        FROM accounts
-        WHERE status <> 'archived'
-        """
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE status <> 'archived'"  # noqa: S608
     )
     return [AccountRow(**dict(row)) for row in rows]
+
+
+async def fetch_account(conn: Conn, account_id: UUID) -> AccountRow | None:
+    """One account's delivery configuration as it is now."""
+    row = await conn.fetchrow(
+        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id  # noqa: S608
+    )
+    return None if row is None else AccountRow(**dict(row))
 
 
 async def fetch_campaign(conn: Conn, campaign_id: UUID) -> CampaignRow | None:
@@ -138,12 +150,14 @@ claim AS (
       AND m.status = 'assigned'
       AND m.account_id = c.account_id
       AND (SELECT k.status FROM campaigns AS k WHERE k.id = m.campaign_id) = 'running'
-    RETURNING m.id, m.campaign_id, m.email, m.name, m.variables, m.attempts, m.message_id
+    RETURNING m.id, m.campaign_id, m.email, m.name, m.variables, m.attempts, m.message_id,
+              a.updated_at AS account_updated_at
 )
-SELECT true AS claimed, id, campaign_id, email, name, variables, attempts, message_id
+SELECT true AS claimed, id, campaign_id, email, name, variables, attempts, message_id,
+       account_updated_at
 FROM claim
 UNION ALL
-SELECT false, id, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
+SELECT false, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
 """
 
 
@@ -194,6 +208,7 @@ async def record_outcomes_and_claim(
                 variables=row["variables"],
                 attempts=row["attempts"],
                 message_id=row["message_id"],
+                account_updated_at=row["account_updated_at"],
             )
         else:
             recorded.add(row["id"])

@@ -85,6 +85,7 @@ class SenderReplica:
             self._reporter,
             publisher,
             TemplateCache(self._load_campaign),
+            self._secrets,
         )
         self._membership = Membership(
             self._pool, self.replica_id, settings.sender.replica_timeout_s
