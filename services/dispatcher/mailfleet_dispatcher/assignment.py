@@ -106,10 +106,13 @@ class Assigner:
         interval = self._settings.tick_ms / 1000
         while not stopping.is_set():
             try:
-                await self.tick()
+                result = await self.tick()
             except Exception:
                 metrics.TICK_ERRORS.inc()
                 log.exception("assignment tick failed")
+            else:
+                if result.assigned >= self._settings.max_per_tick:
+                    continue  # more is waiting: hand it out now, not a tick later
             try:
                 async with asyncio.timeout(interval):
                     await self._wakeup.wait()
@@ -151,6 +154,9 @@ class Assigner:
                     wants[account.id] = min(room, left)
             if not wants:
                 return {}, len(accounts)
+            if sum(wants.values()) > self._settings.max_per_tick:
+                share = max(1, self._settings.max_per_tick // len(wants))
+                wants = {a: min(n, share) for a, n in wants.items()}
             campaigns = await queries.runnable_campaigns(conn)
             pools = {c.id: c.pool for c in campaigns}
             demands = [

@@ -12,6 +12,10 @@ class DispatchSettings(BaseModel):
     lookahead_s: float = Field(default=5.0, gt=0)
     max_inflight: int = Field(default=500, ge=1)
     batch_size: int = Field(default=100, ge=1, le=10_000)
+    # At most this many messages per tick, shared by the accounts: a large backlog is handed
+    # out in several short transactions, so the first commands go out within milliseconds
+    # instead of after one long one. A tick that hit the cap is followed by another at once.
+    max_per_tick: int = Field(default=2000, ge=1)
     sweep_interval_s: float = Field(default=2.0, gt=0)
     stranded_after_s: float = Field(default=60.0, ge=0)
     replica_timeout_s: float = Field(default=5.0, ge=0)
