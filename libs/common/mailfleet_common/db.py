@@ -13,9 +13,17 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 async def _init_connection(conn: Conn) -> None:
     for kind in ("json", "jsonb"):
-        await conn.set_type_codec(
-            kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
-        )
+        await conn.set_type_codec(kind, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+
+
+async def _keep_session(conn: Conn) -> None:
+    """Release a connection without asyncpg's reset query.
+
+    The default reset (``pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``) costs a
+    round trip and server work on every release, which the hot paths do hundreds of times a
+    second. mailfleet leaves no session state behind (its locks are transaction-scoped), and
+    the pool still rolls back an open transaction and drops listeners before calling this.
+    """
 
 
 async def create_pool(settings: PostgresSettings, **overrides: Any) -> Pool:
@@ -24,6 +32,7 @@ async def create_pool(settings: PostgresSettings, **overrides: Any) -> Pool:
         "min_size": settings.pool_min,
         "max_size": settings.pool_max,
         "init": _init_connection,
+        "reset": _keep_session,
     }
     options.update(overrides)
     pool = await asyncpg.create_pool(settings.dsn, **options)
