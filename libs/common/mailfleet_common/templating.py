@@ -3,13 +3,13 @@
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import TemplateError, Undefined
+from jinja2 import Template, TemplateError, Undefined
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from mailfleet_common.errors import MailfleetError
 
 
-class TemplateInvalid(MailfleetError):
+class InvalidTemplateError(MailfleetError):
     """A campaign template does not compile or does not render."""
 
 
@@ -29,9 +29,9 @@ _HTML = _environment(autoescape=True)
 class CampaignTemplates:
     """The compiled subject, HTML and text templates of one campaign."""
 
-    subject: Any
-    html: Any | None
-    text: Any | None
+    subject: Template
+    html: Template | None
+    text: Template | None
 
     def render(self, variables: dict[str, Any]) -> tuple[str, str | None, str | None]:
         """Render (subject, html, text) for one recipient's variables."""
@@ -40,17 +40,20 @@ class CampaignTemplates:
             html = None if self.html is None else self.html.render(variables)
             text = None if self.text is None else self.text.render(variables)
         except TemplateError as exc:
-            raise TemplateInvalid(f"template failed to render: {exc}") from exc
+            raise InvalidTemplateError(f"template failed to render: {exc}") from exc
         except (ArithmeticError, LookupError, TypeError, ValueError) as exc:
-            raise TemplateInvalid(f"template failed to render: {exc!r}") from exc
+            raise InvalidTemplateError(f"template failed to render: {exc!r}") from exc
         return subject, html, text
 
 
 def compile_campaign(subject: str, html: str | None, text: str | None) -> CampaignTemplates:
-    """Compile a campaign's templates, or raise TemplateInvalid naming the part and line."""
-    compiled = []
-    for part, source, env in (("subject", subject, _PLAIN), ("html_body", html, _HTML),
-                              ("text_body", text, _PLAIN)):
+    """Compile a campaign's templates, or raise InvalidTemplateError naming the part and line."""
+    compiled: list[Template | None] = []
+    for part, source, env in (
+        ("subject", subject, _PLAIN),
+        ("html_body", html, _HTML),
+        ("text_body", text, _PLAIN),
+    ):
         if source is None:
             compiled.append(None)
             continue
@@ -59,5 +62,7 @@ def compile_campaign(subject: str, html: str | None, text: str | None) -> Campai
         except TemplateError as exc:
             line = getattr(exc, "lineno", None)
             where = f" (line {line})" if line else ""
-            raise TemplateInvalid(f"{part} is not a valid template{where}: {exc}") from exc
-    return CampaignTemplates(subject=compiled[0], html=compiled[1], text=compiled[2])
+            raise InvalidTemplateError(f"{part} is not a valid template{where}: {exc}") from exc
+    subject_template = compiled[0]
+    assert subject_template is not None  # noqa: S101 - the subject is always compiled
+    return CampaignTemplates(subject=subject_template, html=compiled[1], text=compiled[2])

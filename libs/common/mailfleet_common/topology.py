@@ -11,6 +11,7 @@
 from uuid import UUID
 
 from faststream.rabbit import ExchangeType, RabbitExchange, RabbitQueue
+from faststream.rabbit.schemas.queue import ClassicQueueArgs
 
 EVENTS = RabbitExchange("mailfleet.events", type=ExchangeType.TOPIC, durable=True)
 SEND = RabbitExchange("mailfleet.send", type=ExchangeType.DIRECT, durable=True)
@@ -23,12 +24,14 @@ SEND_ATTEMPT_KEY = "send-attempt"
 ACCOUNT_PAUSED_KEY = "account-paused"
 MESSAGE_UNCERTAIN_KEY = "message-uncertain"
 
-_DEAD_LETTERED = {"x-dead-letter-exchange": DEAD.name}
+
+def _dead_lettered() -> ClassicQueueArgs:
+    return {"x-dead-letter-exchange": DEAD.name}
 
 
 def event_queue(name: str, routing_key: str) -> RabbitQueue:
     """A durable, dead-lettered queue of one consumer group for one event type."""
-    return RabbitQueue(name, durable=True, routing_key=routing_key, arguments=dict(_DEAD_LETTERED))
+    return RabbitQueue(name, durable=True, routing_key=routing_key, arguments=_dead_lettered())
 
 
 def send_queue_name(account_id: UUID) -> str:
@@ -41,7 +44,7 @@ def send_queue(account_id: UUID) -> RabbitQueue:
         send_queue_name(account_id),
         durable=True,
         routing_key=str(account_id),
-        arguments={**_DEAD_LETTERED, "x-single-active-consumer": True},
+        arguments={**_dead_lettered(), "x-single-active-consumer": True},
     )
 
 

@@ -6,7 +6,7 @@ import asyncpg
 from fastapi import FastAPI, Request, status
 from fastapi.responses import JSONResponse
 from mailfleet_common.errors import MailfleetError
-from mailfleet_common.templating import TemplateInvalid
+from mailfleet_common.templating import InvalidTemplateError
 
 
 class ApiError(MailfleetError):
@@ -64,5 +64,5 @@ async def _template_invalid(request: Request, exc: Exception) -> JSONResponse:
 
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
-    app.add_exception_handler(TemplateInvalid, _template_invalid)
+    app.add_exception_handler(InvalidTemplateError, _template_invalid)
     app.add_exception_handler(asyncpg.DataError, _data_error)

@@ -12,7 +12,7 @@ from mailfleet_common.crypto import SecretBox, SecretBoxError
 from mailfleet_common.db import Pool
 from mailfleet_common.messages import AccountPaused, SendAttempt
 from mailfleet_common.messages import Outcome as AttemptOutcome
-from mailfleet_common.templating import TemplateInvalid
+from mailfleet_common.templating import InvalidTemplateError
 from mailfleet_common.topology import ACCOUNT_PAUSED_KEY
 from prometheus_client import Counter
 
@@ -212,7 +212,7 @@ class Deliverer:
                 text=text,
             )
             recipient = envelope_address(claimed.email)
-        except (TemplateInvalid, MessageBuildError) as exc:
+        except (InvalidTemplateError, MessageBuildError) as exc:
             return SmtpResult("permanent", None, str(exc))
         connection = account.transport.connections[slot]
         return await connection.send(account.envelope_from, recipient, data)

@@ -17,7 +17,7 @@ from typing import Any
 from uuid import UUID
 
 from mailfleet_common.errors import MailfleetError
-from mailfleet_common.templating import CampaignTemplates, TemplateInvalid, compile_campaign
+from mailfleet_common.templating import CampaignTemplates, InvalidTemplateError, compile_campaign
 
 from mailfleet_sender.queries import CampaignRow
 
@@ -118,10 +118,13 @@ def _part(content_type: str, text: str) -> bytes:
         data = text.encode()
         if len(data) - len(text) > len(text) // 8:
             # Mostly non-ASCII text: base64 is smaller than quoted-printable.
-            body = b"\r\n".join(
-                binascii.b2a_base64(data[i : i + 57], newline=False)
-                for i in range(0, len(data), 57)
-            ) + b"\r\n"
+            body = (
+                b"\r\n".join(
+                    binascii.b2a_base64(data[i : i + 57], newline=False)
+                    for i in range(0, len(data), 57)
+                )
+                + b"\r\n"
+            )
             encoding = b"base64"
         else:
             body = binascii.b2a_qp(data, istext=True)
@@ -213,7 +216,7 @@ class TemplateCache:
         self._entries: OrderedDict[UUID, asyncio.Future[CampaignTemplates]] = OrderedDict()
 
     async def get(self, campaign_id: UUID) -> CampaignTemplates:
-        """The campaign's templates; raises TemplateInvalid or MessageBuildError."""
+        """The campaign's templates; raises InvalidTemplateError or MessageBuildError."""
         entry = self._entries.get(campaign_id)
         if entry is None:
             entry = asyncio.get_running_loop().create_future()
@@ -225,7 +228,7 @@ class TemplateCache:
                 if row is None:
                     raise MessageBuildError(f"campaign {campaign_id} does not exist")
                 entry.set_result(compile_campaign(row.subject, row.html_body, row.text_body))
-            except (TemplateInvalid, MessageBuildError) as exc:
+            except (InvalidTemplateError, MessageBuildError) as exc:
                 entry.set_exception(exc)
             except Exception as exc:
                 # A database hiccup is not the campaign's fault: forget it, try again later.
