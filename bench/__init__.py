@@ -1,0 +1,1 @@
+"""mailfleet benchmarks: each prints one JSON line of figures."""

@@ -1,0 +1,248 @@
+"""End-to-end delivery benchmark: 10,000 personalized recipients through 50 accounts.
+
+Runs the real processes (api, dispatcher, sender replicas) against a capture SMTP server,
+enqueues every recipient in one API call, starts the campaign and waits until the server has
+every message. Then, in the same run and against the same server, measures the raw ceiling:
+aiosmtplib alone sending as many pre-built messages at its best concurrency. Prints one JSON
+line: enqueue_s, deliver_s, emails_per_s, ceiling_per_s, ratio, duplicates, lost.
+
+    uv run python -m bench.delivery [--recipients 10000] [--accounts 50] [--senders 2]
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from contextlib import aclosing
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import uvloop
+from mailfleet_common.crypto import generate_key
+from mailfleet_common.migrate import migrate
+
+from bench import ceiling, content
+from tests.stack import Stack
+
+ADMIN_DSN = os.environ.get(
+    "MAILFLEET_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
+)
+RABBIT_URL = os.environ.get("MAILFLEET_BENCH_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of a process and its reaped children, from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(f) for f in fields[11:15])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _server_pids() -> dict[str, list[int]]:
+    """PostgreSQL and RabbitMQ server processes on this machine, if any."""
+    found: dict[str, list[int]] = {"postgres": [], "rabbitmq": []}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            comm = Path(f"/proc/{entry}/comm").read_text().strip()
+        except OSError:
+            continue
+        if comm in ("postgres", "postmaster"):
+            found["postgres"].append(int(entry))
+        elif comm == "beam.smp":
+            found["rabbitmq"].append(int(entry))
+    return found
+
+
+def _rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+
+
+class Scratch:
+    """A throwaway database and (on a local broker) vhost for one benchmark run."""
+
+    def __init__(self) -> None:
+        self.name = f"mailfleet_bench_{uuid.uuid4().hex[:8]}"
+        self.dsn = urlunsplit(urlsplit(ADMIN_DSN)._replace(path=f"/{self.name}"))
+        parts = urlsplit(RABBIT_URL)
+        self.local_broker = shutil.which("rabbitmqctl") is not None and parts.hostname in (
+            "127.0.0.1",
+            "localhost",
+        )
+        self.vhost = f"mailfleet-{self.name}"
+        self.rabbit_url = (
+            urlunsplit(parts._replace(path=f"/{self.vhost}")) if self.local_broker else RABBIT_URL
+        )
+
+    async def __aenter__(self) -> "Scratch":
+        conn = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.name}"')
+        finally:
+            await conn.close()
+        await migrate(self.dsn)
+        if self.local_broker:
+            _rabbitmqctl("add_vhost", self.vhost)
+            user = urlsplit(RABBIT_URL).username or "guest"
+            _rabbitmqctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.local_broker:
+            _rabbitmqctl("delete_vhost", self.vhost)
+        conn = await asyncpg.connect(ADMIN_DSN)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+
+async def run(recipients: int, accounts: int, senders: int) -> dict[str, object]:
+    async with (
+        Scratch() as scratch,
+        Stack(
+            postgres_dsn=scratch.dsn,
+            rabbit_url=scratch.rabbit_url,
+            crypto_keys=generate_key(),
+            env={"MAILFLEET_LOG_LEVEL": "WARNING"},
+        ) as stack,
+    ):
+        sink = await stack.start_sink()
+        await stack.start_api()
+        await stack.start_dispatcher()
+        for _ in range(senders):
+            await stack.start_sender()
+
+        async with aclosing(await stack.admin_client()) as client:
+            client.timeout = 120.0
+            account_ids = []
+            for i in range(accounts):
+                response = await client.post(
+                    "/api/admin/accounts",
+                    json={
+                        "name": f"bench{i}",
+                        "smtp_host": "127.0.0.1",
+                        "smtp_port": sink.port,
+                        "smtp_tls": "none",
+                        "smtp_username": f"bench{i}",
+                        "smtp_password": "bench",
+                        "from_email": f"bench{i}@sender.example.com",
+                        "from_name": f"Bench {i}",
+                        "daily_limit": 10_000_000,  # limits lifted for the run
+                        "min_gap_ms": 0,
+                    },
+                )
+                response.raise_for_status()
+                account_ids.append(response.json()["id"])
+            response = await client.post(
+                "/api/campaigns",
+                json={
+                    "name": "bench",
+                    "subject": content.SUBJECT,
+                    "html_body": content.HTML,
+                    "text_body": content.TEXT,
+                    "account_ids": account_ids,
+                },
+            )
+            response.raise_for_status()
+            campaign_id = response.json()["id"]
+            # Let every sender replica subscribe to the new accounts' queues first.
+            await asyncio.sleep(3.0)
+
+            payload = json.dumps(
+                {"campaign_id": campaign_id, "recipients": content.recipients(recipients)}
+            ).encode()
+            started = time.perf_counter()
+            response = await client.post(
+                "/api/queue/enqueue",
+                content=payload,
+                headers={"content-type": "application/json"},
+            )
+            enqueue_s = time.perf_counter() - started
+            response.raise_for_status()
+            assert response.json()["accepted"] == recipients, response.text[:500]
+
+            groups = {service.name: [service.pid] for service in stack.services if service.pid}
+            groups.update(_server_pids())
+            cpu_before = {g: sum(_cpu_seconds(p) for p in pids) for g, pids in groups.items()}
+            start_wall = time.time()
+            response = await client.post(f"/api/campaigns/{campaign_id}/start", json={})
+            response.raise_for_status()
+
+            db = await asyncpg.connect(scratch.dsn)
+            try:
+                deadline = time.monotonic() + 600
+                while True:
+                    done = await db.fetchval(
+                        "SELECT count(*) FROM messages WHERE status IN ('sent', 'failed', "
+                        "'uncertain', 'cancelled')"
+                    )
+                    if done >= recipients or time.monotonic() > deadline:
+                        break
+                    await asyncio.sleep(0.2)
+                statuses = dict(
+                    await db.fetch("SELECT status, count(*) FROM messages GROUP BY status")
+                )
+                cpu_after = {g: sum(_cpu_seconds(p) for p in pids) for g, pids in groups.items()}
+            finally:
+                await db.close()
+        await asyncio.sleep(1.0)  # the sink writes its records twice a second
+        records = sink.records()
+        last = max((r["at"] for r in records), default=start_wall)
+        deliver_s = last - start_wall
+        first_s = min((r["at"] for r in records), default=start_wall) - start_wall
+        cpu_us_per_email = {
+            g: round((cpu_after[g] - cpu_before[g]) * 1e6 / max(len(records), 1)) for g in groups
+        }
+        message_ids = [r["message_id"] for r in records]
+        delivered = {rcpt for r in records for rcpt in r["recipients"]}
+        duplicates = len(message_ids) - len(set(message_ids))
+        lost = recipients - len(delivered)
+
+        # The ceiling, against the same server, with the services stopped.
+        for service in stack.services:
+            if service is not sink:
+                await service.stop()
+        prebuilt = content.prebuilt_messages(recipients)
+        ceiling_per_s, best_concurrency = await ceiling.best_rate("127.0.0.1", sink.port, prebuilt)
+
+    emails_per_s = len(delivered) / deliver_s if deliver_s > 0 else 0.0
+    return {
+        "recipients": recipients,
+        "accounts": accounts,
+        "senders": senders,
+        "enqueue_s": round(enqueue_s, 3),
+        "deliver_s": round(deliver_s, 3),
+        "first_delivery_s": round(first_s, 3),
+        "emails_per_s": round(emails_per_s, 1),
+        "ceiling_per_s": round(ceiling_per_s, 1),
+        "ceiling_concurrency": best_concurrency,
+        "ratio": round(emails_per_s / ceiling_per_s, 3),
+        "duplicates": duplicates,
+        "lost": lost,
+        "statuses": statuses,
+        "cpu_us_per_email": cpu_us_per_email,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--recipients", type=int, default=10_000)
+    parser.add_argument("--accounts", type=int, default=50)
+    parser.add_argument("--senders", type=int, default=2)
+    args = parser.parse_args()
+    result = uvloop.run(run(args.recipients, args.accounts, args.senders))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()
