@@ -15,7 +15,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
-
 from mailfleet_common.crypto import generate_key
 from mailfleet_common.migrate import migrate
 

@@ -1,8 +1,8 @@
 import asyncio
 
 import asyncpg
-
 from mailfleet_common.migrate import load_migrations, migrate
+
 from tests.conftest import ADMIN_DSN, _with_database
 
 

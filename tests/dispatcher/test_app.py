@@ -67,12 +67,23 @@ def attempts_for(message_id: int, campaign: UUID, account: UUID) -> SendAttempts
     return SendAttempts(
         attempts=[
             SendAttempt(
-                message_id=message_id, campaign_id=campaign, account_id=account, attempt=1,
-                outcome="deferred", smtp_code=451, detail="try later", attempted_at=now,
+                message_id=message_id,
+                campaign_id=campaign,
+                account_id=account,
+                attempt=1,
+                outcome="deferred",
+                smtp_code=451,
+                detail="try later",
+                attempted_at=now,
             ),
             SendAttempt(
-                message_id=message_id, campaign_id=campaign, account_id=account, attempt=2,
-                outcome="sent", smtp_code=250, attempted_at=now,
+                message_id=message_id,
+                campaign_id=campaign,
+                account_id=account,
+                attempt=2,
+                outcome="sent",
+                smtp_code=250,
+                attempted_at=now,
             ),
         ]
     )

@@ -153,10 +153,13 @@ async def test_running_campaigns_with_nothing_left_to_deliver_are_completed(
     assert statuses[finished] == "completed"
     assert all(statuses[c] == "running" for c in busy.values())
     assert statuses[empty] == "running"
-    assert await db.fetchval(
-        "SELECT count(*) FROM events WHERE type = 'campaign-completed' AND campaign_id = $1",
-        finished,
-    ) == 1
+    assert (
+        await db.fetchval(
+            "SELECT count(*) FROM events WHERE type = 'campaign-completed' AND campaign_id = $1",
+            finished,
+        )
+        == 1
+    )
 
 
 async def test_events_partitions_exist_for_this_and_next_month(

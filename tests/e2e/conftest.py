@@ -30,7 +30,9 @@ FAST_ENV = {
 
 @pytest.fixture
 async def stack(
-    db: "asyncpg.Connection[asyncpg.Record]", database_dsn: str, rabbit_url: str,
+    db: "asyncpg.Connection[asyncpg.Record]",
+    database_dsn: str,
+    rabbit_url: str,
     crypto_keys: str,
 ) -> AsyncIterator[Stack]:
     async with Stack(

@@ -31,7 +31,11 @@ class RecordingHandler:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         rcpt_options: list[str],
     ) -> str:
         local = address.split("@", 1)[0]
@@ -40,7 +44,7 @@ class RecordingHandler:
                 self.refused.append((address, 550))
             return "550 5.1.1 No such user"
         if local.startswith("tempfail"):
-            wanted = int(local[len("tempfail")] if local[len("tempfail"):][:1].isdigit() else 1)
+            wanted = int(local[len("tempfail")] if local[len("tempfail") :][:1].isdigit() else 1)
             with self._lock:
                 seen = self._tempfails.get(address, 0)
                 if seen < wanted:

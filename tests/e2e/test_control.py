@@ -1,8 +1,8 @@
 """Operators' controls take effect within seconds on a running delivery: cancel, pause, limits."""
 
 import asyncio
-from contextlib import aclosing
 import time
+from contextlib import aclosing
 
 import asyncpg
 import pytest
@@ -99,8 +99,13 @@ async def test_reached_limits_hold_the_rest_until_the_next_day(
     async with aclosing(await stack.admin_client()) as client:
         capped = await create_account(client, "capped", sink.port, daily_limit=5)
         warming = await create_account(
-            client, "warming", sink.port, daily_limit=100, warmup_enabled=True,
-            warmup_initial=3, warmup_increment=2,
+            client,
+            "warming",
+            sink.port,
+            daily_limit=100,
+            warmup_enabled=True,
+            warmup_initial=3,
+            warmup_increment=2,
         )
         first = await start_campaign(
             client, [capped["id"]], [f"a{i}@example.org" for i in range(12)]

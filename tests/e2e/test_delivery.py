@@ -1,9 +1,9 @@
 """Recipients enqueued over HTTP reach a real SMTP server through real processes, once each."""
 
 import asyncio
-from contextlib import aclosing
 import time
 from collections import Counter
+from contextlib import aclosing
 
 import asyncpg
 import pytest
@@ -24,8 +24,7 @@ async def test_thousand_recipients_reach_smtp_exactly_once_within_every_daily_li
     await stack.start_sender()
     async with aclosing(await stack.admin_client()) as client:
         accounts = [
-            await create_account(client, f"acct{i}", sink.port, daily_limit=300)
-            for i in range(4)
+            await create_account(client, f"acct{i}", sink.port, daily_limit=300) for i in range(4)
         ]
         emails = [f"person{i}@example.org" for i in range(1000)]
         campaign_id = await start_campaign(client, [a["id"] for a in accounts], emails)
@@ -99,15 +98,14 @@ async def test_killed_sender_replica_loses_nothing_and_sends_nothing_twice(
     if uncertain:
         reported = await db.fetchval("SELECT count(*) FROM events WHERE type = 'uncertain'")
         assert reported == uncertain
-    sent_ids = {r["message_id"] for r in await db.fetch(
-        "SELECT message_id FROM messages WHERE status = 'sent'"
-    )}
+    sent_ids = {
+        r["message_id"]
+        for r in await db.fetch("SELECT message_id FROM messages WHERE status = 'sent'")
+    }
     assert sent_ids <= set(message_ids), "a message marked sent never reached the server"
 
     # Takeover: every account the dead replica was delivering for moved on within 5 s.
-    dead = await db.fetchval(
-        "SELECT id FROM sender_replicas ORDER BY heartbeat_at LIMIT 1"
-    )
+    dead = await db.fetchval("SELECT id FROM sender_replicas ORDER BY heartbeat_at LIMIT 1")
     taken_over = await db.fetch(
         """
         SELECT account_id, min(extract(epoch FROM sent_at)) AS first_after
@@ -152,7 +150,8 @@ async def test_temporary_failures_are_retried_and_permanent_ones_fail(
     assert rows["reject-b@example.org"]["last_code"] == 550
     received = smtp_peer.handler.snapshot()
     assert sorted(r.recipients[0] for r in received) == [
-        "ok@example.org", "tempfail2-a@example.org"
+        "ok@example.org",
+        "tempfail2-a@example.org",
     ]
 
     async def attempts_recorded() -> bool:
@@ -166,7 +165,9 @@ async def test_temporary_failures_are_retried_and_permanent_ones_fail(
         """
     )
     assert [(r["outcome"], r["smtp_code"]) for r in outcomes] == [
-        ("deferred", 451), ("deferred", 451), ("sent", 250)
+        ("deferred", 451),
+        ("deferred", 451),
+        ("sent", 250),
     ]
 
 

@@ -44,7 +44,8 @@ _PARAGRAPH = (
 HTML = (
     '<!doctype html><html><head><meta charset="utf-8"><title>Spring</title></head><body>'
     '<table width="100%"><tr><td><h1>Hello {{ name }}!</h1>\n'
-    + _PARAGRAPH * 9
+    + _PARAGRAPH
+    * 9
     + '<p><a href="https://shop.example.com/spring?ref={{ code }}">See the collection</a></p>'
     "</td></tr></table></body></html>\n"
 )
@@ -117,8 +118,9 @@ def measure_mime(count: int) -> None:
     size = 0
     for i in range(count):
         subject, html, text = templates.render(
-            template_context(f"c{i}@bench.example.com", f"Customer {i}",
-                             {"city": "Lisbon", "code": f"c{i:06d}"})
+            template_context(
+                f"c{i}@bench.example.com", f"Customer {i}", {"city": "Lisbon", "code": f"c{i:06d}"}
+            )
         )
         render_done = time.perf_counter()
         data = build_message(
@@ -134,25 +136,40 @@ def measure_mime(count: int) -> None:
     # Build alone, to split template rendering from MIME assembly.
     b_started = time.perf_counter()
     for i in range(count):
-        build_message(from_header=sender, to_header=sender, subject=subject,
-                      message_id=f"<{i}.x@x>", html=html, text=text)
+        build_message(
+            from_header=sender,
+            to_header=sender,
+            subject=subject,
+            message_id=f"<{i}.x@x>",
+            html=html,
+            text=text,
+        )
     build = time.perf_counter() - b_started
     del render_done
-    _out(f"mime: {count} messages of ~{size // count} bytes: "
-         f"{total / count * 1e6:.1f} us/msg total (jinja render + build), "
-         f"{build / count * 1e6:.1f} us/msg MIME build alone")
+    _out(
+        f"mime: {count} messages of ~{size // count} bytes: "
+        f"{total / count * 1e6:.1f} us/msg total (jinja render + build), "
+        f"{build / count * 1e6:.1f} us/msg MIME build alone"
+    )
 
 
 async def measure_raw(port: int, count: int, concurrency: int) -> float:
     templates = compile_campaign(SUBJECT, HTML, TEXT)
     subject, html, text = templates.render({"name": "X", "city": "Lisbon", "code": "c1"})
-    data = build_message(from_header="a@b.example", to_header="c@d.example", subject=subject,
-                         message_id="<1@x>", html=html, text=text)
+    data = build_message(
+        from_header="a@b.example",
+        to_header="c@d.example",
+        subject=subject,
+        message_id="<1@x>",
+        html=html,
+        text=text,
+    )
     left = [count]
 
     async def worker() -> None:
-        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False,
-                               local_hostname="bench")
+        smtp = aiosmtplib.SMTP(
+            hostname="127.0.0.1", port=port, start_tls=False, local_hostname="bench"
+        )
         await smtp.connect()
         while left[0] > 0:
             left[0] -= 1
@@ -163,8 +180,10 @@ async def measure_raw(port: int, count: int, concurrency: int) -> float:
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     wall, cpu_used = time.perf_counter() - started, time.process_time() - cpu
     rate = count / wall
-    _out(f"raw aiosmtplib: {rate:,.0f} msg/s over {concurrency} connections, "
-         f"{cpu_used / count * 1e6:.0f} us CPU/msg")
+    _out(
+        f"raw aiosmtplib: {rate:,.0f} msg/s over {concurrency} connections, "
+        f"{cpu_used / count * 1e6:.0f} us CPU/msg"
+    )
     return rate
 
 
@@ -193,36 +212,67 @@ async def measure_pipeline(port: int, args: argparse.Namespace) -> float:
 async def _pipeline(dsn: str, rabbit: str, port: int, args: argparse.Namespace) -> float:
     count, accounts, batch = args.messages, args.accounts, args.batch
     db = await asyncpg.connect(dsn)
-    owner = await db.fetchval("INSERT INTO users (email, password_hash, role) "
-                              "VALUES ('b@x', 'x', 'admin') RETURNING id")
+    owner = await db.fetchval(
+        "INSERT INTO users (email, password_hash, role) VALUES ('b@x', 'x', 'admin') RETURNING id"
+    )
     campaign = await db.fetchval(
         "INSERT INTO campaigns (owner_id, name, subject, html_body, text_body, status) "
-        "VALUES ($1, 'bench', $2, $3, $4, 'running') RETURNING id", owner, SUBJECT, HTML, TEXT)
+        "VALUES ($1, 'bench', $2, $3, $4, 'running') RETURNING id",
+        owner,
+        SUBJECT,
+        HTML,
+        TEXT,
+    )
     account_ids = [
         await db.fetchval(
             "INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, from_email, "
             "daily_limit) VALUES ('a', '127.0.0.1', $1, 'none', 'bench@sender.example.com', "
-            "1000000) RETURNING id", port)
+            "1000000) RETURNING id",
+            port,
+        )
         for _ in range(accounts)
     ]
-    rows = [(campaign, f"c{i}@bench.example.com", f"Customer {i}",
-             json.dumps({"city": "Lisbon", "code": f"c{i:06d}"}), "assigned",
-             account_ids[i % accounts], datetime.now(UTC)) for i in range(count)]
+    rows = [
+        (
+            campaign,
+            f"c{i}@bench.example.com",
+            f"Customer {i}",
+            json.dumps({"city": "Lisbon", "code": f"c{i:06d}"}),
+            "assigned",
+            account_ids[i % accounts],
+            datetime.now(UTC),
+        )
+        for i in range(count)
+    ]
     await db.copy_records_to_table(
-        "messages", records=rows,
-        columns=["campaign_id", "email", "name", "variables", "status", "account_id",
-                 "assigned_at"])
+        "messages",
+        records=rows,
+        columns=[
+            "campaign_id",
+            "email",
+            "name",
+            "variables",
+            "status",
+            "account_id",
+            "assigned_at",
+        ],
+    )
     await db.execute("ANALYZE")
     per_account: dict[uuid.UUID, list[int]] = {a: [] for a in account_ids}
     for row in await db.fetch("SELECT id, account_id FROM messages ORDER BY id"):
         per_account[row["account_id"]].append(row["id"])
 
-    settings = Settings(postgres=PostgresSettings(dsn=dsn, pool_max=8),
-                        rabbit=RabbitSettings(url=rabbit),
-                        sender=SenderSettings(
-                            helo_name="bench", heartbeat_s=1, account_poll_s=2,
-                            flush_linger_ms=args.linger_ms,
-                            max_connections_per_account=args.connections))
+    settings = Settings(
+        postgres=PostgresSettings(dsn=dsn, pool_max=8),
+        rabbit=RabbitSettings(url=rabbit),
+        sender=SenderSettings(
+            helo_name="bench",
+            heartbeat_s=1,
+            account_poll_s=2,
+            flush_linger_ms=args.linger_ms,
+            max_connections_per_account=args.connections,
+        ),
+    )
     broker = RabbitBroker(rabbit, logger=None)
     await broker.start()
     replica = SenderReplica(settings)
@@ -231,8 +281,9 @@ async def _pipeline(dsn: str, rabbit: str, port: int, args: argparse.Namespace) 
     commands = []
     for account, ids in per_account.items():
         for i in range(0, len(ids), batch):
-            command = SendBatch(account_id=account, message_ids=ids[i : i + batch],
-                                dispatched_at=datetime.now(UTC))
+            command = SendBatch(
+                account_id=account, message_ids=ids[i : i + batch], dispatched_at=datetime.now(UTC)
+            )
             commands.append((account, command.model_dump_json().encode()))
     connection = await aio_pika.connect(rabbit)
     channel = await connection.channel()
@@ -244,12 +295,17 @@ async def _pipeline(dsn: str, rabbit: str, port: int, args: argparse.Namespace) 
         await asyncio.sleep(0.05)
     wall, cpu_used = time.perf_counter() - started, time.process_time() - cpu
     rate = count / wall
-    _out(f"pipeline: {rate:,.0f} msg/s over {accounts} accounts x {args.connections} conn, "
-         f"{cpu_used / count * 1e6:.0f} us CPU/msg (batches of {batch})")
+    _out(
+        f"pipeline: {rate:,.0f} msg/s over {accounts} accounts x {args.connections} conn, "
+        f"{cpu_used / count * 1e6:.0f} us CPU/msg (batches of {batch})"
+    )
     from mailfleet_sender.metrics import FLUSH_SECONDS, FLUSH_SIZE, SMTP_SECONDS
 
-    for name, metric in (("flush seconds", FLUSH_SECONDS), ("flush size", FLUSH_SIZE),
-                         ("smtp seconds", SMTP_SECONDS)):
+    for name, metric in (
+        ("flush seconds", FLUSH_SECONDS),
+        ("flush size", FLUSH_SIZE),
+        ("smtp seconds", SMTP_SECONDS),
+    ):
         samples = {s.name: s.value for s in metric.collect()[0].samples}
         n = max(1.0, next(v for k, v in samples.items() if k.endswith("_count")))
         total = next(v for k, v in samples.items() if k.endswith("_sum"))

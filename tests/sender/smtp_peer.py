@@ -41,7 +41,11 @@ class Handler:
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def handle_RCPT(  # noqa: N802 - aiosmtpd hook name
-        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        address: str,
         rcpt_options: list[str],
     ) -> str:
         local = address.split("@", 1)[0]
@@ -51,7 +55,7 @@ class Handler:
         elif local.startswith("full"):
             reply = (552, "552 5.2.2 Mailbox full")
         elif local.startswith("tempfail"):
-            wanted = int(local[len("tempfail")]) if local[len("tempfail"):][:1].isdigit() else 1
+            wanted = int(local[len("tempfail")]) if local[len("tempfail") :][:1].isdigit() else 1
             with self._lock:
                 seen = self._tries.get(address, 0)
                 self._tries[address] = seen + 1

@@ -165,9 +165,7 @@ async def test_refused_login_pauses_the_account_and_requeues_the_message(
         "SELECT reserved FROM account_daily_usage WHERE account_id = $1", account
     )
     assert reserved == 1
-    events = await wait_for(
-        lambda: drain_queue(rabbit_url, topology.ACCOUNT_PAUSED_QUEUE.name)
-    )
+    events = await wait_for(lambda: drain_queue(rabbit_url, topology.ACCOUNT_PAUSED_QUEUE.name))
     assert [e["account_id"] for e in events] == [str(account)]
     assert smtp_peer.handler.received == []
 
@@ -203,9 +201,10 @@ async def test_repeated_commands_never_send_a_message_twice(
     await wait_for(lambda: sender_idle(sender))
 
     assert sorted(r.recipient for r in smtp_peer.handler.received) == sorted(emails)
-    assert await db.fetchval(
-        "SELECT max(attempts) FROM messages WHERE id = ANY($1::bigint[])", ids
-    ) == 1
+    assert (
+        await db.fetchval("SELECT max(attempts) FROM messages WHERE id = ANY($1::bigint[])", ids)
+        == 1
+    )
 
 
 async def sender_idle(sender: SenderReplica) -> bool:
@@ -303,9 +302,7 @@ async def test_account_config_change_reopens_the_smtp_session(
             account,
             other.port,
         )
-        await wait_for(
-            lambda: _configured_port(sender, account, other.port)
-        )
+        await wait_for(lambda: _configured_port(sender, account, other.port))
         await publish_batch(rabbit_url, account, ids[1:])
         await wait_for(lambda: _settled(db, ids))
 

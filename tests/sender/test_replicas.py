@@ -56,8 +56,9 @@ async def test_two_replicas_split_accounts_and_one_stopping_hands_its_accounts_t
             await asyncio.sleep(settings.sender.heartbeat_s * 3)  # the hand-over cycles settle
 
             batches = {
-                a: await insert_messages(db, campaign, a, [f"{a.hex[:8]}-{i}@example.org"
-                                                           for i in range(3)])
+                a: await insert_messages(
+                    db, campaign, a, [f"{a.hex[:8]}-{i}@example.org" for i in range(3)]
+                )
                 for a in accounts
             }
             for account, ids in batches.items():
@@ -68,11 +69,16 @@ async def test_two_replicas_split_accounts_and_one_stopping_hands_its_accounts_t
                 assert {senders[i] for i in ids} == {owner_of(account, both)}
 
         # `second` stopped cleanly: its row is gone and `first` serves every account.
-        assert await db.fetchval(
-            "SELECT count(*) FROM sender_replicas WHERE id = $1", second.replica_id
-        ) == 0
-        later = {a: await insert_messages(db, campaign, a, [f"{a.hex[:8]}-late@example.org"])
-                 for a in accounts}
+        assert (
+            await db.fetchval(
+                "SELECT count(*) FROM sender_replicas WHERE id = $1", second.replica_id
+            )
+            == 0
+        )
+        later = {
+            a: await insert_messages(db, campaign, a, [f"{a.hex[:8]}-late@example.org"])
+            for a in accounts
+        }
         started = time.monotonic()
         for account, ids in later.items():
             await publish_batch(rabbit_url, account, ids)
@@ -219,4 +225,3 @@ async def _sent_by_replica(db: Any, ids: list[int], replica: str) -> bool:
             replica,
         )
     )
-

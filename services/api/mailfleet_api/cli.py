@@ -74,8 +74,9 @@ def create_user(
             secret = _read_password(password, password_file)
             if len(secret) < 12:
                 raise _fail("the password needs at least 12 characters")
-            return await queries.insert_user(conn, email, auth.hash_password(secret), role) \
-                is not None
+            return (
+                await queries.insert_user(conn, email, auth.hash_password(secret), role) is not None
+            )
         finally:
             await conn.close()
 
@@ -175,8 +176,7 @@ def demo(
         password = password_file.read_text().strip()
     if password is None:
         raise _fail(
-            "give --password (or MAILFLEET_DEMO_PASSWORD, "
-            f"or a password in {password_file})"
+            f"give --password (or MAILFLEET_DEMO_PASSWORD, or a password in {password_file})"
         )
     options = DemoOptions(
         api_url=api_url, email=email, password=password, smtp_host=smtp_host,

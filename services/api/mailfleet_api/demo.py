@@ -105,8 +105,10 @@ def run_demo(options: DemoOptions, console: Console | None = None) -> bool:
             )["access_token"]
             client.headers["Authorization"] = f"Bearer {token}"
             account_ids = _create_accounts(client, options, run)
-            console.print(f"created {len(account_ids)} accounts -> "
-                          f"{options.smtp_host}:{options.smtp_port} ({options.smtp_tls})")
+            console.print(
+                f"created {len(account_ids)} accounts -> "
+                f"{options.smtp_host}:{options.smtp_port} ({options.smtp_tls})"
+            )
             campaign = _check(client.post("/api/campaigns", json={
                 "name": f"demo {run}",
                 "subject": "Hello {{ name }}",

@@ -46,4 +46,3 @@ class RequestMetrics:
             method = scope["method"]
             self.requests.labels(template, method, str(status)).inc()
             self.latency.labels(template, method).observe(time.perf_counter() - started)
-

@@ -15,9 +15,7 @@ from mailfleet_api import schemas
 _USER_COLUMNS = "id, email, role, disabled, created_at"
 
 
-async def insert_user(
-    conn: Conn, email: str, password_hash: str, role: str
-) -> schemas.User | None:
+async def insert_user(conn: Conn, email: str, password_hash: str, role: str) -> schemas.User | None:
     """Create a user, or return None if the email is taken (case-insensitively)."""
     row = await conn.fetchrow(
         """
@@ -555,9 +553,7 @@ async def count_campaigns_by_status(conn: Conn) -> dict[str, int]:
 
 async def usage_today(conn: Conn) -> list[schemas.AccountToday]:
     """Today's (UTC) usage against the effective limit of every account not archived."""
-    rows = await conn.fetch(
-        _ACCOUNT_SELECT + " WHERE a.status <> 'archived' ORDER BY a.name, a.id"
-    )
+    rows = await conn.fetch(_ACCOUNT_SELECT + " WHERE a.status <> 'archived' ORDER BY a.name, a.id")
     return [
         schemas.AccountToday(account_id=a.id, name=a.name, status=a.status, usage=a.today)
         for a in map(_account, rows)
@@ -567,9 +563,7 @@ async def usage_today(conn: Conn) -> list[schemas.AccountToday]:
 # --- idempotency --------------------------------------------------------------------------
 
 
-async def claim_idempotency_key(
-    conn: Conn, principal: str, key: str, request_hash: bytes
-) -> bool:
+async def claim_idempotency_key(conn: Conn, principal: str, key: str, request_hash: bytes) -> bool:
     """Reserve a key for this request; False if another request holds it already.
 
     A concurrent request with the same key waits here until the first one commits.
@@ -588,9 +582,7 @@ async def claim_idempotency_key(
     return bool(claimed)
 
 
-async def fetch_idempotent_response(
-    conn: Conn, principal: str, key: str
-) -> asyncpg.Record | None:
+async def fetch_idempotent_response(conn: Conn, principal: str, key: str) -> asyncpg.Record | None:
     return await conn.fetchrow(
         """
         SELECT request_hash, status_code, response FROM idempotency_keys
@@ -614,4 +606,3 @@ async def store_idempotent_response(
         status_code,
         response,
     )
-

@@ -161,8 +161,19 @@ class AccountUpdate(_Body):
 
     @model_validator(mode="after")
     def _required_stay_set(self) -> "AccountUpdate":
-        required = ("name", "smtp_host", "smtp_port", "smtp_tls", "from_email", "daily_limit",
-                    "min_gap_ms", "warmup_enabled", "warmup_initial", "warmup_increment", "status")
+        required = (
+            "name",
+            "smtp_host",
+            "smtp_port",
+            "smtp_tls",
+            "from_email",
+            "daily_limit",
+            "min_gap_ms",
+            "warmup_enabled",
+            "warmup_initial",
+            "warmup_increment",
+            "status",
+        )
         for field in required:
             if field in self.model_fields_set and getattr(self, field) is None:
                 raise ValueError(f"{field} cannot be null")
@@ -206,8 +217,9 @@ class Account(BaseModel):
 
 class CampaignCreate(_Body):
     name: Name
-    subject: Annotated[str, Field(min_length=1, max_length=MAX_SUBJECT_CHARS),
-                       AfterValidator(_single_line)]
+    subject: Annotated[
+        str, Field(min_length=1, max_length=MAX_SUBJECT_CHARS), AfterValidator(_single_line)
+    ]
     html_body: Annotated[str, AfterValidator(_no_nul)] | None = None
     text_body: Annotated[str, AfterValidator(_no_nul)] | None = None
     account_ids: Annotated[list[UUID], Field(max_length=1000)] = []

@@ -82,16 +82,15 @@ async def delete_replica(conn: Conn, replica_id: str) -> None:
     await conn.execute("DELETE FROM sender_replicas WHERE id = $1", replica_id)
 
 
-_ACCOUNT_COLUMNS = """
-    id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
-    from_email, from_name, min_gap_ms, updated_at
-"""
-
-
 async def list_serving_accounts(conn: Conn) -> list[AccountRow]:
     """Every account whose queue a sender consumes: all but the archived ones."""
     rows = await conn.fetch(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE status <> 'archived'"  # noqa: S608
+        """
+        SELECT id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
+               from_email, from_name, min_gap_ms, updated_at
+        FROM accounts
+        WHERE status <> 'archived'
+        """
     )
     return [AccountRow(**dict(row)) for row in rows]
 
@@ -99,7 +98,13 @@ async def list_serving_accounts(conn: Conn) -> list[AccountRow]:
 async def fetch_account(conn: Conn, account_id: UUID) -> AccountRow | None:
     """One account's delivery configuration as it is now."""
     row = await conn.fetchrow(
-        f"SELECT {_ACCOUNT_COLUMNS} FROM accounts WHERE id = $1", account_id  # noqa: S608
+        """
+        SELECT id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
+               from_email, from_name, min_gap_ms, updated_at
+        FROM accounts
+        WHERE id = $1
+        """,
+        account_id,
     )
     return None if row is None else AccountRow(**dict(row))
 

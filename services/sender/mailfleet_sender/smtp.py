@@ -71,9 +71,7 @@ async def _transaction(
     """
     options = [b"SIZE=%d" % len(data)] if client.supports_extension("size") else []
     try:
-        reply = await client.execute_command(
-            b"MAIL", b"FROM:<" + sender.encode() + b">", *options
-        )
+        reply = await client.execute_command(b"MAIL", b"FROM:<" + sender.encode() + b">", *options)
         if reply.code == 250:
             reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
             if reply.code in (250, 251):
@@ -220,4 +218,3 @@ class AccountTransport:
     def close(self) -> None:
         for connection in self.connections:
             connection.retire()
-

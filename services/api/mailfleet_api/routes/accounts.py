@@ -32,13 +32,14 @@ def _changed_columns(
     for field in body.model_fields_set:
         value = getattr(body, field)
         if field == "smtp_password":
-            values["smtp_password_enc"] = None if value is None else box.encrypt(
-                value.get_secret_value()
+            values["smtp_password_enc"] = (
+                None if value is None else box.encrypt(value.get_secret_value())
             )
         elif field == "warmup_enabled":
             # Enabling again keeps the ramp where it is; disabling drops it.
-            values["warmup_started_on"] = (current["warmup_started_on"] or _today()) if value \
-                else None
+            values["warmup_started_on"] = (
+                (current["warmup_started_on"] or _today()) if value else None
+            )
         elif field == "status":
             if value != current["status"]:
                 values["status"] = value
@@ -55,8 +56,8 @@ async def create_account(
     """Create an SMTP account; its password is stored encrypted and never returned."""
     password = body.smtp_password
     values = body.model_dump(exclude={"smtp_password", "warmup_enabled"})
-    values["smtp_password_enc"] = None if password is None else box.encrypt(
-        password.get_secret_value()
+    values["smtp_password_enc"] = (
+        None if password is None else box.encrypt(password.get_secret_value())
     )
     values["warmup_started_on"] = _today() if body.warmup_enabled else None
     values["status_reason"] = _status_reason(body.status, principal.role)

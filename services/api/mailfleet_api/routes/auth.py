@@ -17,8 +17,7 @@ async def login(
 ) -> schemas.AccessToken:
     """Exchange an email and password for a bearer access token."""
     row = await queries.fetch_login(conn, body.email)
-    password_ok = auth.verify_password(None if row is None else row["password_hash"],
-                                       body.password)
+    password_ok = auth.verify_password(None if row is None else row["password_hash"], body.password)
     if row is None or not password_ok or row["disabled"]:
         raise UnauthenticatedError("invalid email or password")
     now = datetime.now(UTC)
