@@ -210,3 +210,39 @@ async def test_rejected_login_pauses_the_account_until_an_operator_fixes_it(
 
         await wait_until(all_sent, 30, "every message sent after the fix")
     assert len(smtp_peer.handler.snapshot()) == 5
+
+
+async def test_sigterm_stops_every_service_cleanly_without_losing_or_repeating_a_message(
+    stack: Stack, db: "asyncpg.Connection[asyncpg.Record]"
+) -> None:
+    sink = await stack.start_sink()
+    api = await stack.start_api()
+    dispatcher = await stack.start_dispatcher()
+    sender = await stack.start_sender()
+    async with aclosing(await stack.admin_client()) as client:
+        accounts = [
+            await create_account(client, f"acct{i}", sink.port, min_gap_ms=10) for i in range(2)
+        ]
+        emails = [f"person{i}@example.org" for i in range(400)]
+        campaign_id = await start_campaign(client, [a["id"] for a in accounts], emails)
+
+        async def some_sent() -> bool:
+            return (await campaign_counts(client, campaign_id)).get("sent", 0) >= 50
+
+        await wait_until(some_sent, 60, "50 messages sent")
+        assert await sender.stop() == 0
+        assert await dispatcher.stop() == 0
+        in_flight = await db.fetchval("SELECT count(*) FROM messages WHERE status = 'sending'")
+        assert in_flight == 0
+        await dispatcher.start()
+        await stack.start_sender()
+
+        async def all_sent() -> bool:
+            return (await campaign_counts(client, campaign_id)).get("sent", 0) == 400
+
+        await wait_until(all_sent, 90, "every message sent after the restart")
+    records = await sink.wait_for_records(400)
+    await asyncio.sleep(1.0)
+    records = sink.records()
+    assert len(records) == len({r["message_id"] for r in records}) == 400
+    assert await api.stop() == 0

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import asyncpg
 import typer
-import uvicorn
 from email_validator import EmailNotValidError, validate_email
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.migrate import migrate as apply_migrations
+from mailfleet_common.serving import serve
+from mailfleet_common.settings import HttpSettings
 
 from mailfleet_api import auth, queries
 from mailfleet_api.demo import DemoOptions, run_demo
@@ -147,14 +148,12 @@ def api(
 ) -> None:
     """Serve the HTTP API with uvicorn (settings from MAILFLEET_* env vars)."""
     settings = _settings()
-    uvicorn.run(
-        "mailfleet_api.main:app_from_env",
-        factory=True,
-        host=host or settings.http.host,
-        port=settings.http.port if port is None else port,
-        workers=workers,
-        log_config=None,  # app_from_env sets up JSON logging
-        proxy_headers=False,
+    http = HttpSettings(
+        host=host or settings.http.host, port=settings.http.port if port is None else port
+    )
+    # app_from_env sets up JSON logging.
+    serve(
+        "mailfleet_api.main:app_from_env", http, factory=True, workers=workers, proxy_headers=False
     )
 
 

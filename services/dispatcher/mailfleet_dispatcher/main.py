@@ -4,12 +4,12 @@ import logging
 from collections.abc import Sequence
 from typing import cast
 
-import uvicorn
 from faststream.asgi import AsgiFastStream
 from faststream.asgi.types import ASGIApp
 from faststream.rabbit import RabbitBroker
 from mailfleet_common.jsonlog import configure_logging
 from mailfleet_common.ops import ops_routes
+from mailfleet_common.serving import serve
 
 from mailfleet_dispatcher.handlers import create_router
 from mailfleet_dispatcher.runtime import Runtime
@@ -45,12 +45,4 @@ def run() -> None:
     """Serve the dispatcher until SIGTERM or SIGINT."""
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-dispatcher")
-    uvicorn.run(
-        create_app(settings),
-        host=settings.http.host,
-        port=settings.http.port,
-        loop="uvloop",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-    )
+    serve(create_app(settings), settings.http, loop="uvloop", lifespan="on")

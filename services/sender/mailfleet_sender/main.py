@@ -1,6 +1,5 @@
 """Entry point: the sender app (replica plus /metrics, /health, /ready) served by uvicorn."""
 
-import signal
 from collections.abc import Sequence
 from typing import cast
 
@@ -10,6 +9,7 @@ from faststream.rabbit import RabbitBroker
 from mailfleet_common import topology
 from mailfleet_common.jsonlog import configure_logging
 from mailfleet_common.ops import ops_routes
+from mailfleet_common.serving import serve
 from pydantic import BaseModel
 
 from mailfleet_sender.replica import SenderReplica
@@ -47,19 +47,6 @@ def create_app(settings: Settings, replica: SenderReplica | None = None) -> Asgi
 
 def run() -> None:
     """Console script: read the environment, log JSON, serve until SIGTERM."""
-    import uvicorn
-
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-sender")
-    # uvicorn shuts down gracefully on SIGTERM, then raises the signal again with the handler
-    # it found installed; a no-op one makes a graceful stop exit with status 0.
-    signal.signal(signal.SIGTERM, lambda signum, frame: None)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.http.host,
-        port=settings.http.port,
-        loop="uvloop",
-        lifespan="on",
-        log_config=None,
-        access_log=False,
-    )
+    serve(create_app(settings), settings.http, loop="uvloop", lifespan="on")
