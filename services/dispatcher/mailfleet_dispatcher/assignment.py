@@ -55,34 +55,37 @@ def distribute(
     remaining = dict(wants)
     given = dict.fromkeys(wants, 0)
     left = sum(remaining.values())
-    # Accounts open to any campaign, least given first; entries go stale and are fixed lazily.
-    heap = [(0, rank[a], a) for a, n in remaining.items() if n > 0]
-    heapq.heapify(heap)
+    # One heap of (given, rank, account) per distinct pool (the empty pool: every account),
+    # least given first. Entries go stale as other pools give to shared accounts, and are
+    # fixed lazily when they reach the top: O(log n) per message instead of a scan of the pool.
+    heaps: dict[tuple[UUID, ...], list[tuple[int, int, UUID]]] = {}
     chosen: dict[UUID, list[int]] = {}
     for candidate in candidates:
         if left == 0:
             break
         pool = pools.get(candidate.campaign_id, ())
+        heap = heaps.get(pool)
+        if heap is None:
+            members = pool or tuple(wants)
+            heap = [(0, rank[a], a) for a in members if remaining.get(a, 0) > 0]
+            heapq.heapify(heap)
+            heaps[pool] = heap
         account: UUID | None = None
-        if pool:
-            eligible = [a for a in pool if remaining.get(a, 0) > 0]
-            if eligible:
-                account = min(eligible, key=lambda a: (given[a], rank[a]))
-        else:
-            while heap:
-                count, r, top = heap[0]
-                if remaining[top] == 0:
-                    heapq.heappop(heap)
-                elif count != given[top]:
-                    heapq.heapreplace(heap, (given[top], r, top))
-                else:
-                    account = top
-                    break
+        while heap:
+            count, r, top = heap[0]
+            if remaining[top] == 0:
+                heapq.heappop(heap)
+            elif count != given[top]:
+                heapq.heapreplace(heap, (given[top], r, top))
+            else:
+                account = top
+                break
         if account is None:
             continue
         given[account] += 1
         remaining[account] -= 1
         left -= 1
+        heapq.heapreplace(heap, (given[account], rank[account], account))
         chosen.setdefault(account, []).append(candidate.id)
     return chosen
 
