@@ -8,6 +8,8 @@ import socket
 from collections.abc import Sequence
 from pathlib import Path
 
+import uvloop
+
 from mailfleet_sink.capture import Accepted, Maildir, RecordFile
 from mailfleet_sink.protocol import SmtpSession
 
@@ -83,4 +85,4 @@ async def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    asyncio.run(_run(parse_args(argv)))
+    uvloop.run(_run(parse_args(argv)))
