@@ -1,6 +1,7 @@
 """Recipients enqueued over HTTP reach a real SMTP server through real processes, once each."""
 
 import asyncio
+import json
 import time
 from collections import Counter
 from contextlib import aclosing
@@ -10,7 +11,7 @@ import pytest
 
 from tests.e2e.conftest import campaign_counts, create_account, start_campaign, wait_until
 from tests.e2e.smtp_peer import SmtpPeer
-from tests.stack import Stack
+from tests.stack import ServiceProcess, Stack
 
 pytestmark = pytest.mark.slow
 
@@ -58,8 +59,9 @@ async def test_killed_sender_replica_loses_nothing_and_sends_nothing_twice(
     sink = await stack.start_sink()
     await stack.start_api()
     await stack.start_dispatcher()
-    first = await stack.start_sender()
-    await stack.start_sender()
+    # INFO logs: each replica logs its id when it starts.
+    senders = [await stack.start_sender({"MAILFLEET_LOG_LEVEL": "INFO"}) for _ in range(2)]
+    replica_of = {replica_id(sender): sender for sender in senders}
     async with aclosing(await stack.admin_client()) as client:
         # Paced accounts (50 messages/s each) keep the run going for several seconds.
         accounts = [
@@ -72,8 +74,13 @@ async def test_killed_sender_replica_loses_nothing_and_sends_nothing_twice(
             return (await campaign_counts(client, campaign_id)).get("sent", 0) >= 300
 
         await wait_until(quarter_sent, 60, "300 messages sent")
+        # Kill the replica that has delivered the most so far: it is surely active somewhere.
+        dead = await db.fetchval(
+            "SELECT sender_replica FROM messages WHERE status = 'sent' "
+            "GROUP BY sender_replica ORDER BY count(*) DESC LIMIT 1"
+        )
         killed_at = time.time()
-        await first.kill()
+        await replica_of[dead].kill()
 
         async def settled() -> bool:
             counts = await campaign_counts(client, campaign_id)
@@ -105,7 +112,6 @@ async def test_killed_sender_replica_loses_nothing_and_sends_nothing_twice(
     assert sent_ids <= set(message_ids), "a message marked sent never reached the server"
 
     # Takeover: every account the dead replica was delivering for moved on within 5 s.
-    dead = await db.fetchval("SELECT id FROM sender_replicas ORDER BY heartbeat_at LIMIT 1")
     taken_over = await db.fetch(
         """
         SELECT account_id, min(extract(epoch FROM sent_at)) AS first_after
@@ -120,6 +126,16 @@ async def test_killed_sender_replica_loses_nothing_and_sends_nothing_twice(
     assert taken_over, "no account of the killed replica was taken over"
     for row in taken_over:
         assert float(row["first_after"]) - killed_at < 5.0
+
+
+def replica_id(sender: ServiceProcess) -> str:
+    """The id a sender replica logged when it started."""
+    for line in sender.log_path.read_text().splitlines():
+        if line.startswith("{"):
+            record = json.loads(line)
+            if record.get("message") == "sender replica started":
+                return str(record["replica"])
+    raise AssertionError(f"{sender.name} logged no replica id")
 
 
 async def test_temporary_failures_are_retried_and_permanent_ones_fail(
