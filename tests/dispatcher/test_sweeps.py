@@ -125,6 +125,30 @@ async def test_a_dead_replicas_sending_messages_become_uncertain_and_are_reporte
     assert report["message_ids"] == sorted(silent + gone)
 
 
+async def test_a_message_sending_far_too_long_under_a_live_replica_becomes_uncertain(
+    db: Conn, pool: Any, broker: RabbitBroker, settings: Settings
+) -> None:
+    account = await insert_account(db)
+    campaign = await insert_campaign(db)
+    await db.execute("INSERT INTO sender_replicas (id, heartbeat_at) VALUES ('alive', now())")
+    fresh = await insert_messages(db, campaign, 1, status="sending")
+    stuck = await insert_messages(db, campaign, 1, status="sending")
+    await db.execute(
+        "UPDATE messages SET account_id = $1, attempts = 1, sender_replica = 'alive'", account
+    )
+    await db.execute(
+        "UPDATE messages SET updated_at = now() - make_interval(secs => $2) WHERE id = ANY($1)",
+        stuck,
+        settings.dispatcher.sending_timeout_s + 1,
+    )
+
+    result = await make_sweeper(pool, broker, settings).sweep()
+
+    assert result.uncertain == stuck
+    statuses = dict(await db.fetch("SELECT id, status FROM messages"))
+    assert statuses == {fresh[0]: "sending", stuck[0]: "uncertain"}
+
+
 async def test_running_campaigns_with_nothing_left_to_deliver_are_completed(
     db: Conn, pool: Any, broker: RabbitBroker, settings: Settings
 ) -> None:

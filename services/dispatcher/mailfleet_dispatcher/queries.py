@@ -255,10 +255,15 @@ async def release_cancelled(conn: Conn) -> int:
     return int(value)
 
 
-async def mark_orphans_uncertain(conn: Conn, replica_timeout_s: float) -> list[UncertainMessage]:
+async def mark_orphans_uncertain(
+    conn: Conn, replica_timeout_s: float, sending_timeout_s: float
+) -> list[UncertainMessage]:
     """Set `uncertain` the messages in `sending` whose sender replica stopped heartbeating.
 
-    Each gets an 'uncertain' event row. They are never re-sent automatically.
+    Also those in `sending` for longer than any SMTP conversation takes, under a replica that
+    is alive: a claim whose commit succeeded but whose reply was lost leaves one behind. A live
+    sender that finishes late may still record `sent` over `uncertain`. Each gets an
+    'uncertain' event row. They are never re-sent automatically.
     """
     rows = await conn.fetch(
         """
@@ -266,7 +271,8 @@ async def mark_orphans_uncertain(conn: Conn, replica_timeout_s: float) -> list[U
             SELECT m.id FROM messages m
             LEFT JOIN sender_replicas r ON r.id = m.sender_replica
             WHERE m.status = 'sending'
-              AND (r.id IS NULL OR r.heartbeat_at < now() - make_interval(secs => $1))
+              AND (r.id IS NULL OR r.heartbeat_at < now() - make_interval(secs => $1)
+                   OR m.updated_at < now() - make_interval(secs => $2))
             FOR NO KEY UPDATE OF m SKIP LOCKED
         ), marked AS (
             UPDATE messages m SET status = 'uncertain', updated_at = now()
@@ -281,6 +287,7 @@ async def mark_orphans_uncertain(conn: Conn, replica_timeout_s: float) -> list[U
         SELECT id, campaign_id, account_id, sender_replica FROM marked ORDER BY id
         """,
         replica_timeout_s,
+        sending_timeout_s,
     )
     return [
         UncertainMessage(r["id"], r["campaign_id"], r["account_id"], r["sender_replica"])

@@ -19,6 +19,9 @@ class DispatchSettings(BaseModel):
     sweep_interval_s: float = Field(default=2.0, gt=0)
     stranded_after_s: float = Field(default=60.0, ge=0)
     replica_timeout_s: float = Field(default=5.0, ge=0)
+    # Longer than any SMTP conversation (connect, login and DATA, each within the sender's
+    # smtp_timeout_s): a message `sending` this long under a live replica is `uncertain`.
+    sending_timeout_s: float = Field(default=600.0, gt=0)
 
 
 class Settings(ServiceSettings):

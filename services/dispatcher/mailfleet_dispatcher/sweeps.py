@@ -68,7 +68,9 @@ class Sweeper:
             async with conn.transaction():
                 released = await queries.release_cancelled(conn)
             async with conn.transaction():
-                uncertain = await queries.mark_orphans_uncertain(conn, s.replica_timeout_s)
+                uncertain = await queries.mark_orphans_uncertain(
+                    conn, s.replica_timeout_s, s.sending_timeout_s
+                )
             async with conn.transaction():
                 finished = await queries.lock_finished_campaigns(conn)
                 completed = await queries.complete_campaigns(conn, finished) if finished else []
