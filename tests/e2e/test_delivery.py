@@ -232,9 +232,10 @@ async def test_sigterm_stops_every_service_cleanly_without_losing_or_repeating_a
     stack: Stack, db: "asyncpg.Connection[asyncpg.Record]"
 ) -> None:
     sink = await stack.start_sink()
-    api = await stack.start_api()
-    dispatcher = await stack.start_dispatcher()
-    sender = await stack.start_sender()
+    info = {"MAILFLEET_LOG_LEVEL": "INFO"}
+    api = await stack.start_api(info)
+    dispatcher = await stack.start_dispatcher(info)
+    sender = await stack.start_sender(info)
     async with aclosing(await stack.admin_client()) as client:
         accounts = [
             await create_account(client, f"acct{i}", sink.port, min_gap_ms=10) for i in range(2)
@@ -251,7 +252,7 @@ async def test_sigterm_stops_every_service_cleanly_without_losing_or_repeating_a
         in_flight = await db.fetchval("SELECT count(*) FROM messages WHERE status = 'sending'")
         assert in_flight == 0
         await dispatcher.start()
-        await stack.start_sender()
+        await stack.start_sender(info)
 
         async def all_sent() -> bool:
             return (await campaign_counts(client, campaign_id)).get("sent", 0) == 400
@@ -262,3 +263,10 @@ async def test_sigterm_stops_every_service_cleanly_without_losing_or_repeating_a
     records = sink.records()
     assert len(records) == len({r["message_id"] for r in records}) == 400
     assert await api.stop() == 0
+    # Every service logs JSON lines only (the harness marks each start with a "---" line).
+    for service in stack.services:
+        if service is sink:
+            continue
+        for line in service.log_path.read_text().splitlines():
+            if line and not line.startswith("--- "):
+                assert isinstance(json.loads(line), dict), f"{service.name}: {line}"

@@ -1,5 +1,6 @@
 """Entry point: the sender app (replica plus /metrics, /health, /ready) served by uvicorn."""
 
+import logging
 from collections.abc import Sequence
 from typing import cast
 
@@ -30,7 +31,11 @@ class BrokerPublisher:
 
 def create_app(settings: Settings, replica: SenderReplica | None = None) -> AsgiFastStream:
     """The sender: consumers start once the broker is up and stop before it closes."""
-    broker = RabbitBroker(settings.rabbit.url.get_secret_value())
+    # FastStream's own loggers go through the JSON handler too, not its coloured default.
+    broker = RabbitBroker(
+        settings.rabbit.url.get_secret_value(),
+        logger=logging.getLogger("mailfleet_sender.broker"),
+    )
     sender = replica or SenderReplica(settings)
 
     async def start_sender() -> None:
@@ -40,6 +45,7 @@ def create_app(settings: Settings, replica: SenderReplica | None = None) -> Asgi
         broker,
         # Same ASGI callables; the two libraries spell the scope type differently.
         asgi_routes=cast("Sequence[tuple[str, ASGIApp]]", ops_routes([sender.is_ready])),
+        logger=logging.getLogger("mailfleet_sender.app"),
         after_startup=[start_sender],
         on_shutdown=[sender.stop],
     )
