@@ -18,6 +18,8 @@ import pytest
 from mailfleet_common.crypto import generate_key
 from mailfleet_common.migrate import migrate
 
+from tests.smtp_peer import SmtpPeer
+
 ADMIN_DSN = os.environ.get(
     "MAILFLEET_TEST_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
@@ -91,3 +93,11 @@ async def db(database_dsn: str) -> AsyncIterator["asyncpg.Connection[asyncpg.Rec
         yield conn
     finally:
         await conn.close()
+
+
+@pytest.fixture
+def smtp_peer() -> Iterator[SmtpPeer]:
+    """An aiosmtpd server in the test process, steered by recipients (see tests.smtp_peer)."""
+    peer = SmtpPeer().start()
+    yield peer
+    peer.stop()

@@ -9,7 +9,6 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.e2e.smtp_peer import SmtpPeer
 from tests.stack import Stack
 
 # Fast clocks for tests: retries after ~0.2 s, sweeps twice a second, replicas dead after 3 s.
@@ -39,13 +38,6 @@ async def stack(
         postgres_dsn=database_dsn, rabbit_url=rabbit_url, crypto_keys=crypto_keys, env=FAST_ENV
     ) as running:
         yield running
-
-
-@pytest.fixture
-def smtp_peer() -> AsyncIterator[SmtpPeer] | Any:
-    peer = SmtpPeer().start()
-    yield peer
-    peer.stop()
 
 
 async def wait_until(

@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 
 from tests.e2e.conftest import campaign_counts, create_account, start_campaign, wait_until
-from tests.e2e.smtp_peer import SmtpPeer
+from tests.smtp_peer import SmtpPeer
 from tests.stack import ServiceProcess, Stack
 
 pytestmark = pytest.mark.slow
@@ -164,8 +164,7 @@ async def test_temporary_failures_are_retried_and_permanent_ones_fail(
     assert rows["tempfail2-a@example.org"]["attempts"] == 3
     assert rows["reject-b@example.org"]["status"] == "failed"
     assert rows["reject-b@example.org"]["last_code"] == 550
-    received = smtp_peer.handler.snapshot()
-    assert sorted(r.recipients[0] for r in received) == [
+    assert sorted(r.recipient for r in smtp_peer.handler.received) == [
         "ok@example.org",
         "tempfail2-a@example.org",
     ]
@@ -208,7 +207,7 @@ async def test_rejected_login_pauses_the_account_until_an_operator_fixes_it(
         await asyncio.sleep(1.0)
         counts = await campaign_counts(client, campaign_id)
         assert counts.get("sent", 0) == 0
-        assert smtp_peer.handler.snapshot() == []
+        assert smtp_peer.handler.received == []
         event = await db.fetchval(
             "SELECT count(*) FROM events WHERE type = 'account-paused' AND account_id = $1",
             account["id"],
@@ -225,7 +224,7 @@ async def test_rejected_login_pauses_the_account_until_an_operator_fixes_it(
             return (await campaign_counts(client, campaign_id)).get("sent", 0) == 5
 
         await wait_until(all_sent, 30, "every message sent after the fix")
-    assert len(smtp_peer.handler.snapshot()) == 5
+    assert len(smtp_peer.handler.received) == 5
 
 
 async def test_sigterm_stops_every_service_cleanly_without_losing_or_repeating_a_message(

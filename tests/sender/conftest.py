@@ -3,7 +3,7 @@
 import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -18,16 +18,7 @@ from mailfleet_sender.main import create_app
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import SenderSettings, Settings
 
-from tests.sender.smtp_peer import SmtpPeer
-
 Db = "asyncpg.Connection[asyncpg.Record]"
-
-
-@pytest.fixture
-def smtp_peer() -> Iterator[SmtpPeer]:
-    peer = SmtpPeer().start()
-    yield peer
-    peer.stop()
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from tests.sender.conftest import (
     statuses,
     wait_for,
 )
-from tests.sender.smtp_peer import SmtpPeer
+from tests.smtp_peer import SmtpPeer
 
 
 async def _settled(db: Any, ids: list[int], wanted: str = "sent") -> bool:

@@ -26,7 +26,7 @@ from tests.sender.conftest import (
     statuses,
     wait_for,
 )
-from tests.sender.smtp_peer import SmtpPeer
+from tests.smtp_peer import SmtpPeer
 
 
 async def _sent_by(db: Any, ids: list[int]) -> dict[int, str] | None:

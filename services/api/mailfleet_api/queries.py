@@ -406,23 +406,13 @@ async def cancel_campaign(conn: Conn, campaign_id: UUID) -> tuple[int, int] | No
             FROM unsent
             WHERE m.id = unsent.id
             RETURNING unsent.status AS was, unsent.account_id, unsent.assigned_at
-        ), released AS (
-            SELECT account_id, (assigned_at AT TIME ZONE 'utc')::date AS day, count(*) AS n
+        ), usage AS (
+            SELECT release_reservations(
+                array_agg(account_id), array_agg((assigned_at AT TIME ZONE 'utc')::date),
+                array_agg(1)
+            ) AS n
             FROM cancelled
             WHERE was = 'assigned' AND account_id IS NOT NULL AND assigned_at IS NOT NULL
-            GROUP BY 1, 2
-        ), usage_rows AS (
-            -- Locked in key order, as the dispatcher does, so the two never deadlock.
-            SELECT u.account_id, u.day FROM account_daily_usage u
-            JOIN released r ON r.account_id = u.account_id AND r.day = u.day
-            ORDER BY u.account_id, u.day
-            FOR NO KEY UPDATE OF u
-        ), usage AS (
-            UPDATE account_daily_usage u SET reserved = greatest(u.reserved - r.n, 0)
-            FROM released r, usage_rows l
-            WHERE u.account_id = r.account_id AND u.day = r.day
-              AND l.account_id = r.account_id AND l.day = r.day
-            RETURNING r.n
         )
         SELECT (SELECT count(*) FROM campaign) AS campaigns,
                (SELECT count(*) FROM cancelled) AS messages,

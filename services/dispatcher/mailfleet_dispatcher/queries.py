@@ -198,20 +198,12 @@ async def requeue_stranded(conn: Conn, stranded_after_s: float) -> int:
             SET status = 'queued', account_id = NULL, assigned_at = NULL, updated_at = now()
             FROM stale WHERE m.id = stale.id
             RETURNING stale.account_id, stale.day
-        ), released AS (
-            SELECT account_id, day, count(*) AS n FROM requeued GROUP BY account_id, day
-        ), usage_rows AS (
-            SELECT u.account_id, u.day FROM account_daily_usage u
-            JOIN released r ON r.account_id = u.account_id AND r.day = u.day
-            ORDER BY u.account_id, u.day
-            FOR NO KEY UPDATE OF u
         ), unreserved AS (
-            UPDATE account_daily_usage u SET reserved = greatest(u.reserved - r.n, 0)
-            FROM released r, usage_rows l
-            WHERE u.account_id = r.account_id AND u.day = r.day
-              AND l.account_id = r.account_id AND l.day = r.day
+            SELECT release_reservations(array_agg(account_id), array_agg(day), array_agg(1))
+            FROM requeued
         )
-        SELECT count(*) FROM requeued
+        -- Selecting from `unreserved` (one row) makes it run.
+        SELECT (SELECT count(*) FROM requeued) FROM unreserved
         """,
         stranded_after_s,
     )
@@ -235,21 +227,11 @@ async def release_cancelled(conn: Conn) -> int:
             UPDATE messages m SET account_id = NULL, updated_at = now()
             FROM cancelled WHERE m.id = cancelled.id
             RETURNING cancelled.account_id, cancelled.day
-        ), released AS (
-            SELECT account_id, day, count(*) AS n FROM cleared
-            WHERE day IS NOT NULL GROUP BY account_id, day
-        ), usage_rows AS (
-            SELECT u.account_id, u.day FROM account_daily_usage u
-            JOIN released r ON r.account_id = u.account_id AND r.day = u.day
-            ORDER BY u.account_id, u.day
-            FOR NO KEY UPDATE OF u
         ), unreserved AS (
-            UPDATE account_daily_usage u SET reserved = greatest(u.reserved - r.n, 0)
-            FROM released r, usage_rows l
-            WHERE u.account_id = r.account_id AND u.day = r.day
-              AND l.account_id = r.account_id AND l.day = r.day
+            SELECT release_reservations(array_agg(account_id), array_agg(day), array_agg(1))
+            FROM cleared
         )
-        SELECT count(*) FROM cleared
+        SELECT (SELECT count(*) FROM cleared) FROM unreserved
         """
     )
     return int(value)

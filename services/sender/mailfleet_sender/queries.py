@@ -238,10 +238,11 @@ async def requeue_and_pause_account(
                 WHERE id = $1 AND status = 'sending'
                 RETURNING assigned_at
             )
-            UPDATE account_daily_usage AS u
-            SET reserved = greatest(u.reserved - 1, 0)
+            SELECT release_reservations(
+                array_agg($2::uuid), array_agg((assigned_at AT TIME ZONE 'UTC')::date),
+                array_agg(1)
+            )
             FROM msg
-            WHERE u.account_id = $2 AND u.day = (msg.assigned_at AT TIME ZONE 'UTC')::date
             """,
             message_id,
             account_id,
