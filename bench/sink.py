@@ -1,6 +1,6 @@
 """CPU per message of mailfleet-sink against an aiosmtplib client (not collected by pytest).
 
-    uv run python -m tests.sink.perf_sink --messages 10000 --connections 16
+    uv run python -m bench.sink --messages 10000 --connections 16
 
 Prints one JSON line: the sink's and the client's CPU seconds per message, from the sink's
 /proc/<pid>/stat and the client's getrusage, both counted only while messages flow.
@@ -79,7 +79,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=10_000)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
-    print(json.dumps(asyncio.run(measure(args.messages, args.connections))))  # noqa: T201
+    print(json.dumps(asyncio.run(measure(args.messages, args.connections))))
 
 
 if __name__ == "__main__":

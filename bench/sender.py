@@ -1,6 +1,6 @@
-"""Throughput and CPU cost of the sender against a local SMTP sink (run by hand, not by pytest).
+"""Throughput and CPU cost of the sender alone against a local SMTP sink.
 
-    python -m tests.sender.perf_sender [--messages 20000] [--accounts 16]
+    uv run python -m bench.sender [--messages 20000] [--accounts 16]
 
 Reports: MIME rendering cost per ~4 KB message; raw aiosmtplib (pre-built messages, reused
 connections) rate and CPU per message; the sender pipeline (real PostgreSQL, RabbitMQ, claims,
@@ -32,27 +32,10 @@ from mailfleet_sender.mime import build_message, mailbox, template_context
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import SenderSettings, Settings
 
+from bench.content import HTML, SUBJECT, TEXT
+
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/"
-
-_PARAGRAPH = (
-    '<p style="margin:0 0 12px 0;font-family:Arial,sans-serif;font-size:14px;color:#333">'
-    "Our spring collection is here, {{ name }}. We picked a few things we think you will like "
-    "based on what you looked at in {{ city }}: lightweight jackets, linen shirts and the "
-    "canvas sneakers that sold out last year are all back in stock this week.</p>\n"
-)
-HTML = (
-    '<!doctype html><html><head><meta charset="utf-8"><title>Spring</title></head><body>'
-    '<table width="100%"><tr><td><h1>Hello {{ name }}!</h1>\n'
-    + _PARAGRAPH
-    * 9
-    + '<p><a href="https://shop.example.com/spring?ref={{ code }}">See the collection</a></p>'
-    "</td></tr></table></body></html>\n"
-)
-TEXT = (
-    "Hello {{ name }}!\n\nOur spring collection: https://shop.example.com/spring?ref={{ code }}\n"
-)
-SUBJECT = "{{ name }}, the spring collection is here"
 
 
 def _out(line: str) -> None:
@@ -329,7 +312,7 @@ async def main() -> None:
     measure_mime(5000)
     port = 20025 + uuid.uuid4().int % 1000
     sink = subprocess.Popen(  # noqa: ASYNC220 - started once, before measuring
-        [sys.executable, "-m", "tests.sender.perf_sender", "--sink", str(port)]
+        [sys.executable, "-m", "bench.sender", "--sink", str(port)]
     )
     try:
         for _ in range(100):
