@@ -3,13 +3,15 @@
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
 
-from tests.stack import Stack
+from tests.stack import Sink, Stack
 
 # Fast clocks for tests: retries after ~0.2 s, sweeps twice a second, replicas dead after 3 s.
 FAST_ENV = {
@@ -38,6 +40,25 @@ async def stack(
         postgres_dsn=database_dsn, rabbit_url=rabbit_url, crypto_keys=crypto_keys, env=FAST_ENV
     ) as running:
         yield running
+
+
+@dataclass
+class Fleet:
+    """The usual running set: capture server, api, dispatcher, one sender, an admin client."""
+
+    stack: Stack
+    sink: Sink
+    client: httpx.AsyncClient
+
+
+@pytest.fixture
+async def fleet(stack: Stack) -> AsyncIterator[Fleet]:
+    sink = await stack.start_sink()
+    await stack.start_api()
+    await stack.start_dispatcher()
+    await stack.start_sender()
+    async with aclosing(await stack.admin_client()) as client:
+        yield Fleet(stack, sink, client)
 
 
 async def wait_until(

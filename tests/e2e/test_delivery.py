@@ -9,7 +9,7 @@ from contextlib import aclosing
 import asyncpg
 import pytest
 
-from tests.e2e.conftest import campaign_counts, create_account, start_campaign, wait_until
+from tests.e2e.conftest import Fleet, campaign_counts, create_account, start_campaign, wait_until
 from tests.smtp_peer import SmtpPeer
 from tests.stack import ServiceProcess, Stack
 
@@ -17,28 +17,24 @@ pytestmark = pytest.mark.slow
 
 
 async def test_thousand_recipients_reach_smtp_exactly_once_within_every_daily_limit(
-    stack: Stack, db: "asyncpg.Connection[asyncpg.Record]"
+    fleet: Fleet, db: "asyncpg.Connection[asyncpg.Record]"
 ) -> None:
-    sink = await stack.start_sink()
-    await stack.start_api()
-    await stack.start_dispatcher()
-    await stack.start_sender()
-    async with aclosing(await stack.admin_client()) as client:
-        accounts = [
-            await create_account(client, f"acct{i}", sink.port, daily_limit=300) for i in range(4)
-        ]
-        emails = [f"person{i}@example.org" for i in range(1000)]
-        campaign_id = await start_campaign(client, [a["id"] for a in accounts], emails)
+    sink, client = fleet.sink, fleet.client
+    accounts = [
+        await create_account(client, f"acct{i}", sink.port, daily_limit=300) for i in range(4)
+    ]
+    emails = [f"person{i}@example.org" for i in range(1000)]
+    campaign_id = await start_campaign(client, [a["id"] for a in accounts], emails)
 
-        async def all_sent() -> bool:
-            return (await campaign_counts(client, campaign_id)).get("sent", 0) == 1000
+    async def all_sent() -> bool:
+        return (await campaign_counts(client, campaign_id)).get("sent", 0) == 1000
 
-        await wait_until(all_sent, 120, "1,000 messages sent")
-        records = await sink.wait_for_records(1000)
-        await asyncio.sleep(1.0)  # anything extra would have arrived by now
-        records = sink.records()
+    await wait_until(all_sent, 120, "1,000 messages sent")
+    records = await sink.wait_for_records(1000)
+    await asyncio.sleep(1.0)  # anything extra would have arrived by now
+    records = sink.records()
 
-        stats = (await client.get("/api/admin/stats")).json()
+    stats = (await client.get("/api/admin/stats")).json()
 
     message_ids = [r["message_id"] for r in records]
     assert len(records) == 1000
