@@ -23,7 +23,7 @@ from .conftest import (
 
 def make_sweeper(pool: Any, broker: RabbitBroker, settings: Settings, **overrides: Any) -> Sweeper:
     dispatch = settings.dispatcher.model_copy(update=overrides)
-    return Sweeper(pool, Bus(broker, dispatch.batch_size), dispatch)
+    return Sweeper(pool, Bus(broker, dispatch.batch_size), dispatch, settings.replicas.timeout_s)
 
 
 async def test_paused_accounts_assignments_return_to_the_queue_and_release_their_units(

@@ -13,7 +13,12 @@ import pytest
 from mailfleet_common import topology
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.messages import SendBatch
-from mailfleet_common.settings import CryptoSettings, PostgresSettings, RabbitSettings
+from mailfleet_common.settings import (
+    CryptoSettings,
+    PostgresSettings,
+    RabbitSettings,
+    ReplicaSettings,
+)
 from mailfleet_sender.main import create_app
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import SenderSettings, Settings
@@ -27,9 +32,9 @@ def settings(database_dsn: str, rabbit_url: str, crypto_keys: str) -> Settings:
         postgres=PostgresSettings(dsn=database_dsn, pool_min=1, pool_max=4),
         rabbit=RabbitSettings(url=rabbit_url),
         crypto=CryptoSettings(keys=crypto_keys),
+        replicas=ReplicaSettings(timeout_s=1.0),
         sender=SenderSettings(
             heartbeat_s=0.2,
-            replica_timeout_s=1.0,
             account_poll_s=0.2,
             retry_base_s=1,
             retry_cap_s=10,

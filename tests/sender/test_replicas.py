@@ -110,7 +110,7 @@ def sender_process(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes]
         "MAILFLEET_CRYPTO__KEYS": settings.crypto.keys.get_secret_value(),
         "MAILFLEET_HTTP__PORT": str(port),
         "MAILFLEET_SENDER__HEARTBEAT_S": str(settings.sender.heartbeat_s),
-        "MAILFLEET_SENDER__REPLICA_TIMEOUT_S": str(settings.sender.replica_timeout_s),
+        "MAILFLEET_REPLICAS__TIMEOUT_S": str(settings.replicas.timeout_s),
         "MAILFLEET_SENDER__ACCOUNT_POLL_S": str(settings.sender.account_poll_s),
         "MAILFLEET_LOG_LEVEL": "WARNING",
     }

@@ -31,6 +31,16 @@ class HttpSettings(BaseModel):
     port: int = Field(default=8000, ge=0, le=65535)
 
 
+class ReplicaSettings(BaseModel):
+    """How long a silent sender replica is still taken for alive (MAILFLEET_REPLICAS__TIMEOUT_S).
+
+    One setting read by senders (who owns which account) and the dispatcher (whose `sending`
+    messages become `uncertain`), so the two can never disagree.
+    """
+
+    timeout_s: float = Field(default=5.0, gt=0)
+
+
 class ServiceSettings(BaseSettings):
     """Base for each service's Settings: MAILFLEET_POSTGRES__DSN, MAILFLEET_RABBIT__URL, ..."""
 

@@ -43,7 +43,7 @@ class Runtime:
         settings = self.settings.dispatcher
         self._stopping.clear()
         self._assigner = Assigner(self.pool, self.bus, settings)
-        sweeper = Sweeper(self.pool, self.bus, settings)
+        sweeper = Sweeper(self.pool, self.bus, settings, self.settings.replicas.timeout_s)
         self._tasks = [
             asyncio.create_task(self._assigner.run(self._stopping), name="assignment"),
             asyncio.create_task(sweeper.run(self._stopping), name="sweeps"),

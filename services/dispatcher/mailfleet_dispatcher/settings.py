@@ -1,6 +1,6 @@
 """The dispatcher's settings: MAILFLEET_DISPATCHER__TICK_MS, MAILFLEET_HTTP__PORT, ..."""
 
-from mailfleet_common.settings import HttpSettings, ServiceSettings
+from mailfleet_common.settings import HttpSettings, ReplicaSettings, ServiceSettings
 from pydantic import BaseModel, Field
 
 
@@ -18,7 +18,6 @@ class DispatchSettings(BaseModel):
     max_per_tick: int = Field(default=2000, ge=1)
     sweep_interval_s: float = Field(default=2.0, gt=0)
     stranded_after_s: float = Field(default=60.0, ge=0)
-    replica_timeout_s: float = Field(default=5.0, ge=0)
     # Longer than any SMTP conversation (connect, login and DATA, each within the sender's
     # smtp_timeout_s): a message `sending` this long under a live replica is `uncertain`.
     sending_timeout_s: float = Field(default=600.0, gt=0)
@@ -27,3 +26,4 @@ class DispatchSettings(BaseModel):
 class Settings(ServiceSettings):
     http: HttpSettings = HttpSettings(port=8001)
     dispatcher: DispatchSettings = DispatchSettings()
+    replicas: ReplicaSettings = ReplicaSettings()

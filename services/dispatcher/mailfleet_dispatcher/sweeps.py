@@ -29,10 +29,13 @@ class SweepResult:
 class Sweeper:
     """Runs the sweeps every `sweep_interval_s`, and the partition upkeep once a UTC day."""
 
-    def __init__(self, pool: Pool, bus: Bus, settings: DispatchSettings) -> None:
+    def __init__(
+        self, pool: Pool, bus: Bus, settings: DispatchSettings, replica_timeout_s: float
+    ) -> None:
         self._pool = pool
         self._bus = bus
         self._settings = settings
+        self._replica_timeout_s = replica_timeout_s
         self._partitions_checked: date | None = None
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -69,7 +72,7 @@ class Sweeper:
                 released = await queries.release_cancelled(conn)
             async with conn.transaction():
                 uncertain = await queries.mark_orphans_uncertain(
-                    conn, s.replica_timeout_s, s.sending_timeout_s
+                    conn, self._replica_timeout_s, s.sending_timeout_s
                 )
             async with conn.transaction():
                 finished = await queries.lock_finished_campaigns(conn)

@@ -87,9 +87,7 @@ class SenderReplica:
             TemplateCache(self._load_campaign),
             self._secrets,
         )
-        self._membership = Membership(
-            self._pool, self.replica_id, settings.sender.replica_timeout_s
-        )
+        self._membership = Membership(self._pool, self.replica_id, settings.replicas.timeout_s)
         # Registering before the first heartbeat means that, by the time the others see us
         # and step back from the accounts we own, we are already in line behind them.
         await self._membership.observe()

@@ -1,6 +1,11 @@
 """The sender's settings: shared sections plus delivery, retry and replica tuning."""
 
-from mailfleet_common.settings import CryptoSettings, HttpSettings, ServiceSettings
+from mailfleet_common.settings import (
+    CryptoSettings,
+    HttpSettings,
+    ReplicaSettings,
+    ServiceSettings,
+)
 from pydantic import BaseModel, Field
 
 
@@ -9,7 +14,6 @@ class SenderSettings(BaseModel):
 
     # Replicas and accounts.
     heartbeat_s: float = Field(default=1.0, gt=0)
-    replica_timeout_s: float = Field(default=5.0, gt=0)
     account_poll_s: float = Field(default=2.0, gt=0)
     prefetch_batches: int = Field(default=2, ge=1)
     # Group commit of claims and outcomes.
@@ -36,3 +40,4 @@ class Settings(ServiceSettings):
     http: HttpSettings = HttpSettings(port=8002)
     crypto: CryptoSettings = CryptoSettings()
     sender: SenderSettings = SenderSettings()
+    replicas: ReplicaSettings = ReplicaSettings()
