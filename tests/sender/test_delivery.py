@@ -25,6 +25,18 @@ async def _settled(db: Any, ids: list[int], wanted: str = "sent") -> bool:
     return all(s == wanted for s in await statuses(db, ids))
 
 
+async def _deliver_one(
+    db: Any, smtp_port: int, rabbit_url: str, email: str, wanted: str
+) -> list[int]:
+    """One message to `email` through a new account, commanded and settled in `wanted`."""
+    account = await insert_account(db, smtp_port)
+    campaign = await insert_campaign(db)
+    ids = await insert_messages(db, campaign, account, [email])
+    await publish_batch(rabbit_url, account, ids)
+    await wait_for(lambda: _settled(db, ids, wanted))
+    return ids
+
+
 async def _attempts_for(rabbit_url: str, ids: list[int], count: int) -> list[dict[str, Any]]:
     """The published attempts of these messages, once `count` of them have arrived."""
     found: list[dict[str, Any]] = []
@@ -41,12 +53,7 @@ async def _attempts_for(rabbit_url: str, ids: list[int], count: int) -> list[dic
 async def test_message_is_delivered_once_with_a_stable_message_id(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
-    account = await insert_account(db, smtp_peer.port)
-    campaign = await insert_campaign(db)
-    ids = await insert_messages(db, campaign, account, ["one@example.org"])
-
-    await publish_batch(rabbit_url, account, ids)
-    await wait_for(lambda: _settled(db, ids))
+    ids = await _deliver_one(db, smtp_peer.port, rabbit_url, "one@example.org", "sent")
 
     received = smtp_peer.handler.to("one@example.org")
     assert len(received) == 1
@@ -97,12 +104,7 @@ async def test_temporary_failures_are_retried_with_the_same_message_id_until_sen
 async def test_permanent_refusal_fails_the_message_at_once(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
-    account = await insert_account(db, smtp_peer.port)
-    campaign = await insert_campaign(db)
-    ids = await insert_messages(db, campaign, account, ["reject-x@example.org"])
-
-    await publish_batch(rabbit_url, account, ids)
-    await wait_for(lambda: _settled(db, ids, "failed"))
+    ids = await _deliver_one(db, smtp_peer.port, rabbit_url, "reject-x@example.org", "failed")
 
     row = await db.fetchrow("SELECT * FROM messages WHERE id = $1", ids[0])
     assert row["last_code"] == 550
@@ -112,12 +114,7 @@ async def test_permanent_refusal_fails_the_message_at_once(
 async def test_mailbox_full_is_deferred_not_failed(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
-    account = await insert_account(db, smtp_peer.port)
-    campaign = await insert_campaign(db)
-    ids = await insert_messages(db, campaign, account, ["full-x@example.org"])
-
-    await publish_batch(rabbit_url, account, ids)
-    await wait_for(lambda: _settled(db, ids, "deferred"))
+    ids = await _deliver_one(db, smtp_peer.port, rabbit_url, "full-x@example.org", "deferred")
 
     assert await db.fetchval("SELECT last_code FROM messages WHERE id = $1", ids[0]) == 552
 
