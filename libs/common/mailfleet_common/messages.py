@@ -72,3 +72,32 @@ class MessagesUncertain(_Message):
 
     message_ids: list[int] = Field(min_length=1)
     found_at: datetime
+
+
+TrackingKind = Literal["opened", "clicked", "unsubscribed"]
+
+
+class TrackingHit(_Message):
+    """One request to a tracking URL, as the tracker saw it."""
+
+    # Unique per hit (tracker instance + sequence): a redelivered batch is recorded once.
+    key: str = Field(min_length=1, max_length=64)
+    message_id: int = Field(ge=1)
+    occurred_at: datetime
+    ip: str | None = Field(default=None, max_length=64)
+    user_agent: str | None = Field(default=None, max_length=512)
+    url: str | None = None  # clicks: where the recipient was sent
+    # Mail-privacy proxies and link scanners: recorded, but kept out of the human rates.
+    machine: bool = False
+    machine_reason: str | None = Field(default=None, max_length=64)
+
+
+class TrackingHits(_Message):
+    """tracker -> dispatcher: opens, clicks or unsubscribes, batched by kind.
+
+    Routed by the kind (``opened``, ``clicked``, ``unsubscribed``). Hits are batched because one
+    bus message per pixel request would cost more than serving the pixel.
+    """
+
+    kind: TrackingKind
+    hits: list[TrackingHit] = Field(min_length=1, max_length=10_000)

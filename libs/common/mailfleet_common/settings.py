@@ -1,6 +1,8 @@
 """Settings sections shared by every service; each service adds its own on top."""
 
-from pydantic import BaseModel, Field, SecretStr
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -39,6 +41,34 @@ class ReplicaSettings(BaseModel):
     """
 
     timeout_s: float = Field(default=5.0, gt=0)
+
+
+class TrackingSettings(BaseModel):
+    """Signed tracking and unsubscribe URLs, shared by the sender (signs) and tracker (checks).
+
+    - keys (MAILFLEET_TRACKING__KEYS): comma-separated HMAC secrets of 32+ characters, newest
+      first; the first signs, all verify. Rotate by prepending a key, drop the old one later.
+    - base_url (MAILFLEET_TRACKING__BASE_URL): the tracker's public base URL, e.g.
+      ``https://t.example.com``; pixel, click and unsubscribe URLs start with it.
+    - unsubscribe_mailto: the address of the ``mailto:`` List-Unsubscribe URI; empty means the
+      sending account's own address.
+    """
+
+    keys: SecretStr = SecretStr("")
+    base_url: str = ""
+    unsubscribe_mailto: str = ""
+
+    @field_validator("base_url")
+    @classmethod
+    def _absolute_http_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("base_url must be an absolute http(s) URL")
+            if parts.query or parts.fragment:
+                raise ValueError("base_url must not have a query or fragment")
+        return value
 
 
 class ServiceSettings(BaseSettings):

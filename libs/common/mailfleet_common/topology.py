@@ -1,6 +1,6 @@
 """RabbitMQ exchanges, queues and routing keys: the wiring every producer and consumer shares.
 
-- ``mailfleet.events`` (topic): domain events, routed by their name (``enqueue``,
+- ``mailfleet.events`` (topic): domain events, routed by their name (``enqueue``, ``opened``,
   ``send-attempt``, ``account-paused``, ...).
 - ``mailfleet.send`` (direct): send commands, routed by account id to that account's own
   durable queue ``mailfleet.send.<account id>``. Those queues have single-active-consumer
@@ -23,6 +23,10 @@ ENQUEUE_KEY = "enqueue"
 SEND_ATTEMPT_KEY = "send-attempt"
 ACCOUNT_PAUSED_KEY = "account-paused"
 MESSAGE_UNCERTAIN_KEY = "message-uncertain"
+OPENED_KEY = "opened"
+CLICKED_KEY = "clicked"
+UNSUBSCRIBED_KEY = "unsubscribed"
+TRACKING_KEYS = (OPENED_KEY, CLICKED_KEY, UNSUBSCRIBED_KEY)
 
 
 def _dead_lettered() -> ClassicQueueArgs:
@@ -51,3 +55,5 @@ def send_queue(account_id: UUID) -> RabbitQueue:
 ENQUEUE_QUEUE = event_queue("mailfleet.dispatcher.enqueue", ENQUEUE_KEY)
 SEND_ATTEMPT_QUEUE = event_queue("mailfleet.dispatcher.send-attempt", SEND_ATTEMPT_KEY)
 ACCOUNT_PAUSED_QUEUE = event_queue("mailfleet.dispatcher.account-paused", ACCOUNT_PAUSED_KEY)
+# One queue per tracking event type; the dispatcher records all three the same way.
+TRACKING_QUEUES = {key: event_queue(f"mailfleet.dispatcher.{key}", key) for key in TRACKING_KEYS}
