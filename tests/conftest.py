@@ -7,6 +7,7 @@ side and nothing leaks between runs.
 
 import asyncio
 import os
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -82,6 +83,12 @@ def rabbit_url() -> Iterator[str]:
 @pytest.fixture(scope="session")
 def crypto_keys() -> str:
     return ",".join([generate_key(), generate_key()])
+
+
+@pytest.fixture(scope="session")
+def tracking_keys() -> str:
+    """Two tracking keys, newest first, as MAILFLEET_TRACKING__KEYS takes them."""
+    return ",".join([secrets.token_urlsafe(32), secrets.token_urlsafe(32)])
 
 
 @pytest.fixture

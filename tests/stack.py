@@ -274,11 +274,15 @@ class Stack:
         rabbit_url: str,
         crypto_keys: str,
         jwt_secret: str | None = None,
+        tracking_keys: str | None = None,
         workdir: Path | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="mailfleet-stack-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
+        # The tracker's port is chosen now: senders put its URL into every message they build.
+        self.tracker_port = free_port()
+        self.tracking_keys = tracking_keys or secrets.token_urlsafe(32)
         self.env = {
             **_base_environment(),
             "MAILFLEET_POSTGRES__DSN": postgres_dsn,
@@ -286,10 +290,13 @@ class Stack:
             "MAILFLEET_CRYPTO__KEYS": crypto_keys,
             "MAILFLEET_AUTH__JWT_SECRET": jwt_secret or secrets.token_urlsafe(32),
             "MAILFLEET_HTTP__HOST": "127.0.0.1",
+            "MAILFLEET_TRACKING__KEYS": self.tracking_keys,
+            "MAILFLEET_TRACKING__BASE_URL": f"http://127.0.0.1:{self.tracker_port}",
             **(env or {}),
         }
         self.services: list[ServiceProcess] = []
         self.api: ServiceProcess | None = None
+        self.tracker: ServiceProcess | None = None
 
     async def __aenter__(self) -> Self:
         return self
@@ -310,9 +317,15 @@ class Stack:
             unique = f"{name}-{number}"
         return unique
 
-    def _service(self, name: str, argv: list[str], env: Mapping[str, str] | None) -> ServiceProcess:
+    def _service(
+        self,
+        name: str,
+        argv: list[str],
+        env: Mapping[str, str] | None,
+        port: int | None = None,
+    ) -> ServiceProcess:
         name = self._unique_name(name)
-        port = free_port()
+        port = port or free_port()
         service = ServiceProcess(
             name,
             argv,
@@ -347,6 +360,15 @@ class Stack:
     async def start_sender(self, env: Mapping[str, str] | None = None) -> ServiceProcess:
         """One more sender replica, each on its own port (sender, sender-2, ...)."""
         return await self._service("sender", [executable("mailfleet-sender")], env).start()
+
+    async def start_tracker(self, env: Mapping[str, str] | None = None) -> ServiceProcess:
+        """The tracker, on the port whose URL the senders of this stack put into messages."""
+        if self.tracker is not None and self.tracker.running:
+            raise StackError("the tracker is running already")
+        self.tracker = self._service(
+            "tracker", [executable("mailfleet-tracker")], env, port=self.tracker_port
+        )
+        return await self.tracker.start()
 
     async def stop(self) -> None:
         """Stop every service, the last started first, all of them even if one fails."""
