@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: up down test lint bench sync
+.PHONY: up down test lint bench bench-tracker sync
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -28,3 +28,8 @@ lint: sync
 # The delivery benchmark; it prints its figures.
 bench: sync
 	$(UV) run --frozen python -m bench.delivery
+
+# The tracker benchmark (wrk against the open pixel); installs wrk if missing.
+bench-tracker: sync
+	@source deploy/local/services.sh && ensure_command wrk
+	$(UV) run --frozen python -m bench.tracker

@@ -16,98 +16,17 @@ Two sender replicas by default: senders scale out, and this machine has two core
 import argparse
 import asyncio
 import json
-import os
-import shutil
-import subprocess
 import sys
 import time
-import uuid
 from contextlib import aclosing
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import uvloop
 from mailfleet_common.crypto import generate_key
-from mailfleet_common.migrate import migrate
 
 from bench import ceiling, content
+from bench.scratch import Scratch, cpu_seconds, server_pids
 from tests.stack import Stack
-
-ADMIN_DSN = os.environ.get(
-    "MAILFLEET_BENCH_POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/postgres"
-)
-RABBIT_URL = os.environ.get("MAILFLEET_BENCH_RABBIT_URL", "amqp://guest:guest@127.0.0.1:5672/")
-
-
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU of a process and its reaped children, from /proc."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    ticks = sum(int(f) for f in fields[11:15])
-    return ticks / os.sysconf("SC_CLK_TCK")
-
-
-def _server_pids() -> dict[str, list[int]]:
-    """PostgreSQL and RabbitMQ server processes on this machine, if any."""
-    found: dict[str, list[int]] = {"postgres": [], "rabbitmq": []}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            comm = Path(f"/proc/{entry}/comm").read_text().strip()
-        except OSError:
-            continue
-        if comm in ("postgres", "postmaster"):
-            found["postgres"].append(int(entry))
-        elif comm == "beam.smp":
-            found["rabbitmq"].append(int(entry))
-    return found
-
-
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
-
-
-class Scratch:
-    """A throwaway database and (on a local broker) vhost for one benchmark run."""
-
-    def __init__(self) -> None:
-        self.name = f"mailfleet_bench_{uuid.uuid4().hex[:8]}"
-        self.dsn = urlunsplit(urlsplit(ADMIN_DSN)._replace(path=f"/{self.name}"))
-        parts = urlsplit(RABBIT_URL)
-        self.local_broker = shutil.which("rabbitmqctl") is not None and parts.hostname in (
-            "127.0.0.1",
-            "localhost",
-        )
-        self.vhost = f"mailfleet-{self.name}"
-        self.rabbit_url = (
-            urlunsplit(parts._replace(path=f"/{self.vhost}")) if self.local_broker else RABBIT_URL
-        )
-
-    async def __aenter__(self) -> "Scratch":
-        conn = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.name}"')
-        finally:
-            await conn.close()
-        await migrate(self.dsn)
-        if self.local_broker:
-            _rabbitmqctl("add_vhost", self.vhost)
-            user = urlsplit(RABBIT_URL).username or "guest"
-            _rabbitmqctl("set_permissions", "-p", self.vhost, user, ".*", ".*", ".*")
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.local_broker:
-            _rabbitmqctl("delete_vhost", self.vhost)
-        conn = await asyncpg.connect(ADMIN_DSN)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
-        finally:
-            await conn.close()
 
 
 async def run(recipients: int, accounts: int, senders: int, connections: int) -> dict[str, object]:
@@ -184,8 +103,8 @@ async def run(recipients: int, accounts: int, senders: int, connections: int) ->
             assert response.json()["accepted"] == recipients, response.text[:500]
 
             groups = {service.name: [service.pid] for service in stack.services if service.pid}
-            groups.update(_server_pids())
-            cpu_before = {g: sum(_cpu_seconds(p) for p in pids) for g, pids in groups.items()}
+            groups.update(server_pids())
+            cpu_before = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
             start_wall = time.time()
             response = await client.post(f"/api/campaigns/{campaign_id}/start", json={})
             response.raise_for_status()
@@ -204,7 +123,7 @@ async def run(recipients: int, accounts: int, senders: int, connections: int) ->
                 statuses = dict(
                     await db.fetch("SELECT status, count(*) FROM messages GROUP BY status")
                 )
-                cpu_after = {g: sum(_cpu_seconds(p) for p in pids) for g, pids in groups.items()}
+                cpu_after = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
             finally:
                 await db.close()
         await asyncio.sleep(1.0)  # the sink writes its records twice a second

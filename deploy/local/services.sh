@@ -1,4 +1,5 @@
-# Shell functions shared by `make up` and .ci/run: uv, and local PostgreSQL and RabbitMQ.
+# Shell functions shared by `make up`, the benchmarks and .ci/run: uv, Debian packages, and local
+# PostgreSQL and RabbitMQ.
 # Source it from the repository root; each function prints what it does and fails loudly.
 
 : "${MAILFLEET_POSTGRES__DSN:=postgresql://postgres@127.0.0.1:5432/mailfleet}"
@@ -26,6 +27,18 @@ wait_port() {  # host port seconds what
     sleep 0.5
   done
 }
+
+# Debian packages, installed with apt-get (as root); the package index is refreshed once.
+apt_updated=
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "$* missing and no apt-get to install it"
+  if [[ -z $apt_updated ]]; then apt-get update -qq; apt_updated=1; fi
+  say "installing $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# A command, installed from the Debian package of the same name when missing.
+ensure_command() { command -v "$1" >/dev/null 2>&1 || apt_install "$1"; }
 
 ensure_uv() {
   if ! command -v uv >/dev/null 2>&1; then
