@@ -43,7 +43,9 @@ async def stack(
 
 @dataclass
 class Fleet:
-    """The usual running set: capture server, api, dispatcher, one sender, an admin client."""
+    """The usual running set: capture server (with a maildir), api, dispatcher, one sender,
+    an admin client.
+    """
 
     stack: Stack
     sink: Sink
@@ -52,7 +54,7 @@ class Fleet:
 
 @pytest.fixture
 async def fleet(stack: Stack) -> AsyncIterator[Fleet]:
-    sink = await stack.start_sink()
+    sink = await stack.start_sink(maildir=True)
     await stack.start_api()
     await stack.start_dispatcher()
     await stack.start_sender()
