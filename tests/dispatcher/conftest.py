@@ -6,10 +6,14 @@ from datetime import datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import httpx
 import pytest
+from faststream.asgi import AsgiFastStream
 from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitQueue
+from mailfleet_common import topology
 from mailfleet_common.db import Conn, create_pool
 from mailfleet_common.settings import PostgresSettings, RabbitSettings
+from mailfleet_dispatcher.main import create_app
 from mailfleet_dispatcher.settings import DispatchSettings, Settings
 
 __all__ = ["Conn"]
@@ -31,6 +35,44 @@ async def pool(db: Conn, settings: Settings) -> AsyncIterator[Any]:
         yield pool
     finally:
         await pool.close()
+
+
+@pytest.fixture
+async def app(db: Conn, settings: Settings) -> AsyncIterator[AsgiFastStream]:
+    """The dispatcher app, started and ready, stopped after the test."""
+    # Driven through the ASGI lifespan protocol in a task of its own, as uvicorn does: the
+    # app's task group must be entered and left by the same task.
+    app = create_app(settings)
+    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    lifespan = asyncio.create_task(
+        app({"type": "lifespan"}, inbox.get, outbox.put)  # type: ignore[arg-type]
+    )
+    await inbox.put({"type": "lifespan.startup"})
+    assert (await outbox.get())["type"] == "lifespan.startup.complete"
+    try:
+        assert await eventually(lambda: ready(app), wait_s=10)
+        yield app
+    finally:
+        await inbox.put({"type": "lifespan.shutdown"})
+        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
+        await lifespan
+
+
+async def ready(app: AsgiFastStream) -> bool:
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher") as client:
+        return (await client.get("/ready")).status_code == 200
+
+
+async def eventually(check: Any, wait_s: float = 5.0) -> Any:
+    """Poll `check` until it returns something truthy."""
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        value = await check()
+        if value or asyncio.get_running_loop().time() > deadline:
+            return value
+        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -123,11 +165,12 @@ async def insert_messages(
     *,
     status: str = "queued",
     next_attempt_at: datetime | None = None,
+    account_id: UUID | None = None,
 ) -> list[int]:
     rows = await db.fetch(
         """
-        INSERT INTO messages (campaign_id, email, status, next_attempt_at)
-        SELECT $1, 'r' || g || '-' || gen_random_uuid() || '@example.com', $2, $3
+        INSERT INTO messages (campaign_id, email, status, next_attempt_at, account_id)
+        SELECT $1, 'r' || g || '-' || gen_random_uuid() || '@example.com', $2, $3, $5
         FROM generate_series(1, $4) AS g
         ORDER BY g
         RETURNING id
@@ -136,6 +179,7 @@ async def insert_messages(
         status,
         next_attempt_at,
         count,
+        account_id,
     )
     return sorted(r["id"] for r in rows)
 
@@ -174,3 +218,29 @@ async def next_body(queue: Any, wait_s: float = 5.0) -> bytes:
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError(f"nothing arrived on {queue.name}")
         await asyncio.sleep(0.05)
+
+
+async def next_dead_letter(queue: Any, wait_s: float = 5.0) -> Any:
+    """The next message on the dead-letter `queue`, or None if none comes within `wait_s`."""
+
+    async def get() -> Any:
+        return await queue.get(no_ack=True, fail=False)
+
+    return await eventually(get, wait_s)
+
+
+async def is_dead_lettered(broker: RabbitBroker, routing_key: str, body: bytes) -> bool:
+    """Publish `body` as an event; True once it arrives, unchanged, in the dead-letter queue."""
+    dead = await broker.declare_queue(topology.DEAD_LETTER_QUEUE)
+    await dead.purge()
+    marker = uuid4().hex
+    await broker.publish(
+        body,
+        exchange=topology.EVENTS,
+        routing_key=routing_key,
+        persist=True,
+        message_id=marker,
+        content_type="application/json",
+    )
+    message = await next_dead_letter(dead)
+    return message is not None and (message.message_id, bytes(message.body)) == (marker, body)

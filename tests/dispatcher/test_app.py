@@ -1,6 +1,5 @@
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
@@ -17,49 +16,20 @@ from mailfleet_common.messages import (
     SendAttempts,
     SendBatch,
 )
-from mailfleet_dispatcher.main import create_app
 from mailfleet_dispatcher.settings import Settings
 
-from .conftest import Conn, insert_account, insert_campaign, insert_messages, next_body
+from .conftest import (
+    Conn,
+    eventually,
+    insert_account,
+    insert_campaign,
+    insert_messages,
+    is_dead_lettered,
+    next_body,
+    next_dead_letter,
+)
 
 pytestmark = pytest.mark.rabbit
-
-
-@pytest.fixture
-async def app(db: Conn, settings: Settings) -> AsyncIterator[AsgiFastStream]:
-    # Driven through the ASGI lifespan protocol in a task of its own, as uvicorn does: the
-    # app's task group must be entered and left by the same task.
-    app = create_app(settings)
-    inbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    outbox: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-    lifespan = asyncio.create_task(
-        app({"type": "lifespan"}, inbox.get, outbox.put)  # type: ignore[arg-type]
-    )
-    await inbox.put({"type": "lifespan.startup"})
-    assert (await outbox.get())["type"] == "lifespan.startup.complete"
-    try:
-        assert await eventually(lambda: ready(app), wait_s=10)
-        yield app
-    finally:
-        await inbox.put({"type": "lifespan.shutdown"})
-        assert (await outbox.get())["type"] == "lifespan.shutdown.complete"
-        await lifespan
-
-
-async def ready(app: AsgiFastStream) -> bool:
-    transport = httpx.ASGITransport(app=app)
-    async with httpx.AsyncClient(transport=transport, base_url="http://dispatcher") as client:
-        return (await client.get("/ready")).status_code == 200
-
-
-async def eventually(check: Any, wait_s: float = 5.0) -> Any:
-    """Poll `check` until it returns something truthy."""
-    deadline = asyncio.get_running_loop().time() + wait_s
-    while True:
-        value = await check()
-        if value or asyncio.get_running_loop().time() > deadline:
-            return value
-        await asyncio.sleep(0.05)
 
 
 def attempts_for(message_id: int, campaign: UUID, account: UUID) -> SendAttempts:
@@ -170,26 +140,7 @@ async def test_account_pauses_are_recorded_as_events(
 async def test_malformed_messages_end_up_in_the_dead_letter_queue(
     app: AsgiFastStream, broker: RabbitBroker, routing_key: str, body: bytes
 ) -> None:
-    dead = await broker.declare_queue(topology.DEAD_LETTER_QUEUE)
-    await dead.purge()
-    marker = uuid4().hex
-
-    await broker.publish(
-        body,
-        exchange=topology.EVENTS,
-        routing_key=routing_key,
-        persist=True,
-        message_id=marker,
-        content_type="application/json",
-    )
-
-    message = None
-    deadline = asyncio.get_running_loop().time() + 5
-    while message is None and asyncio.get_running_loop().time() < deadline:
-        message = await dead.get(no_ack=True, fail=False)
-        await asyncio.sleep(0.05)
-    assert message is not None
-    assert (message.message_id, bytes(message.body)) == (marker, body)
+    assert await is_dead_lettered(broker, routing_key, body)
 
 
 async def test_attempts_for_an_unknown_account_are_dead_lettered_not_retried(
@@ -206,12 +157,7 @@ async def test_attempts_for_an_unknown_account_are_dead_lettered_not_retried(
         persist=True,
     )
 
-    message = None
-    deadline = asyncio.get_running_loop().time() + 5
-    while message is None and asyncio.get_running_loop().time() < deadline:
-        message = await dead.get(no_ack=True, fail=False)
-        await asyncio.sleep(0.05)
-    assert message is not None
+    assert await next_dead_letter(dead) is not None
     assert await db.fetchval("SELECT count(*) FROM send_attempts") == 0
 
 

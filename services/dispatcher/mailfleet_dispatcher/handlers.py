@@ -7,7 +7,12 @@ import asyncpg
 from faststream.exceptions import NackMessage, RejectMessage
 from faststream.rabbit import RabbitRouter
 from mailfleet_common import topology
-from mailfleet_common.messages import AccountPaused, RecipientsEnqueued, SendAttempts
+from mailfleet_common.messages import (
+    AccountPaused,
+    RecipientsEnqueued,
+    SendAttempts,
+    TrackingHits,
+)
 
 from mailfleet_dispatcher import recorder
 from mailfleet_dispatcher.runtime import Runtime
@@ -68,5 +73,16 @@ def create_router(runtime: Runtime) -> RabbitRouter:
             await recorder.record_account_paused(runtime.pool, event)
         except Exception as exc:
             await _settle_failure(exc, "account-paused")
+
+    async def record_tracking_hits(batch: TrackingHits) -> None:
+        """Record opens, clicks or unsubscribes reported by a tracker, once each."""
+        try:
+            await recorder.record_tracking_hits(runtime.pool, batch)
+        except Exception as exc:
+            await _settle_failure(exc, batch.kind)
+
+    # One queue per kind (so each has its own depth and dead letters), one way of recording.
+    for queue in topology.TRACKING_QUEUES.values():
+        router.subscriber(queue, topology.EVENTS)(record_tracking_hits)
 
     return router

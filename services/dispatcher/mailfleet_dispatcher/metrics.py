@@ -29,3 +29,9 @@ RECORDED = Counter(
     "Rows written by the recorder, by table (redeliveries write none).",
     ["table"],
 )
+TRACKING_HITS = Counter(
+    "mailfleet_dispatcher_tracking_hits_total",
+    "Tracking hits received, by kind and outcome: recorded, duplicate (already recorded) or "
+    "unknown-message (dropped).",
+    ["kind", "outcome"],
+)

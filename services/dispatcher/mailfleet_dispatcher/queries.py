@@ -9,7 +9,7 @@ from uuid import UUID
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 from mailfleet_common.db import Conn as Connection
-from mailfleet_common.messages import SendAttempt
+from mailfleet_common.messages import SendAttempt, TrackingHit, TrackingKind
 
 # mailfleet_common.db.Conn names a bare connection; a pooled one is a proxy with the same API.
 Conn: TypeAlias = "Connection | PoolConnectionProxy[asyncpg.Record]"
@@ -406,3 +406,55 @@ async def record_account_paused(
         reason,
     )
     return status == "INSERT 0 1"
+
+
+@dataclass(frozen=True)
+class TrackingOutcome:
+    recorded: int
+    unknown: int  # hits naming no message, dropped
+
+
+async def record_tracking_hits(
+    conn: Conn, kind: TrackingKind, hits: Sequence[TrackingHit]
+) -> TrackingOutcome:
+    """Write each hit as a `kind` event of its message, once; returns what became of them.
+
+    Campaign and account come from the message row. Hits whose key is already recorded (a
+    redelivered batch) insert nothing; hits naming no message are dropped.
+    """
+    row = await conn.fetchrow(
+        """
+        WITH input AS (
+            SELECT * FROM unnest(
+                $2::text[], $3::bigint[], $4::timestamptz[], $5::text[], $6::text[], $7::text[],
+                $8::boolean[], $9::text[]
+            ) AS t (event_key, message_id, occurred_at, ip, user_agent, url, machine,
+                    machine_reason)
+        ), inserted AS (
+            INSERT INTO events (occurred_at, type, campaign_id, message_id, account_id, data,
+                                event_key)
+            SELECT i.occurred_at, $1::text, m.campaign_id, i.message_id, m.account_id,
+                   jsonb_strip_nulls(jsonb_build_object(
+                       'ip', i.ip, 'user_agent', i.user_agent, 'url', i.url,
+                       'machine', i.machine, 'machine_reason', i.machine_reason)),
+                   i.event_key
+            FROM input i JOIN messages m ON m.id = i.message_id
+            ON CONFLICT (event_key, occurred_at) DO NOTHING
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM inserted) AS recorded,
+               (SELECT count(*) FROM input i
+                WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = i.message_id)) AS unknown
+        """,
+        kind,
+        [h.key for h in hits],
+        [h.message_id for h in hits],
+        [h.occurred_at for h in hits],
+        [h.ip for h in hits],
+        [h.user_agent for h in hits],
+        [h.url for h in hits],
+        [h.machine for h in hits],
+        [h.machine_reason for h in hits],
+    )
+    assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
+    return TrackingOutcome(int(row["recorded"]), int(row["unknown"]))

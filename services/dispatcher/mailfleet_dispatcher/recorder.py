@@ -1,9 +1,9 @@
-"""The recorder: writes what senders report into send_attempts, events and daily usage."""
+"""The recorder: writes what senders and the tracker report into events, attempts and usage."""
 
 import logging
 
 from mailfleet_common.db import Pool
-from mailfleet_common.messages import AccountPaused, SendAttempts
+from mailfleet_common.messages import AccountPaused, SendAttempts, TrackingHits
 
 from mailfleet_dispatcher import metrics, queries
 
@@ -31,3 +31,20 @@ async def record_account_paused(pool: Pool, event: AccountPaused) -> None:
             conn, event.account_id, event.reason, event.paused_at
         )
     metrics.RECORDED.labels("events").inc(int(inserted))
+
+
+async def record_tracking_hits(pool: Pool, batch: TrackingHits) -> int:
+    """Record a batch of opens, clicks or unsubscribes; returns the hits that were new."""
+    async with pool.acquire() as conn:
+        outcome = await queries.record_tracking_hits(conn, batch.kind, batch.hits)
+    duplicate = len(batch.hits) - outcome.recorded - outcome.unknown
+    metrics.RECORDED.labels("events").inc(outcome.recorded)
+    metrics.TRACKING_HITS.labels(batch.kind, "recorded").inc(outcome.recorded)
+    metrics.TRACKING_HITS.labels(batch.kind, "duplicate").inc(duplicate)
+    metrics.TRACKING_HITS.labels(batch.kind, "unknown-message").inc(outcome.unknown)
+    if outcome.unknown:
+        log.warning(
+            "tracking hits for unknown messages were dropped",
+            extra={"kind": batch.kind, "received": len(batch.hits), "unknown": outcome.unknown},
+        )
+    return outcome.recorded
