@@ -24,6 +24,7 @@ async def test_campaign_is_created_in_draft_with_message_counts(
     assert campaign["status"] == "draft"
     assert campaign["account_ids"] == [account["id"]]
     assert campaign["tracking"] is False
+    assert campaign["unsubscribe_scope"] == "global"
     assert campaign["messages"] == {}
     assert campaign["total_messages"] == 0
     assert campaign["owner_id"] == str(operator["id"])
@@ -48,6 +49,9 @@ async def test_campaign_input_is_refused_with_a_reason(
         "malformed account id": campaign_body(account_ids=["nope"]),
         "naive start_at": campaign_body(start_at="2030-01-01T09:00:00"),
         "NUL in body": campaign_body(text_body="a\x00b"),
+        "unknown unsubscribe scope": campaign_body(unsubscribe_scope="everywhere"),
+        "null unsubscribe scope": campaign_body(unsubscribe_scope=None),
+        "tracking not a flag": campaign_body(tracking="sometimes"),
     }
     for case, body in cases.items():
         response = await client.post("/api/campaigns", json=body, headers=operator["headers"])
@@ -57,6 +61,55 @@ async def test_campaign_input_is_refused_with_a_reason(
         "/api/campaigns", json=cases["broken html"], headers=operator["headers"]
     )
     assert "html_body is not a valid template" in broken.json()["detail"]
+
+
+async def test_tracking_and_unsubscribe_scope_are_set_at_creation_and_changed_later(
+    client: httpx.AsyncClient, operator: dict[str, Any]
+) -> None:
+    h = operator["headers"]
+    created = await client.post(
+        "/api/campaigns", json=campaign_body(unsubscribe_scope="campaign"), headers=h
+    )
+    assert created.status_code == 201, created.text
+    campaign = created.json()
+    assert (campaign["tracking"], campaign["unsubscribe_scope"]) == (True, "campaign")
+    path = f"/api/campaigns/{campaign['id']}"
+
+    untracked = await client.patch(path, json={"tracking": False}, headers=h)
+    assert untracked.status_code == 200, untracked.text
+    assert (untracked.json()["tracking"], untracked.json()["unsubscribe_scope"]) == (
+        False,
+        "campaign",
+    )
+    global_scope = await client.patch(path, json={"unsubscribe_scope": "global"}, headers=h)
+    assert (global_scope.json()["tracking"], global_scope.json()["unsubscribe_scope"]) == (
+        False,
+        "global",
+    )
+    listed = (await client.get("/api/campaigns", headers=h)).json()["items"]
+    assert [(c["tracking"], c["unsubscribe_scope"]) for c in listed] == [(False, "global")]
+    shown = (await client.get(path, headers=h)).json()
+    assert (shown["tracking"], shown["unsubscribe_scope"]) == (False, "global")
+
+
+async def test_campaign_changes_are_refused_with_a_reason(
+    client: httpx.AsyncClient, operator: dict[str, Any], viewer: dict[str, Any], campaign_id: str
+) -> None:
+    path = f"/api/campaigns/{campaign_id}"
+    for body in (
+        {"unsubscribe_scope": "everywhere"},
+        {"unsubscribe_scope": None},
+        {"tracking": None},
+        {"tracking": "sometimes"},
+        {"name": "renamed"},
+    ):
+        response = await client.patch(path, json=body, headers=operator["headers"])
+        assert response.status_code == 422, (body, response.text)
+        assert response.json()["detail"], body
+    forbidden = await client.patch(path, json={"tracking": False}, headers=viewer["headers"])
+    assert forbidden.status_code == 403
+    unchanged = (await client.get(path, headers=viewer["headers"])).json()
+    assert (unchanged["tracking"], unchanged["unsubscribe_scope"]) == (True, "global")
 
 
 async def test_oversize_bodies_are_refused(
@@ -103,11 +156,13 @@ async def test_unknown_campaign_is_not_found_everywhere(
     missing = uuid.uuid4()
     for method, path in (
         ("GET", f"/api/campaigns/{missing}"),
+        ("PATCH", f"/api/campaigns/{missing}"),
         ("POST", f"/api/campaigns/{missing}/start"),
         ("POST", f"/api/campaigns/{missing}/pause"),
         ("DELETE", f"/api/campaigns/{missing}"),
     ):
-        assert (await client.request(method, path, headers=h)).status_code == 404, path
+        response = await client.request(method, path, headers=h, json={})
+        assert response.status_code == 404, path
     assert (await client.get("/api/campaigns/not-a-uuid", headers=h)).status_code == 422
 
 

@@ -1,5 +1,6 @@
 """Request and response bodies of the HTTP API."""
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
@@ -20,6 +21,7 @@ SmtpTls = Literal["implicit", "starttls", "none"]
 AccountStatus = Literal["active", "paused", "disabled", "archived"]
 SettableAccountStatus = Literal["active", "paused", "disabled"]
 CampaignStatus = Literal["draft", "running", "paused", "cancelled", "completed"]
+UnsubscribeScope = Literal["global", "campaign"]
 
 MAX_SUBJECT_CHARS = 998  # RFC 5322 2.1.1: a header line is at most 998 characters
 MAX_NAME_CHARS = 200
@@ -214,6 +216,12 @@ class Account(BaseModel):
 
 # --- campaigns ----------------------------------------------------------------------------
 
+_TRACKING = "Count opens and clicks of this campaign's messages."
+_UNSUBSCRIBE_SCOPE = (
+    "What a recipient unsubscribing from this campaign's message stops: every campaign "
+    "(global) or only this one (campaign)."
+)
+
 
 class CampaignCreate(_Body):
     name: Name
@@ -224,7 +232,8 @@ class CampaignCreate(_Body):
     text_body: Annotated[str, AfterValidator(_no_nul)] | None = None
     account_ids: Annotated[list[UUID], Field(max_length=1000)] = []
     start_at: AwareDatetime | None = None
-    tracking: bool = True
+    tracking: bool = Field(default=True, description=_TRACKING)
+    unsubscribe_scope: UnsubscribeScope = Field(default="global", description=_UNSUBSCRIBE_SCOPE)
 
     @model_validator(mode="after")
     def _has_a_body(self) -> "CampaignCreate":
@@ -241,7 +250,8 @@ class CampaignSummary(BaseModel):
     account_ids: list[UUID]
     status: CampaignStatus
     start_at: datetime | None
-    tracking: bool
+    tracking: bool = Field(description=_TRACKING)
+    unsubscribe_scope: UnsubscribeScope = Field(description=_UNSUBSCRIBE_SCOPE)
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
@@ -252,6 +262,86 @@ class Campaign(CampaignSummary):
     text_body: str | None
     messages: dict[str, int] = Field(description="Number of messages in each status.")
     total_messages: int
+
+
+class CampaignUpdate(_Body):
+    """Only the fields present change."""
+
+    tracking: bool | None = Field(default=None, description=_TRACKING)
+    unsubscribe_scope: UnsubscribeScope | None = Field(default=None, description=_UNSUBSCRIBE_SCOPE)
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> "CampaignUpdate":
+        for field in self.model_fields_set:
+            if getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+
+class Engagement(BaseModel):
+    """Opens, clicks and unsubscribes of sent messages.
+
+    Hits flagged as machine-made (mail-privacy proxies that fetch every image, link scanners)
+    count in the totals but not in the human figures. Rates are unique counts over ``sent``,
+    rounded to 4 decimals, and 0 when nothing was sent.
+    """
+
+    sent: int = Field(description="Messages sent.")
+    opens: int = Field(description="Open events, repeats and machine opens included.")
+    unique_opens: int = Field(description="Messages opened at least once.")
+    human_opens: int = Field(description="Open events not flagged as machine-made.")
+    unique_human_opens: int = Field(description="Messages opened at least once by a human.")
+    clicks: int = Field(description="Click events, repeats and machine clicks included.")
+    unique_clicks: int = Field(description="Messages with at least one click.")
+    human_clicks: int = Field(description="Click events not flagged as machine-made.")
+    unique_human_clicks: int = Field(description="Messages with at least one human click.")
+    unsubscribes: int = Field(description="Messages whose recipient unsubscribed.")
+    open_rate: float = Field(description="unique_opens / sent")
+    human_open_rate: float = Field(description="unique_human_opens / sent")
+    click_rate: float = Field(description="unique_clicks / sent")
+    human_click_rate: float = Field(description="unique_human_clicks / sent")
+    unsubscribe_rate: float = Field(description="unsubscribes / sent")
+
+    @classmethod
+    def from_counts(cls, row: Mapping[str, Any]) -> "Engagement":
+        """The counters found in `row` (a missing or NULL one is 0) and the rates from them."""
+        counts = {name: int(row.get(name) or 0) for name in _COUNTERS}
+        sent = counts["sent"]
+        rates = {
+            rate: round(counts[unique] / sent, 4) if sent else 0.0
+            for rate, unique in _RATE_OF.items()
+        }
+        return cls.model_validate({**counts, **rates})
+
+
+_RATE_OF = {
+    "open_rate": "unique_opens",
+    "human_open_rate": "unique_human_opens",
+    "click_rate": "unique_clicks",
+    "human_click_rate": "unique_human_clicks",
+    "unsubscribe_rate": "unsubscribes",
+}
+_COUNTERS = tuple(name for name in Engagement.model_fields if name not in _RATE_OF)
+
+
+class AccountEngagement(BaseModel):
+    account_id: UUID
+    name: str
+    engagement: Engagement
+
+
+class CampaignEngagement(BaseModel):
+    campaign_id: UUID
+    name: str
+    status: CampaignStatus
+    engagement: Engagement
+
+
+class CampaignDetail(Campaign):
+    engagement: Engagement
+    engagement_by_account: list[AccountEngagement] = Field(
+        description="The same figures for each account that sent this campaign's messages."
+    )
 
 
 class CampaignStart(_Body):
@@ -326,3 +416,9 @@ class Stats(BaseModel):
     messages_by_status: dict[str, int]
     campaigns_by_status: dict[str, int]
     accounts: list[AccountToday]
+    engagement_by_account: list[AccountEngagement] = Field(
+        description="Each account's engagement across the campaigns of engagement_by_campaign."
+    )
+    engagement_by_campaign: list[CampaignEngagement] = Field(
+        description="Engagement of the newest campaigns that sent anything (campaign_limit)."
+    )

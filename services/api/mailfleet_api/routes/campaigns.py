@@ -1,4 +1,4 @@
-"""Campaigns: create, list, show, start, pause and cancel."""
+"""Campaigns: create, list, show with engagement, change settings, start, pause and cancel."""
 
 from typing import Annotated
 from uuid import UUID
@@ -65,8 +65,22 @@ async def list_campaigns(
 
 
 @router.get("/{campaign_id}")
-async def get_campaign(campaign_id: UUID, conn: DbConn, _: Viewer) -> schemas.Campaign:
-    """Show a campaign with the number of its messages in each status."""
+async def get_campaign(campaign_id: UUID, conn: DbConn, _: Viewer) -> schemas.CampaignDetail:
+    """Show a campaign with its messages in each status and its engagement, also by account."""
+    campaign = await _campaign(conn, campaign_id)
+    engagement, by_account = await queries.campaign_engagement(conn, campaign_id)
+    return schemas.CampaignDetail(
+        **campaign.model_dump(), engagement=engagement, engagement_by_account=by_account
+    )
+
+
+@router.patch("/{campaign_id}")
+async def update_campaign(
+    campaign_id: UUID, body: schemas.CampaignUpdate, conn: DbConn, _: Operator
+) -> schemas.Campaign:
+    """Change whether opens and clicks are tracked, and what an unsubscribe applies to."""
+    if not await queries.update_campaign_settings(conn, campaign_id, body):
+        raise NotFoundError(f"no campaign {campaign_id}")
     return await _campaign(conn, campaign_id)
 
 
