@@ -20,6 +20,7 @@ from mailfleet_common.settings import (
     ReplicaSettings,
 )
 from mailfleet_sender.main import create_app
+from mailfleet_sender.metrics import SKIPPED
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import SenderSettings, Settings
 
@@ -218,6 +219,22 @@ async def statuses(db: Any, ids: list[int]) -> list[str]:
         "SELECT status FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id", ids
     )
     return [row["status"] for row in rows]
+
+
+def skipped(reason: str | None = None) -> float:
+    """Commanded messages the sender did not send, for one reason or in all."""
+    return sum(
+        sample.value
+        for sample in SKIPPED.collect()[0].samples
+        if sample.name.endswith("_total") and reason in (None, sample.labels["reason"])
+    )
+
+
+async def sender_idle(sender: SenderReplica) -> bool:
+    """No command was being worked through in the last 0.3 s."""
+    before = skipped()
+    await asyncio.sleep(0.3)
+    return skipped() == before
 
 
 async def drain_queue(rabbit_url: str, name: str) -> list[dict[str, Any]]:

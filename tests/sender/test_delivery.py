@@ -15,6 +15,7 @@ from tests.sender.conftest import (
     publish_raw,
     reassign,
     running_sender,
+    sender_idle,
     statuses,
     wait_for,
 )
@@ -202,16 +203,6 @@ async def test_repeated_commands_never_send_a_message_twice(
         await db.fetchval("SELECT max(attempts) FROM messages WHERE id = ANY($1::bigint[])", ids)
         == 1
     )
-
-
-async def sender_idle(sender: SenderReplica) -> bool:
-    from mailfleet_sender.metrics import SKIPPED
-
-    before = SKIPPED._value.get()
-    import asyncio
-
-    await asyncio.sleep(0.3)
-    return bool(SKIPPED._value.get() == before)
 
 
 async def test_cancelled_campaign_and_paused_account_messages_are_not_sent(

@@ -20,8 +20,8 @@ from mailfleet_common.db import Pool
 from mailfleet_common.messages import SendAttempt
 
 from mailfleet_sender import queries
-from mailfleet_sender.metrics import FLUSH_SECONDS, FLUSH_SIZE
-from mailfleet_sender.queries import ClaimedMessage, FlushArrays
+from mailfleet_sender.metrics import FLUSH_SECONDS, FLUSH_SIZE, NOT_CLAIMABLE, SUPPRESSED
+from mailfleet_sender.queries import ClaimedMessage, FlushArrays, FlushResult
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,11 @@ class Committer:
         self._task = asyncio.create_task(self._run(), name="claims-committer")
 
     async def submit(self, outcome: Outcome | None, claim: Claim | None) -> ClaimedMessage | None:
-        """Make `outcome` durable and try `claim`; returns the claimed message or None."""
+        """Make `outcome` durable and try `claim`; returns the claimed message or None.
+
+        None means the message is not to be sent: already handled, cancelled, its account or
+        campaign halted, or its address suppressed (then it is cancelled here).
+        """
         if outcome is None and claim is None:
             return None
         request = _Request(outcome, claim)
@@ -158,7 +162,7 @@ class Committer:
                 arrays.claim_domains.append(claim.domain)
         started = time.perf_counter()
         try:
-            recorded, claimed = await self._write(arrays)
+            result = await self._write(arrays)
         except Exception as exc:
             for request in group:
                 if not request.done.done():
@@ -170,17 +174,22 @@ class Committer:
         for request in group:
             if (outcome := request.outcome) is not None:
                 attempts.append(outcome.attempt)
-                if outcome.message_id not in recorded:
+                if outcome.message_id not in result.recorded:
                     log.warning(
                         "outcome not recorded: message no longer in sending",
                         extra={"message_id": outcome.message_id, "outcome": outcome.status},
                     )
-            claim = request.claim
-            request.done.set_result(None if claim is None else claimed.get(claim.message_id))
+            claimed = None
+            if (claim := request.claim) is not None:
+                claimed = result.claimed.get(claim.message_id)
+                if claimed is None:
+                    skipped = SUPPRESSED if claim.message_id in result.suppressed else NOT_CLAIMABLE
+                    skipped.inc()
+            request.done.set_result(claimed)
         if attempts:
             self._report(attempts)
 
-    async def _write(self, arrays: FlushArrays) -> tuple[set[int], dict[int, ClaimedMessage]]:
+    async def _write(self, arrays: FlushArrays) -> FlushResult:
         # Outcomes must not be lost to a database blip: retry a few times before giving up.
         # A retried statement is safe: every update in it is a compare-and-set.
         for delay in (*_RETRY_DELAYS, None):

@@ -18,7 +18,7 @@ from prometheus_client import Counter
 
 from mailfleet_sender import queries
 from mailfleet_sender.claims import Claim, Committer, Outcome
-from mailfleet_sender.metrics import MESSAGES, SKIPPED
+from mailfleet_sender.metrics import MESSAGES
 from mailfleet_sender.mime import (
     MessageBuildError,
     TemplateCache,
@@ -172,8 +172,7 @@ class Deliverer:
             )
             pending = None
             if claimed is None:
-                SKIPPED.inc()
-                continue
+                continue  # counted by the committer, with the reason
             if claimed.account_updated_at > account.row.updated_at:
                 await self._refresh(account)
             try:

@@ -9,8 +9,12 @@ MESSAGES = Counter(
 )
 SKIPPED = Counter(
     "mailfleet_sender_skipped_total",
-    "Commanded messages not claimed: already handled, cancelled, or account/campaign halted.",
+    "Commanded messages not sent, by reason: suppressed (cancelled at claim time) or "
+    "not_claimable (already handled, cancelled, or account/campaign halted).",
+    ["reason"],
 )
+SUPPRESSED = SKIPPED.labels("suppressed")
+NOT_CLAIMABLE = SKIPPED.labels("not_claimable")
 SMTP_SECONDS = Histogram(
     "mailfleet_sender_smtp_seconds",
     "Time for one SMTP transaction (MAIL FROM to the reply to DATA).",

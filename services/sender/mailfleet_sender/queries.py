@@ -118,11 +118,16 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> CampaignRow | None:
 
 # Outcomes first (compare-and-set from `sending`; a slow sender swept to `uncertain` may still
 # record `sent`), then claims (`assigned -> sending`, only for an active account and a running
-# campaign). One statement, so one round trip and one commit for a whole group. The two
-# updates never touch the same row: one needs `assigned`, the other `sending`/`uncertain`.
-# The campaign check is a scalar subquery on purpose: as a join, a planner short of
-# statistics drives the claim from "every assigned message of the running campaigns" (100 ms
-# on 20k rows) instead of from the handful of ids given.
+# campaign). A claimed message whose address is suppressed (for good or not yet expired,
+# everywhere or for its campaign) is cancelled instead: the check sits right before the send.
+# One statement, so one round trip and one commit for a whole group. No two updates touch the
+# same row (Postgres would apply only one of them): outcomes need `sending`/`uncertain`, the
+# other two `assigned`, and of those the suppression lookup is NULL for one and true for the
+# other, both read in the statement's one snapshot.
+# The campaign and suppression checks are scalar subqueries on purpose: as joins, a planner
+# short of statistics drives the claim from "every assigned message of the running campaigns"
+# (100 ms on 20k rows), or hashes the whole suppression list, instead of starting from the
+# handful of ids given and probing the indexes once per message.
 _FLUSH = """
 WITH outcome AS (
     UPDATE messages AS m
@@ -137,6 +142,20 @@ WITH outcome AS (
         AS o (id, status, code, error, next_attempt_at)
     WHERE m.id = o.id
       AND (m.status = 'sending' OR (m.status = 'uncertain' AND o.status = 'sent'))
+    RETURNING m.id
+),
+suppressed AS (
+    UPDATE messages AS m
+    SET status = 'cancelled', last_error = 'suppressed', updated_at = now()
+    FROM unnest($7::bigint[], $8::uuid[]) AS c (id, account_id)
+    WHERE m.id = c.id
+      AND m.status = 'assigned'
+      AND m.account_id = c.account_id
+      AND (SELECT true FROM suppressions AS s
+           WHERE lower(s.email) = lower(m.email)
+             AND (s.campaign_id IS NULL OR s.campaign_id = m.campaign_id)
+             AND (s.expires_at IS NULL OR s.expires_at > now())
+           LIMIT 1)
     RETURNING m.id
 ),
 claim AS (
@@ -155,14 +174,21 @@ claim AS (
       AND m.status = 'assigned'
       AND m.account_id = c.account_id
       AND (SELECT k.status FROM campaigns AS k WHERE k.id = m.campaign_id) = 'running'
+      AND (SELECT true FROM suppressions AS s
+           WHERE lower(s.email) = lower(m.email)
+             AND (s.campaign_id IS NULL OR s.campaign_id = m.campaign_id)
+             AND (s.expires_at IS NULL OR s.expires_at > now())
+           LIMIT 1) IS NULL
     RETURNING m.id, m.campaign_id, m.email, m.name, m.variables, m.attempts, m.message_id,
               a.updated_at AS account_updated_at
 )
-SELECT true AS claimed, id, campaign_id, email, name, variables, attempts, message_id,
+SELECT 'claimed' AS kind, id, campaign_id, email, name, variables, attempts, message_id,
        account_updated_at
 FROM claim
 UNION ALL
-SELECT false, id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
+SELECT 'suppressed', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM suppressed
+UNION ALL
+SELECT 'recorded', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
 """
 
 
@@ -181,13 +207,19 @@ class FlushArrays:
     claim_domains: list[str]
 
 
+@dataclass(slots=True)
+class FlushResult:
+    """What one group commit did: outcomes recorded, messages claimed or found suppressed."""
+
+    recorded: set[int]
+    claimed: dict[int, ClaimedMessage]
+    suppressed: set[int]
+
+
 async def record_outcomes_and_claim(
     conn: Conn, replica_id: str, arrays: FlushArrays
-) -> tuple[set[int], dict[int, ClaimedMessage]]:
-    """Record outcomes and claim messages in one statement.
-
-    Returns the ids whose outcome was recorded and the messages claimed, by id.
-    """
+) -> FlushResult:
+    """Record outcomes, claim messages and cancel suppressed ones in one statement."""
     rows = await conn.fetch(
         _FLUSH,
         arrays.outcome_ids,
@@ -201,11 +233,11 @@ async def record_outcomes_and_claim(
         arrays.claim_tokens,
         arrays.claim_domains,
     )
-    recorded: set[int] = set()
-    claimed: dict[int, ClaimedMessage] = {}
+    result = FlushResult(set(), {}, set())
     for row in rows:
-        if row["claimed"]:
-            claimed[row["id"]] = ClaimedMessage(
+        kind = row["kind"]
+        if kind == "claimed":
+            result.claimed[row["id"]] = ClaimedMessage(
                 id=row["id"],
                 campaign_id=row["campaign_id"],
                 email=row["email"],
@@ -215,9 +247,11 @@ async def record_outcomes_and_claim(
                 message_id=row["message_id"],
                 account_updated_at=row["account_updated_at"],
             )
+        elif kind == "suppressed":
+            result.suppressed.add(row["id"])
         else:
-            recorded.add(row["id"])
-    return recorded, claimed
+            result.recorded.add(row["id"])
+    return result
 
 
 async def requeue_and_pause_account(
