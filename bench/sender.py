@@ -2,15 +2,17 @@
 
     uv run python -m bench.sender [--messages 20000] [--accounts 16]
 
-Reports: MIME rendering cost per ~4 KB message; raw aiosmtplib (pre-built messages, reused
-connections) rate and CPU per message; the sender pipeline (real PostgreSQL, RabbitMQ, claims,
-rendering, SMTP, outcomes, SendAttempts) rate and CPU per message. The sink runs in its own
+Reports: MIME rendering cost per ~4 KB message, without and with tracking links; raw
+aiosmtplib (pre-built messages, reused connections) rate and CPU per message; the sender
+pipeline (real PostgreSQL, RabbitMQ, claims, rendering and tracking links, SMTP, outcomes,
+SendAttempts) rate and CPU per message. The sink runs in its own
 process so its CPU is not counted.
 """
 
 import argparse
 import asyncio
 import json
+import secrets
 import subprocess
 import sys
 import time
@@ -25,17 +27,19 @@ from faststream.rabbit import RabbitBroker
 from mailfleet_common import topology
 from mailfleet_common.messages import SendBatch
 from mailfleet_common.migrate import migrate
-from mailfleet_common.settings import PostgresSettings, RabbitSettings
-from mailfleet_common.templating import compile_campaign
+from mailfleet_common.settings import PostgresSettings, RabbitSettings, TrackingSettings
+from mailfleet_common.templating import CampaignTemplates, compile_campaign
 from mailfleet_sender.main import BrokerPublisher
 from mailfleet_sender.mime import build_message, mailbox, template_context
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import SenderSettings, Settings
+from mailfleet_sender.tracking import Tracker
 
 from bench.content import HTML, SUBJECT, TEXT
 
 ADMIN_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 RABBIT = "amqp://guest:guest@127.0.0.1:5672/"
+TRACKING = TrackingSettings(keys=secrets.token_urlsafe(32), base_url="https://t.bench.example.com")
 
 
 def _out(line: str) -> None:
@@ -94,59 +98,66 @@ def run_sink(port: int) -> None:
 # --- measurements ---------------------------------------------------------------------------
 
 
+def _render_and_build(templates: CampaignTemplates, tracker: Tracker | None, i: int) -> bytes:
+    """One message as the sender builds it; without a tracker, as it did before tracking."""
+    email, name = f"c{i}@bench.example.com", f"Customer {i}"
+    variables = {"city": "Lisbon", "code": f"c{i:06d}"}
+    if tracker is None:
+        subject, html, text = templates.render(template_context(email, name, variables, ""))
+        headers: tuple[str, ...] = ()
+    else:
+        links = tracker.links(i, "bench@sender.example.com")
+        subject, html, text = templates.render(
+            template_context(email, name, variables, links.unsubscribe_url)
+        )
+        assert html is not None
+        assert text is not None
+        html, text, headers = links.html(html, True), links.text(text, True), links.headers()
+    return build_message(
+        from_header="Bench <bench@sender.example.com>",
+        to_header=mailbox(name, email),
+        subject=subject,
+        message_id=f"<{i}.x@sender.example.com>",
+        html=html,
+        text=text,
+        headers=headers,
+    )
+
+
 def measure_mime(count: int) -> None:
     templates = compile_campaign(SUBJECT, HTML, TEXT)
-    sender = mailbox("Bench", "bench@sender.example.com")
-    started = time.perf_counter()
-    size = 0
-    for i in range(count):
-        subject, html, text = templates.render(
-            template_context(
-                f"c{i}@bench.example.com", f"Customer {i}", {"city": "Lisbon", "code": f"c{i:06d}"}
-            )
-        )
-        render_done = time.perf_counter()
-        data = build_message(
-            from_header=sender,
-            to_header=mailbox(f"Customer {i}", f"c{i}@bench.example.com"),
-            subject=subject,
-            message_id=f"<{i}.x@sender.example.com>",
-            html=html,
-            text=text,
-        )
-        size += len(data)
-    total = time.perf_counter() - started
+    tracker = Tracker(TRACKING)
+    per_message = {}
+    for label, with_tracker in (("plain", None), ("tracked", tracker)):
+        started = time.perf_counter()
+        size = 0
+        for i in range(count):
+            size += len(_render_and_build(templates, with_tracker, i))
+        per_message[label] = (time.perf_counter() - started) / count * 1e6
     # Build alone, to split template rendering from MIME assembly.
+    subject, html, text = templates.render(template_context("c@x", "C", {}, ""))
     b_started = time.perf_counter()
     for i in range(count):
         build_message(
-            from_header=sender,
-            to_header=sender,
+            from_header="c@x",
+            to_header="c@x",
             subject=subject,
             message_id=f"<{i}.x@x>",
             html=html,
             text=text,
         )
-    build = time.perf_counter() - b_started
-    del render_done
+    build = (time.perf_counter() - b_started) / count * 1e6
     _out(
         f"mime: {count} messages of ~{size // count} bytes: "
-        f"{total / count * 1e6:.1f} us/msg total (jinja render + build), "
-        f"{build / count * 1e6:.1f} us/msg MIME build alone"
+        f"{per_message['plain']:.1f} us/msg jinja render + build, "
+        f"{per_message['tracked']:.1f} us/msg with tracking links and pixel, "
+        f"{build:.1f} us/msg MIME build alone"
     )
 
 
 async def measure_raw(port: int, count: int, concurrency: int) -> float:
     templates = compile_campaign(SUBJECT, HTML, TEXT)
-    subject, html, text = templates.render({"name": "X", "city": "Lisbon", "code": "c1"})
-    data = build_message(
-        from_header="a@b.example",
-        to_header="c@d.example",
-        subject=subject,
-        message_id="<1@x>",
-        html=html,
-        text=text,
-    )
+    data = _render_and_build(templates, Tracker(TRACKING), 1)
     left = [count]
 
     async def worker() -> None:
@@ -248,6 +259,7 @@ async def _pipeline(dsn: str, rabbit: str, port: int, args: argparse.Namespace) 
     settings = Settings(
         postgres=PostgresSettings(dsn=dsn, pool_max=8),
         rabbit=RabbitSettings(url=rabbit),
+        tracking=TRACKING,
         sender=SenderSettings(
             helo_name="bench",
             heartbeat_s=1,

@@ -2,6 +2,7 @@
 
 import asyncio
 import json
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -18,21 +19,25 @@ from mailfleet_common.settings import (
     PostgresSettings,
     RabbitSettings,
     ReplicaSettings,
+    TrackingSettings,
 )
+from mailfleet_common.tracking import Token, TokenSigner, parse_keys
 from mailfleet_sender.main import create_app
 from mailfleet_sender.metrics import SKIPPED
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import SenderSettings, Settings
 
 Db = "asyncpg.Connection[asyncpg.Record]"
+TRACKER = "http://tracker.test"
 
 
 @pytest.fixture
-def settings(database_dsn: str, rabbit_url: str, crypto_keys: str) -> Settings:
+def settings(database_dsn: str, rabbit_url: str, crypto_keys: str, tracking_keys: str) -> Settings:
     return Settings(
         postgres=PostgresSettings(dsn=database_dsn, pool_min=1, pool_max=4),
         rabbit=RabbitSettings(url=rabbit_url),
         crypto=CryptoSettings(keys=crypto_keys),
+        tracking=TrackingSettings(keys=tracking_keys, base_url=TRACKER),
         replicas=ReplicaSettings(timeout_s=1.0),
         sender=SenderSettings(
             heartbeat_s=0.2,
@@ -44,6 +49,23 @@ def settings(database_dsn: str, rabbit_url: str, crypto_keys: str) -> Settings:
             helo_name="sender.test",
         ),
     )
+
+
+@pytest.fixture
+def signer(tracking_keys: str) -> TokenSigner:
+    """Verifies the tokens the sender signed with the test tracking keys."""
+    return TokenSigner(parse_keys(tracking_keys))
+
+
+def verified(signer: TokenSigner, url: str, path: str, message_id: int) -> Token:
+    """The token of one of our tracker URLs (`path` names the kind), checked for the message."""
+    prefix = f"{TRACKER}{path}"
+    assert url.startswith(prefix), url
+    token = signer.verify(url[len(prefix) :])
+    assert token is not None, url
+    assert token.message_id == message_id
+    assert abs(token.issued_at - time.time()) < 60
+    return token
 
 
 @asynccontextmanager
@@ -134,6 +156,7 @@ async def insert_campaign(
     html: str | None = "<p>Hi {{ name }}, your code is {{ code }}</p>",
     text: str | None = "Hi {{ name }}, your code is {{ code }}",
     status: str = "running",
+    tracking: bool = True,
 ) -> uuid.UUID:
     owner = await db.fetchval(
         "INSERT INTO users (email, password_hash, role) VALUES ($1, 'x', 'admin') RETURNING id",
@@ -141,14 +164,15 @@ async def insert_campaign(
     )
     campaign_id: uuid.UUID = await db.fetchval(
         """
-        INSERT INTO campaigns (owner_id, name, subject, html_body, text_body, status)
-        VALUES ($1, 'test', $2, $3, $4, $5) RETURNING id
+        INSERT INTO campaigns (owner_id, name, subject, html_body, text_body, status, tracking)
+        VALUES ($1, 'test', $2, $3, $4, $5, $6) RETURNING id
         """,
         owner,
         subject,
         html,
         text,
         status,
+        tracking,
     )
     return campaign_id
 
@@ -219,6 +243,22 @@ async def statuses(db: Any, ids: list[int]) -> list[str]:
         "SELECT status FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id", ids
     )
     return [row["status"] for row in rows]
+
+
+async def settled(db: Any, ids: list[int], wanted: str = "sent") -> bool:
+    return all(s == wanted for s in await statuses(db, ids))
+
+
+async def deliver_one(
+    db: Any, smtp_port: int, rabbit_url: str, email: str, wanted: str = "sent", **campaign: Any
+) -> list[int]:
+    """One message to `email` through a new account and campaign, settled in `wanted`."""
+    account = await insert_account(db, smtp_port)
+    campaign_id = await insert_campaign(db, **campaign)
+    ids = await insert_messages(db, campaign_id, account, [email])
+    await publish_batch(rabbit_url, account, ids)
+    await wait_for(lambda: settled(db, ids, wanted))
+    return ids
 
 
 def skipped(reason: str | None = None) -> float:

@@ -7,6 +7,7 @@ from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import Settings
 
 from tests.sender.conftest import (
+    deliver_one,
     drain_queue,
     insert_account,
     insert_campaign,
@@ -16,26 +17,11 @@ from tests.sender.conftest import (
     reassign,
     running_sender,
     sender_idle,
+    settled,
     statuses,
     wait_for,
 )
 from tests.smtp_peer import SmtpPeer
-
-
-async def _settled(db: Any, ids: list[int], wanted: str = "sent") -> bool:
-    return all(s == wanted for s in await statuses(db, ids))
-
-
-async def _deliver_one(
-    db: Any, smtp_port: int, rabbit_url: str, email: str, wanted: str
-) -> list[int]:
-    """One message to `email` through a new account, commanded and settled in `wanted`."""
-    account = await insert_account(db, smtp_port)
-    campaign = await insert_campaign(db)
-    ids = await insert_messages(db, campaign, account, [email])
-    await publish_batch(rabbit_url, account, ids)
-    await wait_for(lambda: _settled(db, ids, wanted))
-    return ids
 
 
 async def _attempts_for(rabbit_url: str, ids: list[int], count: int) -> list[dict[str, Any]]:
@@ -54,7 +40,7 @@ async def _attempts_for(rabbit_url: str, ids: list[int], count: int) -> list[dic
 async def test_message_is_delivered_once_with_a_stable_message_id(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
-    ids = await _deliver_one(db, smtp_peer.port, rabbit_url, "one@example.org", "sent")
+    ids = await deliver_one(db, smtp_peer.port, rabbit_url, "one@example.org", "sent")
 
     received = smtp_peer.handler.to("one@example.org")
     assert len(received) == 1
@@ -78,7 +64,7 @@ async def test_temporary_failures_are_retried_with_the_same_message_id_until_sen
 
     for _ in range(2):
         await publish_batch(rabbit_url, account, ids)
-        await wait_for(lambda: _settled(db, ids, "deferred"))
+        await wait_for(lambda: settled(db, ids, "deferred"))
         row = await db.fetchrow("SELECT * FROM messages WHERE id = $1", ids[0])
         assert row["account_id"] is None  # the dispatcher picks the account again
         assert row["last_code"] == 451
@@ -86,7 +72,7 @@ async def test_temporary_failures_are_retried_with_the_same_message_id_until_sen
         await reassign(db, account, ids)
     first_message_id = row["message_id"]
     await publish_batch(rabbit_url, account, ids)
-    await wait_for(lambda: _settled(db, ids))
+    await wait_for(lambda: settled(db, ids))
 
     row = await db.fetchrow("SELECT * FROM messages WHERE id = $1", ids[0])
     assert row["attempts"] == 3
@@ -105,7 +91,7 @@ async def test_temporary_failures_are_retried_with_the_same_message_id_until_sen
 async def test_permanent_refusal_fails_the_message_at_once(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
-    ids = await _deliver_one(db, smtp_peer.port, rabbit_url, "reject-x@example.org", "failed")
+    ids = await deliver_one(db, smtp_peer.port, rabbit_url, "reject-x@example.org", "failed")
 
     row = await db.fetchrow("SELECT * FROM messages WHERE id = $1", ids[0])
     assert row["last_code"] == 550
@@ -115,7 +101,7 @@ async def test_permanent_refusal_fails_the_message_at_once(
 async def test_mailbox_full_is_deferred_not_failed(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
-    ids = await _deliver_one(db, smtp_peer.port, rabbit_url, "full-x@example.org", "deferred")
+    ids = await deliver_one(db, smtp_peer.port, rabbit_url, "full-x@example.org", "deferred")
 
     assert await db.fetchval("SELECT last_code FROM messages WHERE id = $1", ids[0]) == 552
 
@@ -130,7 +116,7 @@ async def test_last_allowed_attempt_that_fails_temporarily_fails_the_message(
 
     async with running_sender(settings):
         await publish_batch(rabbit_url, account, ids)
-        await wait_for(lambda: _settled(db, ids, "failed"))
+        await wait_for(lambda: settled(db, ids, "failed"))
 
     assert await db.fetchval("SELECT attempts FROM messages WHERE id = $1", ids[0]) == 5
 
@@ -151,7 +137,7 @@ async def test_refused_login_pauses_the_account_and_requeues_the_message(
     await drain_queue(rabbit_url, topology.ACCOUNT_PAUSED_QUEUE.name)
 
     await publish_batch(rabbit_url, account, ids)
-    await wait_for(lambda: _settled(db, ids[:1], "queued"))
+    await wait_for(lambda: settled(db, ids[:1], "queued"))
 
     acc = await db.fetchrow("SELECT status, status_reason FROM accounts WHERE id = $1", account)
     assert acc["status"] == "paused"
@@ -178,7 +164,7 @@ async def test_correct_password_is_used_to_log_in(
     ids = await insert_messages(db, campaign, account, ["a@example.org"])
 
     await publish_batch(rabbit_url, account, ids)
-    await wait_for(lambda: _settled(db, ids))
+    await wait_for(lambda: settled(db, ids))
 
     assert smtp_peer.handler.logins == ["fleet"]
 
@@ -194,7 +180,7 @@ async def test_repeated_commands_never_send_a_message_twice(
     for _ in range(3):
         await publish_batch(rabbit_url, account, ids)
     await publish_batch(rabbit_url, account, ids + ids[::-1])
-    await wait_for(lambda: _settled(db, ids))
+    await wait_for(lambda: settled(db, ids))
     await publish_batch(rabbit_url, account, ids)
     await wait_for(lambda: sender_idle(sender))
 
@@ -218,7 +204,7 @@ async def test_cancelled_campaign_and_paused_account_messages_are_not_sent(
 
     await publish_batch(rabbit_url, paused, held)
     await publish_batch(rabbit_url, account, kept + marker)
-    await wait_for(lambda: _settled(db, marker))
+    await wait_for(lambda: settled(db, marker))
     await wait_for(lambda: sender_idle(sender))
 
     assert await statuses(db, kept + held) == ["assigned", "assigned"]
@@ -234,7 +220,7 @@ async def test_one_smtp_session_carries_many_messages(
 
     await publish_batch(rabbit_url, account, ids[:10])
     await publish_batch(rabbit_url, account, ids[10:])
-    await wait_for(lambda: _settled(db, ids))
+    await wait_for(lambda: settled(db, ids))
 
     assert len(smtp_peer.handler.received) == 30
     assert len(smtp_peer.handler.sessions()) == 1
@@ -252,7 +238,7 @@ async def test_a_template_that_fails_to_render_fails_the_message_with_the_reason
     ids = await insert_messages(db, campaign, account, ["t@example.org"], {"zero": 0})
 
     await publish_batch(rabbit_url, account, ids)
-    await wait_for(lambda: _settled(db, ids, "failed"))
+    await wait_for(lambda: settled(db, ids, "failed"))
 
     assert "render" in await db.fetchval("SELECT last_error FROM messages WHERE id = $1", ids[0])
 
@@ -283,7 +269,7 @@ async def test_account_config_change_reopens_the_smtp_session(
         campaign = await insert_campaign(db)
         ids = await insert_messages(db, campaign, account, ["a@example.org", "b@example.org"])
         await publish_batch(rabbit_url, account, ids[:1])
-        await wait_for(lambda: _settled(db, ids[:1]))
+        await wait_for(lambda: settled(db, ids[:1]))
 
         await db.execute(
             "UPDATE accounts SET smtp_port = $2, updated_at = now() WHERE id = $1",
@@ -292,7 +278,7 @@ async def test_account_config_change_reopens_the_smtp_session(
         )
         await wait_for(lambda: _configured_port(sender, account, other.port))
         await publish_batch(rabbit_url, account, ids[1:])
-        await wait_for(lambda: _settled(db, ids))
+        await wait_for(lambda: settled(db, ids))
 
         assert [r.recipient for r in other.handler.received] == ["b@example.org"]
     finally:

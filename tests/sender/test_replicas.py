@@ -108,6 +108,8 @@ def sender_process(settings: Settings) -> Iterator[tuple[subprocess.Popen[bytes]
         "MAILFLEET_POSTGRES__DSN": settings.postgres.dsn,
         "MAILFLEET_RABBIT__URL": settings.rabbit.url.get_secret_value(),
         "MAILFLEET_CRYPTO__KEYS": settings.crypto.keys.get_secret_value(),
+        "MAILFLEET_TRACKING__KEYS": settings.tracking.keys.get_secret_value(),
+        "MAILFLEET_TRACKING__BASE_URL": settings.tracking.base_url,
         "MAILFLEET_HTTP__PORT": str(port),
         "MAILFLEET_SENDER__HEARTBEAT_S": str(settings.sender.heartbeat_s),
         "MAILFLEET_REPLICAS__TIMEOUT_S": str(settings.replicas.timeout_s),

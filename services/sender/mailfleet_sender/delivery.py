@@ -31,6 +31,7 @@ from mailfleet_sender.queries import AccountRow, ClaimedMessage
 from mailfleet_sender.reporting import AttemptReporter, EventPublisher
 from mailfleet_sender.settings import Settings
 from mailfleet_sender.smtp import AccountTransport, SmtpEndpoint, SmtpOptions, SmtpResult
+from mailfleet_sender.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,7 @@ class Deliverer:
         reporter: AttemptReporter,
         publisher: EventPublisher,
         templates: TemplateCache,
+        tracker: Tracker,
         secrets: SecretBox | None,
     ) -> None:
         self._settings = settings
@@ -134,6 +136,7 @@ class Deliverer:
         self._reporter = reporter
         self._publisher = publisher
         self._templates = templates
+        self._tracker = tracker
 
     async def deliver_batch(
         self, account: Account, message_ids: list[int], stopping: asyncio.Event
@@ -198,17 +201,21 @@ class Deliverer:
 
     async def _attempt(self, account: Account, slot: int, claimed: ClaimedMessage) -> SmtpResult:
         try:
-            templates = await self._templates.get(claimed.campaign_id)
-            subject, html, text = templates.render(
-                template_context(claimed.email, claimed.name, claimed.variables)
+            campaign = await self._templates.get(claimed.campaign_id)
+            links = self._tracker.links(claimed.id, account.envelope_from)
+            subject, html, text = campaign.templates.render(
+                template_context(
+                    claimed.email, claimed.name, claimed.variables, links.unsubscribe_url
+                )
             )
             data = build_message(
                 from_header=account.from_header,
                 to_header=mailbox(claimed.name, claimed.email),
                 subject=subject,
                 message_id=claimed.message_id,
-                html=html,
-                text=text,
+                html=None if html is None else links.html(html, campaign.tracking),
+                text=None if text is None else links.text(text, campaign.tracking),
+                headers=links.headers(),
             )
             recipient = envelope_address(claimed.email)
         except (InvalidTemplateError, MessageBuildError) as exc:

@@ -15,6 +15,9 @@ from pydantic import BaseModel
 
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import Settings
+from mailfleet_sender.tracking import TrackingConfigError
+
+log = logging.getLogger(__name__)
 
 
 class BrokerPublisher:
@@ -30,7 +33,10 @@ class BrokerPublisher:
 
 
 def create_app(settings: Settings, replica: SenderReplica | None = None) -> AsgiFastStream:
-    """The sender: consumers start once the broker is up and stop before it closes."""
+    """The sender: consumers start once the broker is up and stop before it closes.
+
+    Raises TrackingConfigError when the tracking keys or base URL are missing or invalid.
+    """
     # FastStream's own loggers go through the JSON handler too, not its coloured default.
     broker = RabbitBroker(
         settings.rabbit.url.get_secret_value(),
@@ -55,4 +61,9 @@ def run() -> None:
     """Console script: read the environment, log JSON, serve until SIGTERM."""
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-sender")
-    serve(create_app(settings), settings.http, loop="uvloop", lifespan="on")
+    try:
+        app = create_app(settings)
+    except TrackingConfigError as exc:
+        log.critical("sender not started: %s", exc)
+        raise SystemExit(2) from None
+    serve(app, settings.http, loop="uvloop", lifespan="on")

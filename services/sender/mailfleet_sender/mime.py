@@ -11,7 +11,8 @@ import re
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
 from uuid import UUID
@@ -161,14 +162,21 @@ def build_message(
     message_id: str,
     html: str | None,
     text: str | None,
+    headers: Sequence[str] = (),
 ) -> bytes:
-    """The complete message: headers, then one part or multipart/alternative (text, html)."""
+    """The complete message: headers, then one part or multipart/alternative (text, html).
+
+    `headers` are further header fields, each ``Name: value`` in ASCII and already folded
+    (CRLF SP) where long, added as given.
+    """
+    extra = "".join([line + "\r\n" for line in headers])
     head = (
         f"From: {from_header}\r\n"
         f"To: {to_header}\r\n"
         f"Subject: {header_text(subject)}\r\n"
         f"Date: {_DATE.now()}\r\n"
         f"Message-ID: {message_id}\r\n"
+        f"{extra}"
         "MIME-Version: 1.0\r\n"
     ).encode()
     if html is None or text is None:
@@ -199,12 +207,26 @@ def build_message(
     )
 
 
-def template_context(email: str, name: str | None, variables: dict[str, Any]) -> dict[str, Any]:
-    """What a campaign template sees: the recipient's variables plus `email` and `name`."""
-    return {**variables, "email": email, "name": name or ""}
+def template_context(
+    email: str, name: str | None, variables: dict[str, Any], unsubscribe_url: str
+) -> dict[str, Any]:
+    """What a campaign template sees: the recipient's variables plus the fields we provide.
+
+    Those are `email`, `name` and `unsubscribe_url`; a template that places the unsubscribe
+    URL itself gets no footer added.
+    """
+    return {**variables, "email": email, "name": name or "", "unsubscribe_url": unsubscribe_url}
 
 
 CampaignLoader = Callable[[UUID], Awaitable[CampaignRow | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Campaign:
+    """What rendering a campaign's messages needs: its compiled templates, its tracking switch."""
+
+    templates: CampaignTemplates
+    tracking: bool
 
 
 class TemplateCache:
@@ -213,9 +235,9 @@ class TemplateCache:
     def __init__(self, load: CampaignLoader, size: int = 1024) -> None:
         self._load = load
         self._size = size
-        self._entries: OrderedDict[UUID, asyncio.Future[CampaignTemplates]] = OrderedDict()
+        self._entries: OrderedDict[UUID, asyncio.Future[Campaign]] = OrderedDict()
 
-    async def get(self, campaign_id: UUID) -> CampaignTemplates:
+    async def get(self, campaign_id: UUID) -> Campaign:
         """The campaign's templates; raises InvalidTemplateError or MessageBuildError."""
         entry = self._entries.get(campaign_id)
         if entry is None:
@@ -227,7 +249,8 @@ class TemplateCache:
                 row = await self._load(campaign_id)
                 if row is None:
                     raise MessageBuildError(f"campaign {campaign_id} does not exist")
-                entry.set_result(compile_campaign(row.subject, row.html_body, row.text_body))
+                templates = compile_campaign(row.subject, row.html_body, row.text_body)
+                entry.set_result(Campaign(templates, row.tracking))
             except (InvalidTemplateError, MessageBuildError) as exc:
                 entry.set_exception(exc)
             except Exception as exc:

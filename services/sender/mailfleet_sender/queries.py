@@ -37,6 +37,7 @@ class CampaignRow:
     subject: str
     html_body: str | None
     text_body: str | None
+    tracking: bool  # open pixel and click redirects; unsubscribe links go out regardless
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,8 @@ async def fetch_account(conn: Conn, account_id: UUID) -> AccountRow | None:
 
 async def fetch_campaign(conn: Conn, campaign_id: UUID) -> CampaignRow | None:
     row = await conn.fetchrow(
-        "SELECT id, subject, html_body, text_body FROM campaigns WHERE id = $1", campaign_id
+        "SELECT id, subject, html_body, text_body, tracking FROM campaigns WHERE id = $1",
+        campaign_id,
     )
     return None if row is None else CampaignRow(**dict(row))
 

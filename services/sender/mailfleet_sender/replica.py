@@ -25,6 +25,7 @@ from mailfleet_sender.reporting import AttemptReporter, EventPublisher
 from mailfleet_sender.settings import Settings
 from mailfleet_sender.smtp import SmtpOptions
 from mailfleet_sender.subscriptions import AccountSubscription
+from mailfleet_sender.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +34,7 @@ class SenderReplica:
     """Everything one sender process runs besides its HTTP endpoints."""
 
     def __init__(self, settings: Settings) -> None:
+        """Check the configuration; raises TrackingConfigError without tracking settings."""
         self.settings = settings
         self.replica_id = new_replica_id()
         self.subscriptions: dict[UUID, AccountSubscription] = {}
@@ -43,6 +45,8 @@ class SenderReplica:
             if settings.crypto.keys.get_secret_value().strip()
             else None
         )
+        # Checked here, not at the first message, so a misconfigured sender fails at start.
+        self._tracker = Tracker(settings.tracking)
         self._smtp = SmtpOptions(
             timeout_s=settings.sender.smtp_timeout_s,
             validate_certs=settings.sender.smtp_validate_certs,
@@ -85,6 +89,7 @@ class SenderReplica:
             self._reporter,
             publisher,
             TemplateCache(self._load_campaign),
+            self._tracker,
             self._secrets,
         )
         self._membership = Membership(self._pool, self.replica_id, settings.replicas.timeout_s)

@@ -5,6 +5,7 @@ from mailfleet_common.settings import (
     HttpSettings,
     ReplicaSettings,
     ServiceSettings,
+    TrackingSettings,
 )
 from pydantic import BaseModel, Field
 
@@ -41,3 +42,5 @@ class Settings(ServiceSettings):
     crypto: CryptoSettings = CryptoSettings()
     sender: SenderSettings = SenderSettings()
     replicas: ReplicaSettings = ReplicaSettings()
+    # Required: every campaign message carries signed unsubscribe URLs (MAILFLEET_TRACKING__*).
+    tracking: TrackingSettings = TrackingSettings()
