@@ -108,6 +108,19 @@ async def test_batches_are_at_most_batch_max_and_in_order_per_kind() -> None:
     assert len(set(keys)) == 13
 
 
+async def test_of_several_kinds_the_one_whose_first_hit_came_first_is_published_first() -> None:
+    buffer, events = HitBuffer(1000), FakeEvents()
+    fill(buffer, "unsubscribed", range(1, 2))
+    fill(buffer, "clicked", range(2, 3))
+    fill(buffer, "opened", range(3, 4))
+    publisher = Publisher(buffer, events, batch_max=100, linger_s=0)
+
+    publisher.start()
+    await publisher.close(timeout_s=1)
+
+    assert [kind for kind, _ in events.published] == ["unsubscribed", "clicked", "opened"]
+
+
 async def test_hits_stay_buffered_while_the_broker_is_down_and_all_arrive_once_it_is_back() -> None:
     buffer, events = HitBuffer(1000), FakeEvents(down=True)
     publisher = Publisher(buffer, events, batch_max=100, linger_s=0)

@@ -293,11 +293,13 @@ class Publisher:
                     await self._stopping.wait()
 
     async def _publish_round(self) -> None:
-        """One batch of each kind that has hits, so no kind waits behind another."""
-        for kind in KINDS:
-            batch = self._buffer.peek(kind, self._batch_max)
-            if not batch:
-                continue
+        """One batch of each kind that has hits, so no kind waits behind another.
+
+        The kind whose oldest hit came first goes first: a click and then an open reach the
+        bus in that order (though consumers of separate queues may still record them in any).
+        """
+        batches = [(kind, self._buffer.peek(kind, self._batch_max)) for kind in KINDS]
+        for kind, batch in sorted((b for b in batches if b[1]), key=lambda b: b[1][0][0]):
             await self._events.publish(kind, encode_hits(kind, batch, self.instance_id))
             # Only now: a batch whose confirm never came stays and is published again.
             self._buffer.discard(kind, len(batch))
