@@ -8,7 +8,7 @@ import uvicorn
 from mailfleet_common.settings import HttpSettings
 
 
-def serve(app: Any, http: HttpSettings, **options: Any) -> None:
+def serve(app: Any, http: HttpSettings, /, **options: Any) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully and exit with status 0.
 
     uvicorn drains on SIGTERM and then raises the signal again with the handler it found

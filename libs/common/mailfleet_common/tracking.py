@@ -19,8 +19,8 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 _VERSION = 1
 _HEAD = struct.Struct(">BBBQI")
@@ -37,9 +37,11 @@ class TokenKind(IntEnum):
     UNSUBSCRIBE = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Token:
-    """What a verified token names."""
+_KINDS = {kind.value: kind for kind in TokenKind}
+
+
+class Token(NamedTuple):
+    """What a verified token names (a tuple: the tracker makes one per request)."""
 
     kind: TokenKind
     message_id: int
@@ -79,17 +81,24 @@ class TokenSigner:
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
             raise InvalidTrackingKeysError("no tracking key configured")
-        self._signing_key = keys[0]
+        # Keyed HMAC states, copied per token: cheaper than keying a new one each time.
+        self._signing = hmac.new(keys[0], digestmod="sha256")
         self._signing_id = _key_id(keys[0])
-        self._by_id: dict[int, list[bytes]] = {}
+        self._by_id: dict[int, list[hmac.HMAC]] = {}
         for key in keys:
-            self._by_id.setdefault(_key_id(key), []).append(key)
+            self._by_id.setdefault(_key_id(key), []).append(hmac.new(key, digestmod="sha256"))
+
+    @staticmethod
+    def _mac(keyed: hmac.HMAC, body: bytes) -> bytes:
+        state = keyed.copy()
+        state.update(body)
+        return state.digest()[:_MAC_BYTES]
 
     def sign(self, kind: TokenKind, message_id: int, issued_at: int, url: str | None = None) -> str:
         body = _HEAD.pack(_VERSION, kind, self._signing_id, message_id, issued_at)
         if url is not None:
             body += url.encode()
-        return _encode(body + hmac.digest(self._signing_key, body, "sha256")[:_MAC_BYTES])
+        return _encode(body + self._mac(self._signing, body))
 
     def verify(self, token: str) -> Token | None:
         """The token's content, or None for anything not made by one of our keys."""
@@ -107,14 +116,13 @@ class TokenSigner:
         version, kind, key_id, message_id, issued_at = _HEAD.unpack_from(body)
         if version != _VERSION:
             return None
-        for key in self._by_id.get(key_id, ()):
-            if hmac.compare_digest(hmac.digest(key, body, "sha256")[:_MAC_BYTES], mac):
+        for keyed in self._by_id.get(key_id, ()):
+            if hmac.compare_digest(self._mac(keyed, body), mac):
                 break
         else:
             return None
-        try:
-            token_kind = TokenKind(kind)
-        except ValueError:
+        token_kind = _KINDS.get(kind)
+        if token_kind is None:
             return None
         url = None
         if len(body) > _HEAD.size:

@@ -33,15 +33,15 @@ def run() -> None:
     except InvalidTrackingKeysError as exc:
         log.error("cannot start: %s", exc)
         sys.exit(2)
-    # uvicorn's http="auto" is httptools whenever it is installed, as it is here; it cannot be
-    # named, since serve() takes `http` for the settings. proxy_headers off: uvicorn would
-    # otherwise take X-Forwarded-For from loopback peers by itself, where trust_forwarded_for
-    # should decide, and its middleware costs every request. No Server header: one less to
-    # write per pixel, and nothing to tell a scanner.
+    # httptools: uvicorn's C HTTP parser (a dependency, so always there). proxy_headers off:
+    # uvicorn would otherwise take X-Forwarded-For from loopback peers by itself, where
+    # trust_forwarded_for should decide, and its middleware costs every request. No Server
+    # header: one less to write per pixel, and nothing to tell a scanner.
     serve(
         app,
         settings.http,
         loop="uvloop",
+        http="httptools",
         lifespan="on",
         interface="asgi3",
         proxy_headers=False,
