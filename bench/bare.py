@@ -45,6 +45,10 @@ def main() -> None:
         loop="uvloop",
         http="httptools",
         lifespan="off",
+        # As the tracker runs (mailfleet_tracker.main).
+        interface="asgi3",
+        proxy_headers=False,
+        server_header=False,
         log_config=None,
         access_log=False,
     )
