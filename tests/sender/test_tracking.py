@@ -122,6 +122,16 @@ def test_the_open_pixel_is_added_once_as_the_last_element_of_the_body(
     )
 
 
+def test_footer_and_pixel_land_inside_the_body_whatever_follows_it(links: MessageLinks) -> None:
+    html = links.html("<p>x</p></body></html>\n<!-- </body> --><p>late</p>", tracked=True)
+
+    tree = LexborHTMLParser(html)
+    body = tree.body
+    assert body is not None
+    assert [node.tag for node in body.iter()] == ["p", "p", "p", "img"]
+    assert html.endswith("</body></html><!-- </body> -->")
+
+
 def test_a_link_repeated_in_both_parts_is_signed_once(links: MessageLinks) -> None:
     url = "https://shop.example.com/spring?ref=1"
     html = links.html(f'<a href="{url}">one</a><a href="{url}">two</a>', tracked=True)

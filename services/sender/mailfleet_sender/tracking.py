@@ -162,9 +162,8 @@ class MessageLinks:
             added += self._pixel()
         body = tree.body
         if added and body is not None:
-            # The additions are markup of our own making: they go in as text through the tree
-            # (so they land at the end of the body, wherever the source ended it) and are
-            # swapped in after serializing, cheaper than building them node by node.
+            # A placeholder goes in as text at the end of the body (wherever the source ended
+            # it); our own markup replaces it after serializing, cheaper than building nodes.
             body.insert_child(_PLACEHOLDER)
         serialized = tree.html or ""
         before, placeholder, after = serialized.rpartition(_PLACEHOLDER)
@@ -226,7 +225,8 @@ def _with_doctype_of(source: str, serialized: str) -> str:
     if source[start : start + 9].lower() != "<!doctype":
         return serialized
     # In every doctype tokenizer state, ">" ends the token (even inside a quoted identifier).
-    doctype = source[start : source.find(">", start) + 1]
-    if doctype.lower() == "<!doctype html>":
+    end = source.find(">", start) + 1
+    doctype = source[start:end]
+    if not end or doctype.lower() == "<!doctype html>":
         return serialized
     return doctype + serialized[serialized.index(">") + 1 :]
