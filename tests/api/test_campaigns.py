@@ -91,6 +91,20 @@ async def test_tracking_and_unsubscribe_scope_are_set_at_creation_and_changed_la
     shown = (await client.get(path, headers=h)).json()
     assert (shown["tracking"], shown["unsubscribe_scope"]) == (False, "global")
 
+    # Once started, senders render with the flag it started with: only the scope may change.
+    started = await client.post(f"{path}/start", json={}, headers=h)
+    assert started.status_code == 200, started.text
+    refused = await client.patch(path, json={"tracking": True}, headers=h)
+    assert refused.status_code == 409
+    assert "draft" in refused.json()["detail"]
+    scoped = await client.patch(path, json={"unsubscribe_scope": "campaign"}, headers=h)
+    assert scoped.status_code == 200, scoped.text
+    assert (scoped.json()["tracking"], scoped.json()["unsubscribe_scope"]) == (False, "campaign")
+    missing = await client.patch(
+        "/api/campaigns/00000000-0000-0000-0000-000000000001", json={"tracking": True}, headers=h
+    )
+    assert missing.status_code == 404
+
 
 async def test_campaign_changes_are_refused_with_a_reason(
     client: httpx.AsyncClient, operator: dict[str, Any], viewer: dict[str, Any], campaign_id: str

@@ -341,14 +341,18 @@ async def list_campaigns(
 async def update_campaign_settings(
     conn: Conn, campaign_id: UUID, body: schemas.CampaignUpdate
 ) -> bool:
-    """Set the tracking flag and unsubscribe scope where given; False if there is no campaign."""
+    """Set the tracking flag and unsubscribe scope where given.
+
+    The tracking flag changes only on a draft: senders keep a running campaign's templates and
+    flag for as long as it runs. False if no campaign was updated (none, or not a draft).
+    """
     found = await conn.fetchval(
         """
         UPDATE campaigns
         SET tracking = coalesce($2, tracking),
             unsubscribe_scope = coalesce($3, unsubscribe_scope),
             updated_at = now()
-        WHERE id = $1
+        WHERE id = $1 AND ($2::boolean IS NULL OR status = 'draft')
         RETURNING true
         """,
         campaign_id,

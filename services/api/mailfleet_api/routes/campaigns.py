@@ -78,9 +78,12 @@ async def get_campaign(campaign_id: UUID, conn: DbConn, _: Viewer) -> schemas.Ca
 async def update_campaign(
     campaign_id: UUID, body: schemas.CampaignUpdate, conn: DbConn, _: Operator
 ) -> schemas.Campaign:
-    """Change whether opens and clicks are tracked, and what an unsubscribe applies to."""
+    """Change the unsubscribe scope (any time) or tracking (only before the campaign starts)."""
     if not await queries.update_campaign_settings(conn, campaign_id, body):
-        raise NotFoundError(f"no campaign {campaign_id}")
+        status = await queries.fetch_campaign_status(conn, campaign_id)
+        if status is None:
+            raise NotFoundError(f"no campaign {campaign_id}")
+        raise ConflictError(f"tracking can only be changed on a draft campaign, not a {status} one")
     return await _campaign(conn, campaign_id)
 
 
