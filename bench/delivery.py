@@ -8,7 +8,10 @@ the pipeline (their mean is the ceiling). Prints one JSON
 line: enqueue_s, deliver_s, emails_per_s, ceiling_per_s, ratio, duplicates, lost.
 
     uv run python -m bench.delivery [--recipients 10000] [--accounts 50] [--senders 2]
-                                    [--connections 1]
+                                    [--connections 1] [--no-tracking]
+
+The campaign tracks opens and clicks, as campaigns do by default: each message is parsed and
+its links rewritten and signed. --no-tracking measures a campaign with tracking switched off.
 
 Two sender replicas by default: senders scale out, and this machine has two cores.
 """
@@ -29,7 +32,9 @@ from bench.scratch import Scratch, cpu_seconds, server_pids
 from tests.stack import Stack
 
 
-async def run(recipients: int, accounts: int, senders: int, connections: int) -> dict[str, object]:
+async def run(
+    recipients: int, accounts: int, senders: int, connections: int, tracking: bool
+) -> dict[str, object]:
     async with (
         Scratch() as scratch,
         Stack(
@@ -82,6 +87,7 @@ async def run(recipients: int, accounts: int, senders: int, connections: int) ->
                     "html_body": content.HTML,
                     "text_body": content.TEXT,
                     "account_ids": account_ids,
+                    "tracking": tracking,
                 },
             )
             response.raise_for_status()
@@ -154,6 +160,7 @@ async def run(recipients: int, accounts: int, senders: int, connections: int) ->
         "accounts": accounts,
         "senders": senders,
         "connections_per_account": connections,
+        "tracking": tracking,
         "enqueue_s": round(enqueue_s, 3),
         "deliver_s": round(deliver_s, 3),
         "first_delivery_s": round(first_s, 3),
@@ -176,8 +183,16 @@ def main() -> None:
     parser.add_argument("--accounts", type=int, default=50)
     parser.add_argument("--senders", type=int, default=2)
     parser.add_argument("--connections", type=int, default=1, help="SMTP sessions per account")
+    parser.add_argument(
+        "--no-tracking",
+        dest="tracking",
+        action="store_false",
+        help="campaign without click and open tracking (the unsubscribe link and headers stay)",
+    )
     args = parser.parse_args()
-    result = uvloop.run(run(args.recipients, args.accounts, args.senders, args.connections))
+    result = uvloop.run(
+        run(args.recipients, args.accounts, args.senders, args.connections, args.tracking)
+    )
     sys.stdout.write(json.dumps(result) + "\n")
 
 
