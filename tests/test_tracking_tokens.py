@@ -1,6 +1,8 @@
 """Signed tracking tokens: round trips, rotation, and everything that must not verify."""
 
 import binascii
+import hashlib
+import hmac
 import secrets
 
 import pytest
@@ -10,6 +12,7 @@ from mailfleet_common.tracking import (
     Token,
     TokenKind,
     TokenSigner,
+    _KeyedSha256,
     parse_keys,
 )
 
@@ -95,3 +98,12 @@ def _padded(token: str) -> str:
 def _unpadded(raw: bytes) -> str:
     encoded = binascii.b2a_base64(raw, newline=False).decode()
     return encoded.replace("+", "-").replace("/", "_").rstrip("=")
+
+
+@pytest.mark.parametrize("key_size", [1, 32, 63, 64, 65, 200])
+def test_the_precomputed_hmac_is_hmac_sha256(key_size: int) -> None:
+    key = secrets.token_bytes(key_size)
+    keyed = _KeyedSha256(key)
+    for message in (b"", b"x", secrets.token_bytes(15), secrets.token_bytes(5000)):
+        assert keyed.mac(message) == hmac.digest(key, message, hashlib.sha256)
+        assert keyed.mac(message) == keyed.mac(message)  # the precomputed states are reused
