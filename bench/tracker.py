@@ -4,8 +4,10 @@ Runs the real tracker and dispatcher (which records the events) against a throwa
 seeds sent messages, and sends GET /track/open/{token} with wrk at 64 connections, each request
 a different message's token. In the same run, the same wrk load hits a bare raw-ASGI app
 (bench.bare) under the same uvicorn, loop and HTTP parser, before and after the tracker; the
-ratio is against their mean. Then waits until every open the tracker accepted is a row in
-`events`. Prints one JSON line: requests_per_s, p99_ms, lost, bare_requests_per_s, ratio, ...
+ratio is against their mean. The tracker runs twice: with the recorder (the dispatcher)
+stopped, its events waiting in RabbitMQ (requests_per_s, p99_ms, ratio), and with the recorder
+writing them as they come on the same two cores (recording_*). Then waits until every open
+the tracker accepted is a row in `events` (lost). Prints one JSON line.
 
     uv run python -m bench.tracker [--duration 10] [--connections 64] [--messages 20000]
 """
@@ -18,7 +20,9 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import httpx
@@ -27,7 +31,7 @@ from mailfleet_common.crypto import generate_key
 from mailfleet_common.tracking import TokenKind, TokenSigner, open_path, parse_keys
 
 from bench.bare import GIF
-from bench.scratch import Scratch, cpu_seconds
+from bench.scratch import Scratch, cpu_seconds, server_pids
 from tests.stack import ServiceProcess, Stack, free_port
 
 # A desktop mail client, so the opens count as human ones (no scanner signature).
@@ -138,7 +142,7 @@ async def run(duration_s: int, connections: int, messages: int) -> dict[str, obj
         ) as stack,
     ):
         ids = await _seed(scratch.dsn, messages)
-        await stack.start_dispatcher()  # declares the event queues and records the events
+        dispatcher = await stack.start_dispatcher()  # declares the event queues, records events
         tracker = await stack.start_tracker()
         bare_port = free_port()
         bare = ServiceProcess(
@@ -162,6 +166,21 @@ async def run(duration_s: int, connections: int, messages: int) -> dict[str, obj
         script = stack.workdir / "paths.lua"
         script.write_text(_LUA % paths_file)
 
+        def load(url: str, seconds: int = duration_s) -> Awaitable[dict[str, float]]:
+            return asyncio.to_thread(_wrk, url, script, connections, seconds)
+
+        async def measured(url: str, services: list[ServiceProcess]) -> dict[str, Any]:
+            """One wrk run, with the CPU each process (and the servers) used per request."""
+            groups = {s.name: [s.pid] for s in services}
+            groups.update(server_pids())
+            before = {g: sum(map(cpu_seconds, pids)) for g, pids in groups.items()}
+            result: dict[str, Any] = dict(await load(url))
+            result["cpu_us_per_request"] = {
+                g: round((sum(map(cpu_seconds, pids)) - before[g]) * 1e6 / result["requests"], 1)
+                for g, pids in groups.items()
+            }
+            return result
+
         async with httpx.AsyncClient(base_url=tracker.url) as client:
             sample = await client.get(open_path(signer.sign(TokenKind.OPEN, ids[0], issued)))
             assert sample.status_code == 200, sample.text
@@ -169,16 +188,20 @@ async def run(duration_s: int, connections: int, messages: int) -> dict[str, obj
             sample = await httpx.AsyncClient(base_url=bare.url).get("/")
             assert sample.content == GIF
 
-            # Warm both servers, then bare, tracker, bare: the mean of the two bare runs
-            # evens out drift on a shared machine.
-            for url in (bare.url, tracker.url):
-                await asyncio.to_thread(_wrk, url, script, connections, 2)
+            # Warm both servers. Then bare, tracker, tracker again, bare: the mean of the two
+            # bare runs evens out drift on a shared machine. In the first tracker run the
+            # recorder is stopped, so the events wait in RabbitMQ's durable queue as they would
+            # for a recorder on other machines; in the second it records them as they come,
+            # on the same two cores as wrk, the tracker, PostgreSQL and RabbitMQ.
+            await load(bare.url, 2)
+            await load(tracker.url, 2)
             accepted_before = await _accepted_opens(client)
-            bare_before = await asyncio.to_thread(_wrk, bare.url, script, connections, duration_s)
-            cpu_before = cpu_seconds(tracker.pid)
-            result = await asyncio.to_thread(_wrk, tracker.url, script, connections, duration_s)
-            cpu_used = cpu_seconds(tracker.pid) - cpu_before
-            bare_after = await asyncio.to_thread(_wrk, bare.url, script, connections, duration_s)
+            bare_before = await measured(bare.url, [bare])
+            await dispatcher.stop()
+            alone = await measured(tracker.url, [tracker])
+            await dispatcher.start()
+            recording = await measured(tracker.url, [tracker, dispatcher])
+            bare_after = await measured(bare.url, [bare])
             accepted = await _accepted_opens(client)
         accepted_total = int(accepted)
         recorded = await _recorded_opens(scratch.dsn, accepted_total, within_s=30.0)
@@ -187,21 +210,28 @@ async def run(duration_s: int, connections: int, messages: int) -> dict[str, obj
     return {
         "connections": connections,
         "duration_s": duration_s,
-        "requests_per_s": round(result["requests_per_s"], 1),
-        "p99_ms": round(result["p99_ms"], 2),
+        "requests_per_s": round(alone["requests_per_s"], 1),
+        "p99_ms": round(alone["p99_ms"], 2),
         "lost": accepted_total - recorded,
         "bare_requests_per_s": round(bare_rate, 1),
-        "ratio": round(result["requests_per_s"] / bare_rate, 3),
-        "requests": int(result["requests"]),
-        "accepted_in_run": int(accepted - accepted_before),
-        "accepted_total": accepted_total,
-        "recorded": recorded,
-        "non_2xx": int(result["non_2xx"]),
-        "socket_errors": int(result["socket_errors"]),
+        "ratio": round(alone["requests_per_s"] / bare_rate, 3),
+        "recording_requests_per_s": round(recording["requests_per_s"], 1),
+        "recording_p99_ms": round(recording["p99_ms"], 2),
+        "recording_ratio": round(recording["requests_per_s"] / bare_rate, 3),
         "bare_p99_ms": round((bare_before["p99_ms"] + bare_after["p99_ms"]) / 2, 2),
         "bare_before_per_s": round(bare_before["requests_per_s"], 1),
         "bare_after_per_s": round(bare_after["requests_per_s"], 1),
-        "tracker_cpu_us_per_request": round(cpu_used * 1e6 / max(result["requests"], 1), 1),
+        "requests": int(alone["requests"] + recording["requests"]),
+        "accepted_in_runs": int(accepted - accepted_before),
+        "accepted_total": accepted_total,
+        "recorded": recorded,
+        "non_2xx": int(alone["non_2xx"] + recording["non_2xx"]),
+        "socket_errors": int(alone["socket_errors"] + recording["socket_errors"]),
+        "cpu_us_per_request": {
+            "bare": bare_before["cpu_us_per_request"]["bare"],
+            "tracker": alone["cpu_us_per_request"]["tracker"],
+            "recording": recording["cpu_us_per_request"],
+        },
     }
 
 

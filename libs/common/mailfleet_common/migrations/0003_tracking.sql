@@ -9,8 +9,6 @@ ALTER TABLE campaigns ADD COLUMN unsubscribe_scope text NOT NULL DEFAULT 'global
 -- the bus is recorded once. NULL for events that are deduplicated elsewhere.
 ALTER TABLE events ADD COLUMN event_key text;
 CREATE UNIQUE INDEX events_event_key ON events (event_key, occurred_at);
--- Engagement counters: a campaign's or account's opens and clicks, by message.
-CREATE INDEX events_campaign_message_idx ON events (campaign_id, type, message_id);
 
 -- Every message to an address, across campaigns: global suppression cancels them all.
 CREATE INDEX messages_email_idx ON messages (lower(email));
