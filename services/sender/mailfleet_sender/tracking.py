@@ -46,6 +46,7 @@ _FOOTER_STYLE = "margin:24px 0 0 0;font-size:12px;color:#666666;text-align:cente
 _PIXEL_ATTRIBUTES = ' width="1" height="1" alt="" style="display:none;border:0"'
 # Marks where the footer and pixel go; random per process, so no message can contain it.
 _PLACEHOLDER = f"mf-{secrets.token_hex(16)}"
+_BODY_END = "</body></html>"
 _LIST_UNSUBSCRIBE = "List-Unsubscribe: "
 _MAX_LINE = 78  # RFC 5322 2.1.1: lines SHOULD stay within 78 characters
 # RFC 6068: what an addr-spec may keep unencoded in a mailto URI (besides unreserved).
@@ -160,15 +161,24 @@ class MessageLinks:
         added = self._footer() if footer else ""
         if tracked:
             added += self._pixel()
-        body = tree.body
-        if added and body is not None:
-            # A placeholder goes in as text at the end of the body (wherever the source ended
-            # it); our own markup replaces it after serializing, cheaper than building nodes.
-            body.insert_child(_PLACEHOLDER)
+        if not added:
+            return _with_doctype_of(source, tree.html or "")
         serialized = tree.html or ""
-        before, placeholder, after = serialized.rpartition(_PLACEHOLDER)
-        if placeholder:
-            serialized = before + added + after
+        if serialized.endswith(_BODY_END):
+            # The serializer writes the parsed document, whose body always closes last
+            # (whatever the source wrote after it belongs to the body): our markup goes just
+            # before that end tag, at a fraction of the cost of inserting a node.
+            end = len(serialized) - len(_BODY_END)
+            return _with_doctype_of(source, serialized[:end] + added + serialized[end:])
+        body = tree.body
+        if body is not None:
+            # Not the usual shape (a frameset, say): a placeholder goes in as text at the end
+            # of the body, and our own markup replaces it after serializing.
+            body.insert_child(_PLACEHOLDER)
+            serialized = tree.html or ""
+            before, placeholder, after = serialized.rpartition(_PLACEHOLDER)
+            if placeholder:
+                serialized = before + added + after
         return _with_doctype_of(source, serialized)
 
     def text(self, text: str, tracked: bool) -> str:
