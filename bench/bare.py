@@ -9,6 +9,7 @@ import argparse
 from typing import Any
 
 import uvicorn
+from mailfleet_tracker.main import UVICORN_OPTIONS
 
 # The tracker's pixel: a transparent 1x1 GIF, 43 bytes.
 GIF = (
@@ -38,19 +39,15 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
+    # The tracker's own uvicorn options: the same server, loop and HTTP parser.
     uvicorn.run(
         app,
         host=args.host,
         port=args.port,
-        loop="uvloop",
-        http="httptools",
         lifespan="off",
-        # As the tracker runs (mailfleet_tracker.main).
-        interface="asgi3",
-        proxy_headers=False,
-        server_header=False,
         log_config=None,
         access_log=False,
+        **UVICORN_OPTIONS,
     )
 
 
