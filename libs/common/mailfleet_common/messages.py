@@ -101,3 +101,29 @@ class TrackingHits(_Message):
 
     kind: TrackingKind
     hits: list[TrackingHit] = Field(min_length=1, max_length=10_000)
+
+
+FeedbackKind = Literal["bounced", "complained", "replied", "auto-replied", "unsubscribed"]
+
+
+class Feedback(_Message):
+    """bouncer -> anyone: what came back for a message, read from its account's mailbox.
+
+    Routed by the kind. The bouncer has already acted on it (suppression, marking the message,
+    pausing the account) and recorded it in ``events`` before this is published; the bus copy is
+    for whoever else wants to know. ``key`` is unique per report and recipient, so a consumer
+    can drop a redelivery.
+    """
+
+    key: str = Field(min_length=1, max_length=64)
+    kind: FeedbackKind
+    account_id: UUID
+    report_id: int = Field(ge=1)
+    message_id: int | None = None  # None: no message of ours could be matched
+    campaign_id: UUID | None = None
+    email: str | None = None
+    bounce: Literal["hard", "soft"] | None = None
+    status: str | None = None  # RFC 3463 enhanced status code, e.g. "5.1.1"
+    diagnostic: str | None = None
+    feedback_type: str | None = None  # complaints: the ARF Feedback-Type
+    occurred_at: datetime

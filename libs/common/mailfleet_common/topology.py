@@ -27,6 +27,16 @@ OPENED_KEY = "opened"
 CLICKED_KEY = "clicked"
 UNSUBSCRIBED_KEY = "unsubscribed"
 TRACKING_KEYS = (OPENED_KEY, CLICKED_KEY, UNSUBSCRIBED_KEY)
+# What the bouncer read from the accounts' mailboxes (messages.Feedback), routed by its kind.
+# An unsubscribe by mail goes out as "mail-unsubscribed": "unsubscribed" carries the tracker's
+# TrackingHits, which the dispatcher's queue for it expects.
+FEEDBACK_KEYS = {
+    "bounced": "bounced",
+    "complained": "complained",
+    "replied": "replied",
+    "auto-replied": "auto-replied",
+    "unsubscribed": "mail-unsubscribed",
+}
 
 
 def _dead_lettered() -> ClassicQueueArgs:

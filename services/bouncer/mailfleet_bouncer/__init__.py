@@ -1,0 +1,1 @@
+"""mailfleet bouncer: what comes back after sending changes what is sent next."""

@@ -1,0 +1,56 @@
+"""The bouncer's settings: MAILFLEET_BOUNCER__POLL_S, MAILFLEET_BOUNCER__BOUNCE_RATE_MAX, ..."""
+
+from mailfleet_common.settings import (
+    CryptoSettings,
+    HttpSettings,
+    ServiceSettings,
+    TrackingSettings,
+)
+from pydantic import BaseModel, Field
+
+
+class BouncerSettings(BaseModel):
+    """How mailboxes are read and what the bouncer does about what it finds.
+
+    Reading:
+    - poll_s: how often each mailbox is looked at for new messages.
+    - fetch_batch: messages fetched per IMAP round trip.
+    - max_message_bytes: a message larger than this is read only up to it (and marked
+      truncated): a DSN's report sits at the start, a 50 MB attachment is not needed.
+    - keep_raw_bytes: how much of a message nothing could make sense of is kept in
+      inbound_reports for an operator to look at.
+    - imap_timeout_s: one IMAP command's limit before the mailbox is dropped and retried.
+    - rebalance_s: how often a replica re-counts live replicas and takes or gives up mailboxes.
+    - imap_ca_file: a PEM bundle of further CAs to trust for IMAP over TLS (a private CA);
+      the system's CAs are trusted either way.
+
+    Acting:
+    - soft_bounce_limit within soft_bounce_window_days: that many soft bounces of one address
+      suppress it, for soft_suppress_days (0: for good).
+    - bounce_rate_max, complaint_rate_max: an account whose hard bounces or complaints among
+      its last rate_window_sends sends exceed these is paused; rates are judged once it has
+      rate_min_sends sends in the window (since it was last resumed).
+    """
+
+    poll_s: float = Field(default=30.0, gt=0)
+    fetch_batch: int = Field(default=50, ge=1, le=1000)
+    max_message_bytes: int = Field(default=5 * 1024 * 1024, ge=64 * 1024)
+    keep_raw_bytes: int = Field(default=256 * 1024, ge=0)
+    imap_timeout_s: float = Field(default=30.0, gt=0)
+    rebalance_s: float = Field(default=10.0, gt=0)
+    imap_ca_file: str = ""
+
+    soft_bounce_limit: int = Field(default=3, ge=1)
+    soft_bounce_window_days: float = Field(default=7.0, gt=0)
+    soft_suppress_days: float = Field(default=30.0, ge=0)
+    bounce_rate_max: float = Field(default=0.05, gt=0, le=1)
+    complaint_rate_max: float = Field(default=0.003, gt=0, le=1)
+    rate_window_sends: int = Field(default=1000, ge=1)
+    rate_min_sends: int = Field(default=100, ge=1)
+
+
+class Settings(ServiceSettings):
+    http: HttpSettings = HttpSettings(port=8004)
+    crypto: CryptoSettings = CryptoSettings()
+    tracking: TrackingSettings = TrackingSettings()
+    bouncer: BouncerSettings = BouncerSettings()
