@@ -16,8 +16,10 @@ down:
 sync:
 	@$(UV) sync --frozen --quiet
 
-# The whole suite, against the local PostgreSQL and RabbitMQ.
+# The whole suite, against the local PostgreSQL and RabbitMQ; installs Dovecot and Postfix if
+# missing (the bouncer tests start their own, see tests/bouncer/servers.py).
 test: sync
+	@source deploy/local/services.sh && ensure_dovecot && ensure_postfix
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 lint: sync

@@ -81,3 +81,51 @@ ensure_rabbitmq() {
   timeout 120 rabbitmqctl await_startup >/dev/null || die "RabbitMQ did not start"
   wait_port "$host" "$port" 60 RabbitMQ
 }
+
+# A daemon's command, looked up in the sbin directories too (absent from most users' PATH).
+have_daemon() { PATH="$PATH:/usr/sbin:/sbin" command -v "$1" >/dev/null 2>&1; }
+
+# A system-wide daemon that a package installation may have started: stopped, and kept from
+# starting at boot. The bouncer tests run their own Dovecot and Postfix (tests/bouncer/servers.py)
+# on free ports; an idle system-wide one would only hold ports such as 25 and 143.
+stop_system_daemon() {
+  if [[ -d /run/systemd/system ]] && command -v systemctl >/dev/null 2>&1; then
+    # The socket first: it would start the service again (dovecot.socket listens on 143).
+    systemctl disable --now "$1.socket" >/dev/null 2>&1 || true
+    systemctl disable --now "$1.service" >/dev/null 2>&1 || true
+  else
+    update-rc.d "$1" disable >/dev/null 2>&1 || true
+    invoke-rc.d "$1" stop >/dev/null 2>&1 || true
+  fi
+}
+
+# Dovecot with IMAP and LMTP, for the bouncer tests. A system-wide Dovecot that was already
+# installed is left as it is; one this installs is stopped.
+ensure_dovecot() {
+  local libexec
+  libexec=$(doveconf -d -h libexec_dir 2>/dev/null) || libexec=
+  [[ -n $libexec && -x $libexec/imap && -x $libexec/lmtp ]] && return 0
+  local fresh=
+  have_daemon dovecot || fresh=1
+  apt_install dovecot-imapd dovecot-lmtpd
+  if [[ -n $fresh ]]; then
+    stop_system_daemon dovecot
+    doveadm stop >/dev/null 2>&1 || true  # in case it was started without an init system
+  fi
+  have_daemon dovecot || die "dovecot was installed but is not in /usr/sbin or on PATH"
+}
+
+# Postfix, for the bouncer tests. Installed with "No configuration" (no /etc/postfix/main.cf):
+# no questions asked, and no system-wide Postfix to run. Another MTA (a /usr/sbin/sendmail
+# without Postfix), which the package would remove, is replaced only in CI.
+ensure_postfix() {
+  have_daemon postfix && return 0
+  [[ ! -e /usr/sbin/sendmail || ${CI:-} == true ]] \
+    || die "another MTA owns /usr/sbin/sendmail; postfix would replace it (CI=true allows that)"
+  if command -v debconf-set-selections >/dev/null 2>&1; then
+    echo 'postfix postfix/main_mailer_type select No configuration' | debconf-set-selections
+  fi
+  apt_install postfix
+  stop_system_daemon postfix
+  have_daemon postfix || die "postfix was installed but is not in /usr/sbin or on PATH"
+}
