@@ -1,7 +1,7 @@
 """Fixtures for the bouncer tests: a real Dovecot and Postfix for the whole run (see servers.py).
 
 ``dovecot`` serves IMAP and LMTP, ``postfix`` takes SMTP and delivers to it over LMTP, and
-``mailbox`` is a new ``sender-<random>@fleet.test`` user for each test. Missing packages fail
+``mailbox`` is a new ``sender-<random>@fleet.example.com`` user for each test. Missing packages fail
 the tests instead of skipping them: CI installs them (.ci/run, ``make test``).
 """
 
@@ -48,7 +48,7 @@ def dovecot(mail_servers_dir: Path) -> Iterator[Dovecot]:
 
 @pytest.fixture(scope="session")
 def postfix(dovecot: Dovecot, mail_servers_dir: Path) -> Iterator[Postfix]:
-    """Postfix on a free port (``smtp_port``) delivering fleet.test and remote.test to Dovecot."""
+    """Postfix on a free port (``smtp_port``) delivering the two test domains to Dovecot."""
     server = Postfix(mail_servers_dir / "postfix", dovecot.lmtp_port)
     _start(server)
     yield server
@@ -57,5 +57,5 @@ def postfix(dovecot: Dovecot, mail_servers_dir: Path) -> Iterator[Postfix]:
 
 @pytest.fixture
 def mailbox(dovecot: Dovecot) -> Mailbox:
-    """A new Dovecot user ``sender-<random>@fleet.test`` with a random password."""
+    """A new Dovecot user ``sender-<random>@fleet.example.com`` with a random password."""
     return dovecot.create_mailbox("sender")

@@ -1,11 +1,11 @@
 """Real Dovecot (IMAP and LMTP) and Postfix (SMTP) instances for the bouncer tests.
 
-Postfix accepts mail over SMTP for ``fleet.test`` (the accounts' own mailboxes) and
-``remote.test`` (their recipients) and delivers both domains to Dovecot over LMTP. Postfix
-accepts any recipient at SMTP time; when Dovecot's LMTP then refuses an unknown user, Postfix
-returns a genuine RFC 3464 delivery status notification to the envelope sender, and when that
-sender is a ``fleet.test`` mailbox the DSN lands in its INBOX, where the bouncer reads it over
-IMAP. So the bounces the tests see are the ones a real MTA writes, not hand-made ones.
+Postfix accepts mail over SMTP for ``fleet.example.com`` (the accounts' own mailboxes) and
+``remote.example.net`` (their recipients) and delivers both domains to Dovecot over LMTP.
+Postfix accepts any recipient at SMTP time; when Dovecot's LMTP then refuses an unknown user,
+Postfix returns a genuine RFC 3464 delivery status notification to the envelope sender, and
+when that sender is a ``fleet.example.com`` mailbox the DSN lands in its INBOX, where the
+bouncer reads it over IMAP. So the bounces the tests see are the ones a real MTA writes, not hand-made ones.
 
 Both servers run as root on free ports of 127.0.0.1, each from its own directory with its own
 configuration, state, queue, mail and log: a system-wide Dovecot or Postfix is left alone.
@@ -41,8 +41,8 @@ from typing import IO
 from aioimaplib import IMAP4
 
 HOST = "127.0.0.1"
-FLEET_DOMAIN = "fleet.test"
-REMOTE_DOMAIN = "remote.test"
+FLEET_DOMAIN = "fleet.example.com"
+REMOTE_DOMAIN = "remote.example.net"
 
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0
@@ -285,9 +285,9 @@ service lmtp {{
 class Postfix:
     """A Postfix instance taking SMTP on 127.0.0.1 and delivering to a Dovecot over LMTP.
 
-    No authentication, no TLS, relaying for 127.0.0.0/8, no DNS. ``fleet.test`` and
-    ``remote.test`` go to Dovecot; any other domain is bounced at once. ``settings`` adds to or
-    overrides the main.cf parameters below (e.g. ``{"delay_warning_time": "1s"}``).
+    No authentication, no TLS, relaying for 127.0.0.0/8, no DNS. ``fleet.example.com`` and
+    ``remote.example.net`` go to Dovecot; any other domain is bounced at once. ``settings``
+    adds to or overrides the main.cf parameters below (e.g. ``{"delay_warning_time": "1s"}``).
     """
 
     def __init__(self, root: Path, lmtp_port: int, settings: Mapping[str, str] | None = None):

@@ -75,7 +75,7 @@ async def test_unknown_recipient_returns_a_dsn_to_the_sender(
     assert isinstance(blocks, list)
     per_message, *per_recipient = blocks
     assert isinstance(per_message, Message)
-    assert per_message["Reporting-MTA"] == "dns; mta.fleet.test"
+    assert per_message["Reporting-MTA"] == "dns; mta.fleet.example.com"
     [recipient] = per_recipient
     assert isinstance(recipient, Message)
     assert recipient["Final-Recipient"] == f"rfc822; {UNKNOWN}"
