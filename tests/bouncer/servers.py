@@ -5,7 +5,8 @@ Postfix accepts mail over SMTP for ``fleet.example.com`` (the accounts' own mail
 Postfix accepts any recipient at SMTP time; when Dovecot's LMTP then refuses an unknown user,
 Postfix returns a genuine RFC 3464 delivery status notification to the envelope sender, and
 when that sender is a ``fleet.example.com`` mailbox the DSN lands in its INBOX, where the
-bouncer reads it over IMAP. So the bounces the tests see are the ones a real MTA writes, not hand-made ones.
+bouncer reads it over IMAP. So the bounces the tests see are the ones a real MTA writes, not
+hand-made ones.
 
 Both servers run as root on free ports of 127.0.0.1, each from its own directory with its own
 configuration, state, queue, mail and log: a system-wide Dovecot or Postfix is left alone.
