@@ -112,6 +112,17 @@ def account_body(**overrides: Any) -> dict[str, Any]:
     return body
 
 
+FEEDBACK_FIELDS = (
+    "sent", "hard_bounces", "soft_bounces", "complaints", "replies",
+    "hard_bounce_rate", "soft_bounce_rate", "complaint_rate", "reply_rate",
+)  # fmt: skip
+
+
+def feedback(*figures: float) -> dict[str, float]:
+    """A feedback block (campaign detail, account health) with these figures, in field order."""
+    return dict(zip(FEEDBACK_FIELDS, figures, strict=True))
+
+
 def campaign_body(**overrides: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "name": "spring",

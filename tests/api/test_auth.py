@@ -23,7 +23,7 @@ ANONYMOUS_ROUTES = {
 def _concrete(path: str) -> str:
     for name in ("key_id", "account_id", "campaign_id"):
         path = path.replace("{" + name + "}", str(uuid.uuid4()))
-    return path
+    return path.replace("{suppression_id}", "1")
 
 
 def _all_operations(app: FastAPI) -> list[tuple[str, str]]:

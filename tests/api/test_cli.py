@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from mailfleet_api.cli import app
 from mailfleet_common.crypto import SecretBox, generate_key
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from .conftest import Conn
 
@@ -78,6 +78,17 @@ def test_create_api_key_prints_a_key_once(env: dict[str, str]) -> None:
     assert too_strong.exit_code == 1
 
 
+async def rotate_secrets(database_dsn: str, keys: str) -> Result:
+    """Run ``mailfleet rotate-secrets`` with these keys, newest first."""
+    # The command runs its own event loop, so not on this test's.
+    return await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        ["rotate-secrets"],
+        env={"MAILFLEET_POSTGRES__DSN": database_dsn, "MAILFLEET_CRYPTO__KEYS": keys},
+    )
+
+
 async def test_rotate_secrets_reencrypts_with_the_newest_key(
     database_dsn: str, crypto_keys: str, db: Conn
 ) -> None:
@@ -88,15 +99,40 @@ async def test_rotate_secrets_reencrypts_with_the_newest_key(
         old.encrypt("pw"),
     )
     newest = generate_key()
-    keys = f"{newest},{crypto_keys}"
-    # The command runs its own event loop, so not on this test's.
-    result = await asyncio.to_thread(
-        CliRunner().invoke,
-        app,
-        ["rotate-secrets"],
-        env={"MAILFLEET_POSTGRES__DSN": database_dsn, "MAILFLEET_CRYPTO__KEYS": keys},
-    )
+    result = await rotate_secrets(database_dsn, f"{newest},{crypto_keys}")
     assert result.exit_code == 0, result.output
     assert "re-encrypted 1" in result.output
     token = bytes(await db.fetchval("SELECT smtp_password_enc FROM accounts"))
     assert SecretBox([newest]).decrypt(token) == "pw"
+
+
+async def test_rotate_secrets_reencrypts_imap_passwords_too(
+    database_dsn: str, crypto_keys: str, db: Conn
+) -> None:
+    old = SecretBox(crypto_keys.split(","))
+    await db.execute(
+        "INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, from_email, daily_limit,"
+        " smtp_password_enc, imap_host, imap_port, imap_tls, imap_username, imap_password_enc)"
+        " VALUES ('both', 'h', 25, 'none', 'a@example.com', 1, $1, 'i', 993, 'implicit', 'u', $2),"
+        " ('imap only', 'h', 25, 'none', 'b@example.com', 1, NULL, 'i', 993, 'implicit', 'u', $3)",
+        old.encrypt("smtp-pw"),
+        old.encrypt("imap-pw"),
+        old.encrypt("imap-only-pw"),
+    )
+    newest = generate_key()
+    result = await rotate_secrets(database_dsn, f"{newest},{crypto_keys}")
+
+    assert result.exit_code == 0, result.output
+    assert "re-encrypted 3" in result.output
+    rows = await db.fetch(
+        "SELECT name, smtp_password_enc, imap_password_enc FROM accounts ORDER BY name"
+    )
+    only_newest = SecretBox([newest])
+    assert [
+        (
+            r["name"],
+            r["smtp_password_enc"] and only_newest.decrypt(bytes(r["smtp_password_enc"])),
+            only_newest.decrypt(bytes(r["imap_password_enc"])),
+        )
+        for r in rows
+    ] == [("both", "smtp-pw", "imap-pw"), ("imap only", None, "imap-only-pw")]

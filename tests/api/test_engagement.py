@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import Conn, account_body, campaign_body
+from .conftest import Conn, account_body, campaign_body, feedback
 
 # Two accounts send campaign "spring": alpha sends m1, m2, m3 (and fails m4), beta sends m5
 # and m6 (m7 is still queued). Account alpha also sends m8 of a later campaign, "summer".
@@ -163,3 +163,43 @@ async def test_engagement_is_refused_without_credentials(
     for path in (f"/api/campaigns/{sent['spring']}", "/api/admin/stats"):
         response = await client.get(path)
         assert response.status_code == 401, path
+
+
+async def test_campaign_detail_counts_bounces_complaints_and_replies_over_sent(
+    client: httpx.AsyncClient, viewer: dict[str, Any], db: Conn, sent: dict[str, str]
+) -> None:
+    # message: (bounce, complained, replied)
+    returns = {
+        "m1": ("hard", False, False),
+        "m5": ("hard", False, False),
+        "m2": ("soft", False, False),
+        "m3": (None, True, False),
+        "m6": (None, False, True),
+        "m8": (None, True, True),
+    }
+    for message, (bounce, complained, replied) in returns.items():
+        await db.execute(
+            """
+            UPDATE messages
+            SET bounce = $2, bounced_at = CASE WHEN $2::text IS NOT NULL THEN now() END,
+                complained_at = CASE WHEN $3 THEN now() END,
+                replied_at = CASE WHEN $4 THEN now() END
+            WHERE id = $1
+            """,
+            int(sent[message]),
+            bounce,
+            complained,
+            replied,
+        )
+
+    spring = (
+        await client.get(f"/api/campaigns/{sent['spring']}", headers=viewer["headers"])
+    ).json()
+    summer = (
+        await client.get(f"/api/campaigns/{sent['summer']}", headers=viewer["headers"])
+    ).json()
+    draft = (await client.get(f"/api/campaigns/{sent['draft']}", headers=viewer["headers"])).json()
+
+    assert spring["feedback"] == feedback(5, 2, 1, 1, 1, 0.4, 0.2, 0.2, 0.2)
+    assert summer["feedback"] == feedback(1, 0, 0, 1, 1, 0.0, 0.0, 1.0, 1.0)
+    assert draft["feedback"] == feedback(0, 0, 0, 0, 0, 0.0, 0.0, 0.0, 0.0)

@@ -120,9 +120,12 @@ def create_api_key(
 
 @app.command("rotate-secrets")
 def rotate_secrets() -> None:
-    """Re-encrypt every account secret with the newest key of MAILFLEET_CRYPTO__KEYS."""
+    """Re-encrypt SMTP and IMAP passwords with the newest key of MAILFLEET_CRYPTO__KEYS."""
     settings = _settings()
     box = SecretBox.from_settings(settings.crypto)
+
+    def rotated(token: bytes | None) -> bytes | None:
+        return None if token is None else box.rotate(token)
 
     async def rotate() -> int:
         conn = await asyncpg.connect(settings.postgres.dsn)
@@ -130,10 +133,17 @@ def rotate_secrets() -> None:
             async with conn.transaction():
                 rows = await queries.fetch_account_secrets(conn)
                 for row in rows:
-                    await queries.set_account_secret(
-                        conn, row["id"], box.rotate(row["smtp_password_enc"])
+                    await queries.set_account_secrets(
+                        conn,
+                        row["id"],
+                        rotated(row["smtp_password_enc"]),
+                        rotated(row["imap_password_enc"]),
                     )
-                return len(rows)
+                return sum(
+                    row[column] is not None
+                    for row in rows
+                    for column in ("smtp_password_enc", "imap_password_enc")
+                )
         finally:
             await conn.close()
 

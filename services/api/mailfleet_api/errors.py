@@ -47,6 +47,12 @@ class TooLargeError(ApiError):
     status_code = status.HTTP_413_CONTENT_TOO_LARGE
 
 
+class UnsupportedMediaTypeError(ApiError):
+    """The body is not of a content type the route reads."""
+
+    status_code = status.HTTP_415_UNSUPPORTED_MEDIA_TYPE
+
+
 async def _api_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)  # noqa: S101 - registered for ApiError only
     return JSONResponse({"detail": str(exc)}, exc.status_code, headers=exc.headers)

@@ -16,7 +16,16 @@ from prometheus_client import CollectorRegistry
 from mailfleet_api.auth import TokenSigner
 from mailfleet_api.errors import install_error_handlers
 from mailfleet_api.middleware import RequestMetrics
-from mailfleet_api.routes import accounts, auth, campaigns, ops, queue, stats, users
+from mailfleet_api.routes import (
+    accounts,
+    auth,
+    campaigns,
+    ops,
+    queue,
+    stats,
+    suppressions,
+    users,
+)
 from mailfleet_api.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -57,7 +66,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_size=settings.enqueue.max_body_bytes,
     )
     install_error_handlers(app)
-    for module in (ops, auth, users, accounts, stats, campaigns, queue):
+    for module in (ops, auth, users, accounts, stats, campaigns, queue, suppressions):
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, registry=registry)
     return app

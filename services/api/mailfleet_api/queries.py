@@ -1,6 +1,6 @@
 """Every SQL statement the API runs. The caller owns the transaction."""
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
 from typing import Any
 from uuid import UUID
@@ -142,7 +142,10 @@ _ACCOUNT_SELECT = """
            a.smtp_password_enc IS NOT NULL AS has_password, a.from_email, a.from_name,
            a.daily_limit, a.min_gap_ms, a.warmup_started_on IS NOT NULL AS warmup_enabled,
            a.warmup_started_on, a.warmup_initial, a.warmup_increment, a.status,
-           a.status_reason, a.created_at, a.updated_at,
+           a.status_reason, nullif(a.rates_since, '-infinity') AS rates_since,
+           a.imap_host, a.imap_port, a.imap_tls, a.imap_username,
+           a.imap_password_enc IS NOT NULL AS imap_has_password, a.imap_folder,
+           a.imap_processed_folder, a.created_at, a.updated_at,
            d.day, coalesce(u.reserved, 0) AS reserved, coalesce(u.sent, 0) AS sent,
            coalesce(u.failed, 0) AS failed, account_effective_limit(a, d.day) AS effective_limit
     FROM accounts a
@@ -151,12 +154,16 @@ _ACCOUNT_SELECT = """
 """
 
 _USAGE_FIELDS = ("day", "reserved", "sent", "failed", "effective_limit")
+_IMAP_FIELDS = ("host", "port", "tls", "username", "has_password", "folder", "processed_folder")
 
 
 def _account(row: asyncpg.Record) -> schemas.Account:
     values = dict(row)
     usage = {field: values.pop(field) for field in _USAGE_FIELDS}
-    return schemas.Account.model_validate({**values, "today": usage})
+    imap = {field: values.pop(f"imap_{field}") for field in _IMAP_FIELDS}
+    return schemas.Account.model_validate(
+        {**values, "today": usage, "imap": imap if imap["host"] is not None else None}
+    )
 
 
 async def fetch_account(conn: Conn, account_id: UUID) -> schemas.Account | None:
@@ -187,8 +194,10 @@ async def insert_account(conn: Conn, values: dict[str, Any]) -> UUID:
         INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, smtp_username,
                               smtp_password_enc, from_email, from_name, daily_limit, min_gap_ms,
                               warmup_started_on, warmup_initial, warmup_increment, status,
-                              status_reason)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                              status_reason, imap_host, imap_port, imap_tls, imap_username,
+                              imap_password_enc, imap_folder, imap_processed_folder)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+                $19, $20, $21, $22)
         RETURNING id
         """,
         *(values[column] for column in ACCOUNT_WRITABLE),
@@ -199,7 +208,8 @@ async def insert_account(conn: Conn, values: dict[str, Any]) -> UUID:
 ACCOUNT_WRITABLE = (
     "name", "smtp_host", "smtp_port", "smtp_tls", "smtp_username", "smtp_password_enc",
     "from_email", "from_name", "daily_limit", "min_gap_ms", "warmup_started_on",
-    "warmup_initial", "warmup_increment", "status", "status_reason",
+    "warmup_initial", "warmup_increment", "status", "status_reason", "imap_host", "imap_port",
+    "imap_tls", "imap_username", "imap_password_enc", "imap_folder", "imap_processed_folder",
 )  # fmt: skip
 
 
@@ -209,7 +219,8 @@ async def lock_account(conn: Conn, account_id: UUID) -> dict[str, Any] | None:
         """
         SELECT name, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
                from_email, from_name, daily_limit, min_gap_ms, warmup_started_on,
-               warmup_initial, warmup_increment, status, status_reason
+               warmup_initial, warmup_increment, status, status_reason, imap_host, imap_port,
+               imap_tls, imap_username, imap_password_enc, imap_folder, imap_processed_folder
         FROM accounts WHERE id = $1 FOR UPDATE
         """,
         account_id,
@@ -217,20 +228,34 @@ async def lock_account(conn: Conn, account_id: UUID) -> dict[str, Any] | None:
     return None if row is None else dict(row)
 
 
-async def update_account(conn: Conn, account_id: UUID, values: dict[str, Any]) -> None:
-    """Write the full set of an account's writable columns."""
+async def update_account(
+    conn: Conn, account_id: UUID, values: dict[str, Any], restart_rates: bool
+) -> None:
+    """Write the full set of an account's writable columns.
+
+    restart_rates: bounce and complaint rates count only sends from now on.
+    """
     await conn.execute(
         """
         UPDATE accounts SET name = $2, smtp_host = $3, smtp_port = $4, smtp_tls = $5,
                smtp_username = $6, smtp_password_enc = $7, from_email = $8, from_name = $9,
                daily_limit = $10, min_gap_ms = $11, warmup_started_on = $12,
                warmup_initial = $13, warmup_increment = $14, status = $15, status_reason = $16,
+               imap_host = $17, imap_port = $18, imap_tls = $19, imap_username = $20,
+               imap_password_enc = $21, imap_folder = $22, imap_processed_folder = $23,
+               rates_since = CASE WHEN $24 THEN now() ELSE rates_since END,
                updated_at = now()
         WHERE id = $1
         """,
         account_id,
         *(values[column] for column in ACCOUNT_WRITABLE),
+        restart_rates,
     )
+
+
+async def delete_mailbox_checkpoint(conn: Conn, account_id: UUID) -> None:
+    """Forget where the account's mailbox was read up to: it is read from its start."""
+    await conn.execute("DELETE FROM mailbox_checkpoints WHERE account_id = $1", account_id)
 
 
 async def archive_account(conn: Conn, account_id: UUID) -> bool:
@@ -260,16 +285,62 @@ async def unusable_accounts(conn: Conn, account_ids: Sequence[UUID]) -> list[UUI
 
 
 async def fetch_account_secrets(conn: Conn) -> list[asyncpg.Record]:
-    """Every account's encrypted password, row-locked for re-encryption."""
+    """Every account's encrypted SMTP and IMAP passwords, row-locked for re-encryption."""
     return await conn.fetch(
-        "SELECT id, smtp_password_enc FROM accounts WHERE smtp_password_enc IS NOT NULL "
-        "ORDER BY id FOR UPDATE"
+        """
+        SELECT id, smtp_password_enc, imap_password_enc FROM accounts
+        WHERE smtp_password_enc IS NOT NULL OR imap_password_enc IS NOT NULL
+        ORDER BY id FOR UPDATE
+        """
     )
 
 
-async def set_account_secret(conn: Conn, account_id: UUID, encrypted: bytes) -> None:
+async def set_account_secrets(
+    conn: Conn, account_id: UUID, smtp_password_enc: bytes | None, imap_password_enc: bytes | None
+) -> None:
     await conn.execute(
-        "UPDATE accounts SET smtp_password_enc = $2 WHERE id = $1", account_id, encrypted
+        "UPDATE accounts SET smtp_password_enc = $2, imap_password_enc = $3 WHERE id = $1",
+        account_id,
+        smtp_password_enc,
+        imap_password_enc,
+    )
+
+
+# Counters of schemas.Feedback over a set of messages.
+_FEEDBACK_COUNTS = """
+    count(*) FILTER (WHERE bounce = 'hard') AS hard_bounces,
+    count(*) FILTER (WHERE bounce = 'soft') AS soft_bounces,
+    count(complained_at) AS complaints,
+    count(replied_at) AS replies
+"""
+
+
+async def account_health(conn: Conn, account_id: UUID, window: int) -> schemas.AccountHealth | None:
+    """The feedback on the account's `window` newest sends since rates_since; None: no account."""
+    row = await conn.fetchrow(
+        """
+        SELECT a.id AS account_id, a.status, a.status_reason,
+               nullif(a.rates_since, '-infinity') AS rates_since, f.*
+        FROM accounts a
+        CROSS JOIN LATERAL (
+            SELECT count(*) AS sent,
+        """  # noqa: S608 - a spliced constant only
+        + _FEEDBACK_COUNTS
+        + """
+            FROM (SELECT bounce, complained_at, replied_at FROM messages
+                  WHERE account_id = a.id AND sent_at IS NOT NULL AND sent_at > a.rates_since
+                  ORDER BY sent_at DESC LIMIT $2) recent
+        ) f
+        WHERE a.id = $1
+        """,
+        account_id,
+        window,
+    )
+    if row is None:
+        return None
+    values = dict(row)
+    return schemas.AccountHealth.model_validate(
+        {**values, **schemas.feedback_figures(values), "window": window}
     )
 
 
@@ -471,6 +542,18 @@ async def count_queued(conn: Conn, campaign_id: UUID) -> int:
         "SELECT count(*) FROM messages WHERE campaign_id = $1 AND status = 'queued'", campaign_id
     )
     return count
+
+
+async def campaign_feedback(conn: Conn, campaign_id: UUID) -> schemas.Feedback:
+    """Bounces, complaints and replies of the campaign's sent messages."""
+    row = await conn.fetchrow(
+        "SELECT count(*) FILTER (WHERE status = 'sent') AS sent, "  # noqa: S608 - a constant
+        + _FEEDBACK_COUNTS
+        + " FROM messages WHERE campaign_id = $1",
+        campaign_id,
+    )
+    assert row is not None  # noqa: S101 - an aggregate always returns a row
+    return schemas.Feedback.from_counts(dict(row))
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -687,6 +770,251 @@ async def recent_engagement(
         if r["by_campaign"]
     ]
     return by_account, by_campaign
+
+
+# --- suppressions -------------------------------------------------------------------------
+
+_SUPPRESSION_COLUMNS = """
+    id, email, campaign_id, reason, source, created_at, expires_at,
+    (expires_at IS NULL OR expires_at > now()) AS active
+"""
+# The unique index suppressions_scope_key is on (lower(email), coalesce(campaign_id, _NO_SCOPE)).
+_SAME_SCOPE = """
+    coalesce(s.campaign_id, '00000000-0000-0000-0000-000000000000'::uuid)
+    = coalesce(r.campaign_id, '00000000-0000-0000-0000-000000000000'::uuid)
+"""
+
+
+def _suppression_where(filters: schemas.SuppressionFilter, args: list[Any]) -> str:
+    """The condition for the filters given; their values are appended to `args`."""
+    clauses: list[str] = []
+
+    def param(value: Any) -> str:
+        args.append(value)
+        return f"${len(args)}"
+
+    if filters.email is not None:
+        clauses.append(f"lower(email) = lower({param(filters.email)})")
+    if filters.q is not None:
+        clauses.append(f"strpos(lower(email), lower({param(filters.q)})) > 0")
+    if filters.reason is not None:
+        clauses.append(f"reason = {param(filters.reason)}")
+    if filters.source is not None:
+        clauses.append(f"starts_with(source, {param(filters.source)})")
+    if filters.campaign_id is not None:
+        clauses.append(f"campaign_id = {param(filters.campaign_id)}")
+    if filters.scope is not None:
+        clauses.append(f"campaign_id IS {'' if filters.scope == 'global' else 'NOT '}NULL")
+    if filters.active is not None:
+        active = "(expires_at IS NULL OR expires_at > now())"
+        clauses.append(active if filters.active else f"NOT {active}")
+    if filters.created_after is not None:
+        clauses.append(f"created_at >= {param(filters.created_after)}")
+    if filters.created_before is not None:
+        clauses.append(f"created_at < {param(filters.created_before)}")
+    return " AND ".join(clauses) or "true"
+
+
+def _suppression(row: asyncpg.Record) -> schemas.Suppression:
+    return schemas.Suppression.model_validate(dict(row))
+
+
+async def list_suppressions(
+    conn: Conn,
+    filters: schemas.SuppressionFilter,
+    limit: int,
+    after: tuple[datetime, int] | None,
+) -> tuple[list[schemas.Suppression], bool]:
+    """A page of matching suppressions, newest first, after the given (created_at, id).
+
+    Returns the page and whether more follow.
+    """
+    args: list[Any] = []
+    where = _suppression_where(filters, args)
+    if after is not None:
+        args += after
+        where += f" AND (created_at, id) < (${len(args) - 1}, ${len(args)})"
+    args.append(limit + 1)
+    rows = await conn.fetch(
+        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE {where} "  # noqa: S608 - $n values
+        f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
+        *args,
+    )
+    return [_suppression(r) for r in rows[:limit]], len(rows) > limit
+
+
+async def suppression_rows(
+    conn: Conn, filters: schemas.SuppressionFilter
+) -> AsyncIterator[asyncpg.Record]:
+    """Every matching suppression, newest first, read through a server-side cursor.
+
+    The caller holds a transaction open while it iterates.
+    """
+    args: list[Any] = []
+    where = _suppression_where(filters, args)
+    async for row in conn.cursor(
+        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE {where} "  # noqa: S608 - $n values
+        "ORDER BY created_at DESC, id DESC",
+        *args,
+        prefetch=_EXPORT_PREFETCH,
+    ):
+        yield row
+
+
+_EXPORT_PREFETCH = 2000
+
+
+async def fetch_suppression(conn: Conn, suppression_id: int) -> schemas.Suppression | None:
+    row = await conn.fetchrow(
+        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE id = $1",  # noqa: S608 - a constant
+        suppression_id,
+    )
+    return None if row is None else _suppression(row)
+
+
+async def fetch_suppression_of(
+    conn: Conn, email: str, campaign_id: UUID | None
+) -> schemas.Suppression | None:
+    """The suppression of this address in this scope (NULL campaign: the global one)."""
+    row = await conn.fetchrow(
+        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions "  # noqa: S608 - a constant
+        """
+        WHERE lower(email) = lower($1)
+          AND coalesce(campaign_id, '00000000-0000-0000-0000-000000000000'::uuid)
+              = coalesce($2::uuid, '00000000-0000-0000-0000-000000000000'::uuid)
+        """,
+        email,
+        campaign_id,
+    )
+    return None if row is None else _suppression(row)
+
+
+async def suppress_address(
+    conn: Conn,
+    email: str,
+    campaign_id: UUID | None,
+    reason: str,
+    source: str,
+    expires_at: datetime | None,
+) -> int:
+    """Suppress an address and cancel its unsent messages in that scope; returns how many."""
+    cancelled: int = await conn.fetchval(
+        "SELECT suppress_address($1, $2, $3, $4, $5)",
+        email,
+        campaign_id,
+        reason,
+        source,
+        expires_at,
+    )
+    return cancelled
+
+
+async def delete_suppression(conn: Conn, suppression_id: int) -> bool:
+    """Remove a suppression; False if there is none with this id."""
+    found = await conn.fetchval(
+        "DELETE FROM suppressions WHERE id = $1 RETURNING true", suppression_id
+    )
+    return bool(found)
+
+
+async def existing_campaigns(conn: Conn, campaign_ids: Sequence[UUID]) -> set[UUID]:
+    """The given ids that name a campaign."""
+    rows = await conn.fetch(
+        "SELECT id FROM campaigns WHERE id = ANY($1::uuid[])", list(campaign_ids)
+    )
+    return {r["id"] for r in rows}
+
+
+async def actively_suppressed(
+    conn: Conn, emails: Sequence[str], campaign_ids: Sequence[UUID | None]
+) -> set[int]:
+    """Positions (0-based) of the (address, scope) pairs that have an unexpired suppression."""
+    rows = await conn.fetch(
+        """
+        SELECT r.position - 1 AS position
+        FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS r (email, campaign_id, position)
+        WHERE EXISTS (
+            SELECT 1 FROM suppressions s
+            WHERE lower(s.email) = lower(r.email)
+              AND (s.expires_at IS NULL OR s.expires_at > now())
+              AND """  # noqa: S608 - a spliced constant only
+        + _SAME_SCOPE
+        + ")",
+        list(emails),
+        list(campaign_ids),
+    )
+    return {r["position"] for r in rows}
+
+
+async def suppress_many(
+    conn: Conn,
+    emails: Sequence[str],
+    campaign_ids: Sequence[UUID | None],
+    reasons: Sequence[str],
+    expires_at: Sequence[datetime | None],
+    source: str,
+) -> None:
+    """Suppress each (address, scope) given, at most once each, as suppress_address() would.
+
+    The same rules as that function (migration 0004), for a whole list in one statement: a
+    permanent suppression is never shortened, a temporary one is only lengthened (or made
+    permanent), and one that ran out takes the new reason, source and expiry. Messages are
+    cancelled separately, by cancel_suppressed_messages.
+    """
+    await conn.execute(
+        """
+        INSERT INTO suppressions (email, campaign_id, reason, source, expires_at)
+        SELECT lower(r.email), r.campaign_id, r.reason, $5, r.expires_at
+        FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[])
+             AS r (email, campaign_id, reason, expires_at)
+        ON CONFLICT (lower(email), coalesce(campaign_id, '00000000-0000-0000-0000-000000000000'))
+        DO UPDATE SET
+            reason = CASE WHEN suppressions.expires_at IS NULL THEN suppressions.reason
+                          ELSE excluded.reason END,
+            source = CASE WHEN suppressions.expires_at IS NULL THEN suppressions.source
+                          ELSE excluded.source END,
+            created_at = CASE WHEN suppressions.expires_at IS NOT NULL
+                                   AND suppressions.expires_at <= now()
+                              THEN now() ELSE suppressions.created_at END,
+            expires_at = CASE WHEN suppressions.expires_at IS NULL OR excluded.expires_at IS NULL
+                              THEN NULL
+                              WHEN suppressions.expires_at <= now() THEN excluded.expires_at
+                              ELSE greatest(suppressions.expires_at, excluded.expires_at) END
+        WHERE suppressions.expires_at IS NOT NULL
+        """,
+        list(emails),
+        list(campaign_ids),
+        list(reasons),
+        list(expires_at),
+        source,
+    )
+
+
+async def cancel_suppressed_messages(
+    conn: Conn, emails: Sequence[str], campaign_ids: Sequence[UUID | None], reasons: Sequence[str]
+) -> int:
+    """Cancel the unsent messages to each address (in its scope) as suppress_address() does.
+
+    Returns the number of messages cancelled.
+    """
+    cancelled = await conn.fetchval(
+        """
+        WITH cancelled AS (
+            UPDATE messages m
+            SET status = 'cancelled', last_error = 'suppressed: ' || r.reason, updated_at = now()
+            FROM unnest($1::text[], $2::uuid[], $3::text[]) AS r (email, campaign_id, reason)
+            WHERE lower(m.email) = lower(r.email)
+              AND m.status IN ('queued', 'assigned', 'deferred')
+              AND (r.campaign_id IS NULL OR m.campaign_id = r.campaign_id)
+            RETURNING 1
+        )
+        SELECT count(*) FROM cancelled
+        """,
+        list(emails),
+        list(campaign_ids),
+        list(reasons),
+    )
+    return int(cancelled)
 
 
 # --- idempotency --------------------------------------------------------------------------

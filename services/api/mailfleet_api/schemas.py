@@ -1,7 +1,7 @@
 """Request and response bodies of the HTTP API."""
 
 from collections.abc import Mapping
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Generic, Literal, TypeVar
 from uuid import UUID
 
@@ -40,6 +40,12 @@ def _single_line(value: str) -> str:
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")  # PostgreSQL text cannot hold NUL
+    return value
+
+
+def _filled(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
     return value
 
 
@@ -134,20 +140,89 @@ class _AccountFields(_Body):
     warmup_increment: Annotated[int, Field(ge=0, le=10_000_000)] = 20
 
 
-SmtpHost = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")]
+HostName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+ImapUsername = Annotated[str, Field(min_length=1, max_length=320), AfterValidator(_single_line)]
+ImapPassword = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
+MailboxName = Annotated[
+    str, Field(min_length=1, max_length=200), AfterValidator(_single_line), AfterValidator(_filled)
+]
+IMAP_PORTS: dict[str, int] = {"implicit": 993, "starttls": 143, "none": 143}
+
+_IMAP_FOLDER = "The folder read for bounces, complaints and replies."
+_IMAP_PROCESSED_FOLDER = (
+    "Where processed messages are moved (created if absent); null leaves them in place, "
+    "flagged as seen."
+)
+
+
+def _distinct_folders(folder: str | None, processed_folder: str | None) -> None:
+    if folder is not None and folder == processed_folder:
+        raise ValueError("processed_folder must differ from folder")
+
+
+class ImapCreate(_Body):
+    """The mailbox where an account's bounces, complaints and replies arrive."""
+
+    host: HostName
+    port: Port | None = Field(default=None, description="Default: 993 with implicit TLS, else 143.")
+    tls: SmtpTls = "implicit"
+    username: ImapUsername
+    password: ImapPassword
+    folder: MailboxName = Field(default="INBOX", description=_IMAP_FOLDER)
+    processed_folder: MailboxName | None = Field(default=None, description=_IMAP_PROCESSED_FOLDER)
+
+    @model_validator(mode="after")
+    def _folders_differ(self) -> "ImapCreate":
+        _distinct_folders(self.folder, self.processed_folder)
+        return self
+
+
+class ImapUpdate(_Body):
+    """Only the fields present change; the rest of the stored settings stay."""
+
+    host: HostName | None = None
+    port: Port | None = None
+    tls: SmtpTls | None = None
+    username: ImapUsername | None = None
+    password: ImapPassword | None = None
+    folder: MailboxName | None = Field(default=None, description=_IMAP_FOLDER)
+    processed_folder: MailboxName | None = Field(default=None, description=_IMAP_PROCESSED_FOLDER)
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> "ImapUpdate":
+        for field in self.model_fields_set - {"processed_folder"}:
+            if getattr(self, field) is None:
+                raise ValueError(f"imap.{field} cannot be null (send imap: null to remove IMAP)")
+        _distinct_folders(self.folder, self.processed_folder)
+        return self
+
+
+class ImapSettings(BaseModel):
+    host: str
+    port: int
+    tls: SmtpTls
+    username: str
+    folder: str = Field(description=_IMAP_FOLDER)
+    processed_folder: str | None = Field(description=_IMAP_PROCESSED_FOLDER)
+    has_password: bool
+
+
+_IMAP = "Where the account's returns arrive. The password is stored encrypted, never returned."
 
 
 class AccountCreate(_AccountFields):
     name: Name
-    smtp_host: SmtpHost
+    smtp_host: HostName
     status: SettableAccountStatus = "active"
+    imap: ImapCreate | None = Field(default=None, description=_IMAP)
 
 
 class AccountUpdate(_Body):
     """Only the fields present change; ``smtp_password: null`` removes the password."""
 
     name: Name | None = None
-    smtp_host: SmtpHost | None = None
+    smtp_host: HostName | None = None
     smtp_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     smtp_tls: SmtpTls | None = None
     smtp_username: SmtpUsername | None = None
@@ -160,6 +235,11 @@ class AccountUpdate(_Body):
     warmup_initial: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     warmup_increment: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     status: SettableAccountStatus | None = None
+    imap: ImapUpdate | None = Field(
+        default=None,
+        description=_IMAP + " Fields given change, null removes the IMAP settings. A new "
+        "host, username or folder makes the bouncer read the mailbox from its start.",
+    )
 
     @model_validator(mode="after")
     def _required_stay_set(self) -> "AccountUpdate":
@@ -209,6 +289,11 @@ class Account(BaseModel):
     warmup_increment: int
     status: AccountStatus
     status_reason: str | None
+    rates_since: datetime | None = Field(
+        description="Bounce and complaint rates count sends after this (null: every send); "
+        "set when the account is resumed."
+    )
+    imap: ImapSettings | None = Field(description=_IMAP)
     created_at: datetime
     updated_at: datetime
     today: AccountUsage
@@ -305,23 +390,80 @@ class Engagement(BaseModel):
     @classmethod
     def from_counts(cls, row: Mapping[str, Any]) -> "Engagement":
         """The counters found in `row` (a missing or NULL one is 0) and the rates from them."""
-        counts = {name: int(row.get(name) or 0) for name in _COUNTERS}
-        sent = counts["sent"]
-        rates = {
-            rate: round(counts[unique] / sent, 4) if sent else 0.0
-            for rate, unique in _RATE_OF.items()
-        }
-        return cls.model_validate({**counts, **rates})
+        return cls.model_validate(_counts_and_rates(cls, row, _ENGAGEMENT_RATES))
 
 
-_RATE_OF = {
+def _counts_and_rates(
+    model: type[BaseModel], row: Mapping[str, Any], rate_of: Mapping[str, str]
+) -> dict[str, Any]:
+    """The model's counters from `row` (missing or NULL: 0) and the rates over "sent".
+
+    `rate_of` names the counter of each rate; every other field of the model is a counter.
+    """
+    names = [name for name in model.model_fields if name not in rate_of]
+    counts = {name: int(row.get(name) or 0) for name in names}
+    sent = counts["sent"]
+    rates = {rate: round(counts[name] / sent, 4) if sent else 0.0 for rate, name in rate_of.items()}
+    return {**counts, **rates}
+
+
+_ENGAGEMENT_RATES = {
     "open_rate": "unique_opens",
     "human_open_rate": "unique_human_opens",
     "click_rate": "unique_clicks",
     "human_click_rate": "unique_human_clicks",
     "unsubscribe_rate": "unsubscribes",
 }
-_COUNTERS = tuple(name for name in Engagement.model_fields if name not in _RATE_OF)
+
+
+class Feedback(BaseModel):
+    """What came back for sent messages, as the bouncer read it from the accounts' mailboxes.
+
+    A bounced or complained-about message stays ``sent``: the receiving server had accepted
+    it. Rates are over ``sent``, rounded to 4 decimals, and 0 when nothing was sent.
+    """
+
+    sent: int = Field(description="Messages sent.")
+    hard_bounces: int = Field(description="Sent messages that bounced for good.")
+    soft_bounces: int = Field(description="Sent messages that bounced for now (mailbox full...).")
+    complaints: int = Field(description="Sent messages their recipient reported as spam.")
+    replies: int = Field(description="Sent messages a person replied to.")
+    hard_bounce_rate: float = Field(description="hard_bounces / sent")
+    soft_bounce_rate: float = Field(description="soft_bounces / sent")
+    complaint_rate: float = Field(description="complaints / sent")
+    reply_rate: float = Field(description="replies / sent")
+
+    @classmethod
+    def from_counts(cls, row: Mapping[str, Any]) -> "Feedback":
+        """The counters found in `row` (a missing or NULL one is 0) and the rates from them."""
+        return cls.model_validate(feedback_figures(row))
+
+
+_FEEDBACK_RATES = {
+    "hard_bounce_rate": "hard_bounces",
+    "soft_bounce_rate": "soft_bounces",
+    "complaint_rate": "complaints",
+    "reply_rate": "replies",
+}
+
+
+def feedback_figures(row: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields of Feedback from the counters in `row`."""
+    return _counts_and_rates(Feedback, row, _FEEDBACK_RATES)
+
+
+class AccountHealth(Feedback):
+    """An account's feedback over its most recent sends since ``rates_since``.
+
+    These are the figures the bouncer judges the account by: it pauses an account whose hard
+    bounce or complaint rate over its last sends passes the configured maximum.
+    """
+
+    account_id: UUID
+    status: AccountStatus
+    status_reason: str | None
+    rates_since: datetime | None = Field(description="Only sends after this count (null: all).")
+    window: int = Field(description="At most this many of the newest sends are counted.")
 
 
 class AccountEngagement(BaseModel):
@@ -339,6 +481,7 @@ class CampaignEngagement(BaseModel):
 
 class CampaignDetail(Campaign):
     engagement: Engagement
+    feedback: Feedback
     engagement_by_account: list[AccountEngagement] = Field(
         description="The same figures for each account that sent this campaign's messages."
     )
@@ -422,3 +565,110 @@ class Stats(BaseModel):
     engagement_by_campaign: list[CampaignEngagement] = Field(
         description="Engagement of the newest campaigns that sent anything (campaign_limit)."
     )
+
+
+# --- suppressions -------------------------------------------------------------------------
+
+SuppressionScope = Literal["global", "campaign"]
+SuppressionReason = Annotated[
+    str, Field(min_length=1, max_length=100), AfterValidator(_single_line), AfterValidator(_filled)
+]
+DEFAULT_SUPPRESSION_REASON = "manual"
+
+_EXPIRES_AT = "When it stops applying; null: never."
+_SUPPRESSION_CAMPAIGN = "The one campaign it applies to; null: every campaign."
+
+
+class SuppressionCreate(_Body):
+    email: EmailAddress
+    reason: SuppressionReason = DEFAULT_SUPPRESSION_REASON
+    campaign_id: UUID | None = Field(default=None, description=_SUPPRESSION_CAMPAIGN)
+    expires_at: AwareDatetime | None = Field(default=None, description=_EXPIRES_AT)
+
+    @model_validator(mode="after")
+    def _expires_later(self) -> "SuppressionCreate":
+        if self.expires_at is None:
+            return self
+        try:
+            expires_at = self.expires_at.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("expires_at is out of range") from None
+        if expires_at <= datetime.now(UTC):
+            raise ValueError("expires_at must be in the future")
+        return self
+
+
+class Suppression(BaseModel):
+    id: int
+    email: str
+    campaign_id: UUID | None = Field(description=_SUPPRESSION_CAMPAIGN)
+    reason: str
+    source: str | None = Field(
+        description="What suppressed it: api:user:<id>, api:key:<id>, tracker:..., bouncer:..."
+    )
+    created_at: datetime
+    expires_at: datetime | None = Field(description=_EXPIRES_AT)
+    active: bool = Field(description="It applies now: it has not expired.")
+
+
+class SuppressionAdded(BaseModel):
+    suppression: Suppression = Field(
+        description="The stored entry, which may differ from the request: a permanent "
+        "suppression is never shortened, a temporary one only lengthened."
+    )
+    created: bool = Field(description="False if the address was already suppressed.")
+    cancelled: int = Field(description="Messages to the address that were cancelled.")
+
+
+FilterText = Annotated[str, Field(min_length=1, max_length=320), AfterValidator(_no_nul)]
+
+
+class SuppressionFilter(BaseModel):
+    """Filters of the suppression list and its export; all given must match."""
+
+    email: FilterText | None = Field(
+        default=None, description="This address exactly (case-insensitive)."
+    )
+    q: FilterText | None = Field(
+        default=None, description="Addresses containing this (case-insensitive)."
+    )
+    reason: FilterText | None = None
+    source: FilterText | None = Field(
+        default=None, description="Sources starting with this, e.g. bouncer: or tracker:."
+    )
+    campaign_id: UUID | None = Field(default=None, description="Only this campaign's entries.")
+    scope: SuppressionScope | None = Field(
+        default=None, description="global: for every campaign; campaign: for one campaign."
+    )
+    active: bool | None = Field(default=None, description="true: not expired; false: expired.")
+    created_after: AwareDatetime | None = Field(default=None, description="Created at or after.")
+    created_before: AwareDatetime | None = Field(default=None, description="Created before.")
+
+    @model_validator(mode="after")
+    def _consistent_scope(self) -> "SuppressionFilter":
+        if self.campaign_id is not None and self.scope == "global":
+            raise ValueError("campaign_id and scope=global exclude each other")
+        return self
+
+
+class SuppressionPage(BaseModel):
+    items: list[Suppression]
+    limit: int
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null: last.")
+
+
+class InvalidRow(BaseModel):
+    row: int = Field(description="The row in the file, the header being row 1.")
+    email: str | None
+    reason: str
+
+
+class SuppressionImport(BaseModel):
+    dry_run: bool = Field(description="Nothing was stored: the figures say what would be.")
+    rows: int = Field(description="Rows read, the header and blank lines left out.")
+    imported: int = Field(description="Addresses newly suppressed.")
+    already_present: int = Field(description="Valid rows whose address was already suppressed.")
+    repeated: int = Field(description="Rows with the address and campaign of an earlier row.")
+    invalid_count: int
+    invalid: list[InvalidRow] = Field(description="The first invalid rows, with the reasons.")
+    cancelled: int = Field(description="Messages to the imported addresses that were cancelled.")

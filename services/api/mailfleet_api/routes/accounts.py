@@ -1,5 +1,6 @@
-"""SMTP accounts: configuration, status, and today's usage against the effective limit."""
+"""SMTP accounts: configuration, status, their mailbox, usage today and recent feedback."""
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from uuid import UUID
@@ -9,7 +10,7 @@ from mailfleet_common.crypto import SecretBox
 
 from mailfleet_api import queries, schemas
 from mailfleet_api.deps import Admin, DbConn, Limit, Offset, Operator, SecretBoxDep, Viewer
-from mailfleet_api.errors import ConflictError, ForbiddenError, NotFoundError
+from mailfleet_api.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
 
 router = APIRouter(prefix="/api/admin/accounts", tags=["accounts"])
 
@@ -23,6 +24,39 @@ def _today() -> date:
 
 def _status_reason(new_status: str, principal_role: str) -> str | None:
     return None if new_status == "active" else f"set {new_status} by an {principal_role} via API"
+
+
+# The imap_* columns of an account that reads no mailbox.
+_NO_IMAP: dict[str, Any] = {
+    "imap_host": None, "imap_port": None, "imap_tls": None, "imap_username": None,
+    "imap_password_enc": None, "imap_folder": "INBOX", "imap_processed_folder": None,
+}  # fmt: skip
+# Another host, user or folder is another mailbox: the UIDs read so far say nothing about it.
+_MAILBOX_IDENTITY = ("imap_host", "imap_username", "imap_folder")
+
+
+def _imap_columns(
+    current: Mapping[str, Any], changes: schemas.ImapCreate | schemas.ImapUpdate, box: SecretBox
+) -> dict[str, Any]:
+    """The imap_* columns once `changes` apply to `current`: an update's fields set, or all."""
+    values = {column: current[column] for column in _NO_IMAP}
+    given = changes.model_fields_set if isinstance(changes, schemas.ImapUpdate) else None
+    for name in type(changes).model_fields if given is None else given:
+        value = getattr(changes, name)
+        if name == "password":
+            values["imap_password_enc"] = box.encrypt(value.get_secret_value())
+        else:
+            values[f"imap_{name}"] = value
+    values["imap_tls"] = values["imap_tls"] or "implicit"
+    values["imap_port"] = values["imap_port"] or schemas.IMAP_PORTS[values["imap_tls"]]
+    required = {"imap.host": "imap_host", "imap.username": "imap_username",
+                "imap.password": "imap_password_enc"}  # fmt: skip
+    missing = [name for name, column in required.items() if values[column] is None]
+    if missing:
+        raise InvalidError(f"the IMAP settings need {', '.join(missing)}")
+    if values["imap_folder"] == values["imap_processed_folder"]:
+        raise InvalidError("imap.processed_folder must differ from imap.folder")
+    return values
 
 
 def _changed_columns(
@@ -40,6 +74,8 @@ def _changed_columns(
             values["warmup_started_on"] = (
                 (current["warmup_started_on"] or _today()) if value else None
             )
+        elif field == "imap":
+            values.update(_NO_IMAP if value is None else _imap_columns(current, value, box))
         elif field == "status":
             if value != current["status"]:
                 values["status"] = value
@@ -55,10 +91,11 @@ async def create_account(
 ) -> schemas.Account:
     """Create an SMTP account; its password is stored encrypted and never returned."""
     password = body.smtp_password
-    values = body.model_dump(exclude={"smtp_password", "warmup_enabled"})
+    values = body.model_dump(exclude={"smtp_password", "warmup_enabled", "imap"})
     values["smtp_password_enc"] = (
         None if password is None else box.encrypt(password.get_secret_value())
     )
+    values.update(_NO_IMAP if body.imap is None else _imap_columns(_NO_IMAP, body.imap, box))
     values["warmup_started_on"] = _today() if body.warmup_enabled else None
     values["status_reason"] = _status_reason(body.status, principal.role)
     account_id = await queries.insert_account(conn, values)
@@ -89,6 +126,22 @@ async def get_account(account_id: UUID, conn: DbConn, _: Viewer) -> schemas.Acco
     return account
 
 
+@router.get("/{account_id}/health")
+async def account_health(
+    account_id: UUID,
+    conn: DbConn,
+    _: Viewer,
+    window: Annotated[
+        int, Query(ge=1, le=100_000, description="Count at most this many of the newest sends.")
+    ] = 1000,
+) -> schemas.AccountHealth:
+    """Bounces, complaints and replies of the account's newest sends since it was resumed."""
+    health = await queries.account_health(conn, account_id, window)
+    if health is None:
+        raise NotFoundError(f"no account {account_id}")
+    return health
+
+
 @router.patch("/{account_id}")
 async def update_account(
     account_id: UUID,
@@ -97,7 +150,10 @@ async def update_account(
     box: SecretBoxDep,
     principal: Operator,
 ) -> schemas.Account:
-    """Change an account (admin), or pause/resume it (operator: only ``status``)."""
+    """Change an account (admin), or pause/resume it (operator: only ``status``).
+
+    Resuming (status back to active) starts the bounce and complaint rates afresh.
+    """
     if principal.role != "admin" and (
         body.model_fields_set != {"status"} or body.status not in _OPERATOR_STATUSES
     ):
@@ -111,7 +167,10 @@ async def update_account(
         if principal.role != "admin" and current["status"] not in _OPERATOR_STATUSES:
             raise ForbiddenError(f"only an admin may change a {current['status']} account")
         values = _changed_columns(body, current, box, principal.role)
-        await queries.update_account(conn, account_id, values)
+        resumed = values["status"] == "active" and current["status"] != "active"
+        await queries.update_account(conn, account_id, values, restart_rates=resumed)
+        if any(values[column] != current[column] for column in _MAILBOX_IDENTITY):
+            await queries.delete_mailbox_checkpoint(conn, account_id)
     account = await queries.fetch_account(conn, account_id)
     assert account is not None  # noqa: S101 - accounts are archived, never deleted
     return account

@@ -66,11 +66,14 @@ async def list_campaigns(
 
 @router.get("/{campaign_id}")
 async def get_campaign(campaign_id: UUID, conn: DbConn, _: Viewer) -> schemas.CampaignDetail:
-    """Show a campaign with its messages in each status and its engagement, also by account."""
+    """Show a campaign: its messages in each status, engagement (also by account), feedback."""
     campaign = await _campaign(conn, campaign_id)
     engagement, by_account = await queries.campaign_engagement(conn, campaign_id)
     return schemas.CampaignDetail(
-        **campaign.model_dump(), engagement=engagement, engagement_by_account=by_account
+        **campaign.model_dump(),
+        engagement=engagement,
+        engagement_by_account=by_account,
+        feedback=await queries.campaign_feedback(conn, campaign_id),
     )
 
 
