@@ -49,8 +49,14 @@ class BouncerSettings(BaseModel):
     rate_min_sends: int = Field(default=100, ge=1)
 
 
+class BouncerHttp(HttpSettings):
+    """HttpSettings on the bouncer's own port: setting only MAILFLEET_HTTP__HOST keeps 8004."""
+
+    port: int = Field(default=8004, ge=0, le=65535)
+
+
 class Settings(ServiceSettings):
-    http: HttpSettings = HttpSettings(port=8004)
+    http: BouncerHttp = BouncerHttp()
     crypto: CryptoSettings = CryptoSettings()
     tracking: TrackingSettings = TrackingSettings()
     bouncer: BouncerSettings = BouncerSettings()

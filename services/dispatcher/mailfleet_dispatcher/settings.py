@@ -23,7 +23,13 @@ class DispatchSettings(BaseModel):
     sending_timeout_s: float = Field(default=600.0, gt=0)
 
 
+class DispatcherHttp(HttpSettings):
+    """HttpSettings on the dispatcher's own port: setting only MAILFLEET_HTTP__HOST keeps 8001."""
+
+    port: int = Field(default=8001, ge=0, le=65535)
+
+
 class Settings(ServiceSettings):
-    http: HttpSettings = HttpSettings(port=8001)
+    http: DispatcherHttp = DispatcherHttp()
     dispatcher: DispatchSettings = DispatchSettings()
     replicas: ReplicaSettings = ReplicaSettings()

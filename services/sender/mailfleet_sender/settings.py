@@ -35,10 +35,16 @@ class SenderSettings(BaseModel):
     report_linger_ms: float = Field(default=100.0, ge=0)
 
 
+class SenderHttp(HttpSettings):
+    """HttpSettings on the sender's own port: setting only MAILFLEET_HTTP__HOST keeps 8002."""
+
+    port: int = Field(default=8002, ge=0, le=65535)
+
+
 class Settings(ServiceSettings):
     """MAILFLEET_* environment, e.g. MAILFLEET_SENDER__RETRY_BASE_S, MAILFLEET_HTTP__PORT."""
 
-    http: HttpSettings = HttpSettings(port=8002)
+    http: SenderHttp = SenderHttp()
     crypto: CryptoSettings = CryptoSettings()
     sender: SenderSettings = SenderSettings()
     replicas: ReplicaSettings = ReplicaSettings()

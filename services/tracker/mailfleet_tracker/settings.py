@@ -42,7 +42,13 @@ class TrackerSettings(BaseModel):
         return value
 
 
+class TrackerHttp(HttpSettings):
+    """HttpSettings on the tracker's own port: setting only MAILFLEET_HTTP__HOST keeps 8003."""
+
+    port: int = Field(default=8003, ge=0, le=65535)
+
+
 class Settings(ServiceSettings):
-    http: HttpSettings = HttpSettings(port=8003)
+    http: TrackerHttp = TrackerHttp()
     tracking: TrackingSettings = TrackingSettings()
     tracker: TrackerSettings = TrackerSettings()
