@@ -1,0 +1,491 @@
+"""What a message read from a sender account's mailbox is: `classify` never raises.
+
+Decision order (the first that applies wins):
+
+1. Parse (`mailfleet_bouncer.mime`): the stdlib parser with the compat32 policy, which never
+   raises on bad headers and keeps raw 8-bit bytes; headers and parts are decoded leniently;
+   a huge message is parsed from its beginning only, where what identifies a report always is.
+2. Feedback report (RFC 5965 ARF): a message/feedback-report part, or report-type
+   feedback-report -> "complaint", parser "arf" (not-spam and auth-failure reports:
+   "unrecognized", see `mailfleet_bouncer.arf`).
+3. Delivery status notification (RFC 3464): a message/delivery-status part (or its fields
+   sent as text, when the MIME structure is broken) -> "bounce", parser "rfc3464". A report
+   whose entries are all successes (delivered, relayed, expanded) is still a "bounce", with
+   recipients whose bounce is None and a problem saying so: it is a delivery report, and
+   nothing is to be done about it.
+   These two come before the auto-reply checks: reports carry Auto-Submitted too.
+4. Read receipt (message/disposition-notification) -> "auto-reply".
+5. Other bounces: only a message that looks like one (from MAILER-DAEMON, postmaster or a Mail
+   Delivery System, X-Failed-Recipients, a bounce subject, or an empty Return-Path with no
+   auto-reply header) goes to flufl.bounce -> "bounce", parser "flufl", so that a human reply
+   quoting an address is never scanned. One that looks like a bounce but names no failed
+   recipient is "unrecognized", unless all it had was an empty Return-Path (RFC 3834
+   auto-replies use one too) or a bounce subject (a person may write "not delivered").
+6. Subject "unsubscribe <token>" (our mailto: List-Unsubscribe) -> "unsubscribe", "mailto";
+   before the auto-reply checks, as some clients mark the message they send as generated.
+7. Auto-reply by its headers (Auto-Submitted and kin) -> "auto-reply", "rfc3834"; by its
+   subject only (out of office...) -> "auto-reply", "heuristic".
+8. In-Reply-To, References or a reply subject -> "reply".
+9. Anything else -> "unrecognized", parser "none", with the reason in `problem`.
+"""
+
+import itertools
+import re
+from dataclasses import dataclass
+from email.message import Message
+from typing import Literal
+from urllib.parse import unquote, urlsplit
+
+from mailfleet_bouncer import arf, autoreply, dsn, mime
+from mailfleet_bouncer.dsn import BounceType
+
+__all__ = ["BounceType", "Classified", "Kind", "Recipient", "References", "classify"]
+
+Kind = Literal["bounce", "complaint", "reply", "auto-reply", "unsubscribe", "unrecognized"]
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    """One recipient a bounce or complaint is about.
+
+    `address` is lower-cased and bare: a DSN's Original-Recipient (the address as we sent it)
+    or else its Final-Recipient (where a forward or alias led); ARF's Original-Rcpt-To or else
+    the returned message's To. `action` is the DSN Action (for flufl.bounce's findings:
+    "failed" for its permanent failures, "delayed" for its temporary ones); `status` the RFC
+    3463 code; `diagnostic` the unfolded Diagnostic-Code, at most 1000 characters; `bounce`
+    hard, soft, or None for a complaint or an entry that is not a failure.
+    """
+
+    address: str | None
+    action: str | None
+    status: str | None
+    diagnostic: str | None
+    bounce: BounceType | None
+
+
+@dataclass(frozen=True, slots=True)
+class References:
+    """What ties a message to one we sent.
+
+    `message_ids` ("<local@domain>", case kept): for reports, the returned original's first,
+    then the report's own In-Reply-To and References; for everything else the other way round;
+    References nearest first; "Message-ID:" lines in the text when nothing else gave one.
+    `unsubscribe_tokens`: from the returned List-Unsubscribe header (the last path segment
+    after "/unsubscribe/" of a web URL, the token of a mailto: "subject=unsubscribe%20<token>").
+    `original_recipients`: the returned original's To addresses, lower-cased.
+    """
+
+    message_ids: tuple[str, ...]
+    unsubscribe_tokens: tuple[str, ...]
+    original_recipients: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Classified:
+    """What a message is, what recognised it, and what it refers to."""
+
+    kind: Kind
+    parser: str
+    recipients: tuple[Recipient, ...]
+    references: References
+    sender: str | None
+    subject: str | None
+    feedback_type: str | None = None
+    unsubscribe_token: str | None = None
+    problem: str | None = None
+
+
+_SUBJECT_MAX = 500
+_PROBLEM_MAX = 1000
+_MAX_IDS = 20
+_MAX_ADDRESSES = 20
+_INLINE_TRIES = 5
+_NO_REFERENCES = References((), (), ())
+_SUBJECT_MARKER = "bounce subject"
+
+_DSN_TYPES = frozenset({"message/delivery-status", "message/global-delivery-status"})
+_DSN_REPORTS = frozenset({"delivery-status", "global-delivery-status"})
+_MDN_TYPES = frozenset(
+    {"message/disposition-notification", "message/global-disposition-notification"}
+)
+_RETURNED_TYPES = frozenset(
+    {"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"}
+)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,200}")
+_UNSUBSCRIBE_SUBJECT = re.compile(
+    r"\s*unsubscribe(?:\s+|%20)([A-Za-z0-9_-]{16,200})\s*", re.IGNORECASE
+)
+_INLINE_ID = re.compile(r"^[ \t>]*message-id[ \t]*:[ \t]*\r?\n?[ \t]*(<[^<>\s]+>)", re.I | re.M)
+# Where a bounce that is not RFC 3464 copies the original into its text.
+_INLINE_ORIGINAL = re.compile(
+    r"^[ \t>-]*(?:below this line is a copy of the message|this is a copy of the message"
+    r"|original message (?:follows|headers?)|returned (?:mail|message) follows"
+    r"|message headers? follows?|undelivered message headers)[^\n]*\n",
+    re.I | re.M,
+)
+# A returned part whose MIME structure the parser missed (a boundary that does not match).
+_INLINE_PART = re.compile(
+    r"^content-type:[ \t]*(?:message/(?:rfc822|global|global-headers)|text/rfc822-headers)\b"
+    r".*?\r?\n[ \t]*\r?\n",
+    re.I | re.M | re.S,
+)
+_FEEDBACK_LINE = re.compile(r"^feedback-type[ \t]*:", re.I | re.M)
+_RECIPIENT_LINE = re.compile(r"^(?:final|original)-recipient[ \t]*:", re.I | re.M)
+_TAG = re.compile(r"<[^<>]*>")
+_DAEMON_LOCAL = re.compile(
+    r"mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|microsoftexchange[0-9a-f]{32}",
+    re.IGNORECASE,
+)
+_DAEMON_NAME = re.compile(
+    r"mail delivery (?:system|subsystem|service)|mailer[- ]daemon|mail administrator",
+    re.IGNORECASE,
+)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|delivery status notification|failure notice|returned mail|mail delivery fail"
+    r"|delivery (?:has )?fail|could not be delivered|not (?:been )?delivered|delivery problem"
+    r"|delivery notification|delivery report|delayed mail|delivery delayed|non remis"
+    r"|unzustellbar|nicht zustellbar|no se pudo entregar|non recapitabile|mail system error"
+    r"|returned to sender|warning: could not send",
+    re.IGNORECASE,
+)
+
+
+def classify(raw: bytes, *, truncated: bool = False) -> Classified:
+    """Classify one message; never raises, whatever the bytes.
+
+    Args:
+        raw: the message as read from the mailbox.
+        truncated: the reader fetched only the beginning of a bigger message; it is
+            classified from what is there, and `problem` says so.
+
+    Returns:
+        The classification; see the module docstring for the decision order.
+    """
+    try:
+        return _Run(raw, truncated).classify()
+    except Exception as exc:  # the contract: a message we cannot read is unrecognized
+        problem = f"malformed: the classifier failed on this message ({type(exc).__name__})"
+        return Classified("unrecognized", "none", (), _NO_REFERENCES, None, None, problem=problem)
+
+
+class _Run:
+    """One classification: the parsed message and what was noticed along the way."""
+
+    message: Message
+    parts: list[mime.Part]
+    headers: dict[str, list[str]]
+    sender: str | None
+    subject: str | None
+
+    def __init__(self, raw: bytes, truncated: bool) -> None:
+        self.raw = raw
+        self.notes = mime.Notes()
+        self.cut = truncated
+        if truncated:
+            self.notes.add(f"truncated: classified from the first {len(raw)} bytes fetched")
+        self._texts: list[str] | None = None
+        self._returned: Message | None = None
+        self._returned_done = False
+
+    def classify(self) -> Classified:
+        if not self.raw.strip():
+            problem = "; ".join(["empty message", *self.notes.items])
+            return Classified(
+                "unrecognized", "none", (), _NO_REFERENCES, None, None, problem=problem
+            )
+        self.message, cut = mime.parse(self.raw, self.notes)
+        self.cut = self.cut or cut
+        self.parts = mime.walk(self.message)
+        mime.prune(self.parts)
+        self.headers = mime.headers(self.message, self.notes)
+        self.sender = next(iter(mime.addresses(", ".join(self.headers.get("from", [])))), None)
+        subject = self.headers.get("subject")
+        self.subject = (
+            " ".join(mime.decode_words(subject[0], self.notes).split())[:_SUBJECT_MAX]
+            if subject
+            else None
+        )
+        return self._decide()
+
+    def _decide(self) -> Classified:
+        report_type = ""
+        feedback: list[Message] = []
+        status: list[Message] = []
+        receipts: list[Message] = []
+        for part in self.parts:
+            if part.inside:
+                continue
+            if part.content_type == "multipart/report" and not report_type:
+                report_type = mime.param(part.message, "report-type")
+            elif part.content_type == "message/feedback-report":
+                feedback.append(part.message)
+            elif part.content_type in _DSN_TYPES:
+                status.append(part.message)
+            elif part.content_type in _MDN_TYPES:
+                receipts.append(part.message)
+
+        if (feedback or report_type == "feedback-report") and (
+            complaint := self._complaint(feedback)
+        ):
+            return complaint
+        markers = self._bounce_markers(report_type)
+        if (status or report_type in _DSN_REPORTS or markers) and (bounce := self._dsn(status)):
+            return bounce
+        if receipts or report_type == "disposition-notification":
+            return self._receipt(receipts)
+        auto = autoreply.header_reason(self.headers)
+        null_sender = any(v.strip() in {"", "<>"} for v in self.headers.get("return-path", []))
+        if (markers or (null_sender and auto is None)) and (bounce := self._flufl()):
+            return bounce
+        if markers and markers != [_SUBJECT_MARKER]:
+            # A subject alone is not enough to stop a person's reply being one.
+            reason = f"looks like a bounce ({', '.join(markers)}) but no failed recipient was found"
+            return self.result("unrecognized", "none", reason=reason)
+        if self.subject and (match := _UNSUBSCRIBE_SUBJECT.fullmatch(self.subject)):
+            return self.result("unsubscribe", "mailto", token=match.group(1), own_first=True)
+        if auto is not None:
+            return self.result("auto-reply", "rfc3834", own_first=True)
+        if autoreply.subject_says_automatic(self.subject):
+            return self.result("auto-reply", "heuristic", own_first=True)
+        if (
+            self.headers.get("in-reply-to")
+            or self.headers.get("references")
+            or autoreply.is_reply_subject(self.subject)
+        ):
+            return self.result("reply", "reply", own_first=True)
+        reason = "no bounce, complaint, auto-reply, reply or unsubscribe markers"
+        return self.result("unrecognized", "none", reason=reason, own_first=True)
+
+    def _complaint(self, parts: list[Message]) -> Classified | None:
+        blocks = [b for part in parts for b in mime.field_blocks(part, self.notes, merge=False)]
+        if not blocks:
+            text = next((t for t in self.texts() if _FEEDBACK_LINE.search(t)), None)
+            blocks = dsn.parse_blocks(text) if text else []
+        if not parts and not blocks:
+            return None
+        report = arf.parse_report(blocks)
+        reason = arf.not_a_complaint(report.feedback_type)
+        if reason is not None:
+            return self.result(
+                "unrecognized", "arf", feedback_type=report.feedback_type, reason=reason
+            )
+        if report.feedback_type is None:
+            self.notes.add("malformed feedback report: no Feedback-Type")
+        found = list(report.original_rcpt_to)
+        returned = self.returned()
+        if not found and returned is not None:
+            headers = mime.headers(returned, self.notes)
+            # Hotmail's JMRP names the recipient in a header of its own when it redacts To.
+            for name in ("x-hmxmroriginalrecipient", "to"):
+                values = headers.get(name, [])
+                found = [a for v in values for a in mime.addresses(v) if not arf.redacted(a)]
+                if found:
+                    break
+        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:_MAX_ADDRESSES])
+        return self.result(
+            "complaint", "arf", recipients=recipients, feedback_type=report.feedback_type
+        )
+
+    def _dsn(self, parts: list[Message]) -> Classified | None:
+        blocks = [b for part in parts for b in mime.field_blocks(part, self.notes, merge=True)]
+        found = dsn.entries(blocks)
+        if not found:
+            for text in self.texts():
+                if _RECIPIENT_LINE.search(text) and (found := dsn.entries(dsn.parse_blocks(text))):
+                    break
+        if not found:
+            if parts:
+                self.notes.add("malformed delivery report: no per-recipient fields")
+            return None
+        failures = [entry for entry in found if entry.bounce is not None]
+        reason = None
+        if not failures:
+            reason = "delivery report without failures: no recipient failed or was delayed"
+        recipients = tuple(
+            Recipient(e.address, e.action, e.status, e.diagnostic, e.bounce)
+            for e in (failures or found)[:_MAX_ADDRESSES]
+        )
+        return self.result("bounce", "rfc3464", recipients=recipients, reason=reason)
+
+    def _receipt(self, parts: list[Message]) -> Classified:
+        ids = [
+            found
+            for part in parts
+            for block in mime.field_blocks(part, self.notes, merge=False)
+            for name, value in block
+            if name.lower() == "original-message-id"
+            for found in mime.message_ids(value)
+        ]
+        parser = "rfc3834" if autoreply.header_reason(self.headers) else "heuristic"
+        reason = "read receipt (message/disposition-notification)"
+        return self.result("auto-reply", parser, reason=reason, own_first=True, extra_ids=ids)
+
+    def _flufl(self) -> Classified | None:
+        mime.clean_headers(self.parts, self.notes)
+        temporary, permanent = dsn.flufl_failures(self.message)
+        if not temporary and not permanent:
+            return None
+        text = "\n\n".join(self.texts())
+        lowered = text.lower()
+        recipients: list[Recipient] = []
+        for address, action in [(a, "failed") for a in permanent] + [
+            (a, "delayed") for a in temporary
+        ]:
+            status, diagnostic = dsn.status_near(text, address)
+            bounce = dsn.bounce_type(action, status, diagnostic)
+            recipients.append(Recipient(address, action, status, diagnostic, bounce))
+        # In the order the notification names them; any it does not name, last.
+        recipients.sort(key=lambda r: (_position(lowered, r.address or ""), r.address or ""))
+        return self.result("bounce", "flufl", recipients=tuple(recipients[:_MAX_ADDRESSES]))
+
+    def _bounce_markers(self, report_type: str) -> list[str]:
+        markers: list[str] = []
+        if report_type in _DSN_REPORTS:
+            markers.append(f"report-type {report_type}")
+        if self.headers.get("x-failed-recipients"):
+            markers.append("X-Failed-Recipients")
+        local = (self.sender or "").rpartition("@")[0]
+        sender = " ".join(mime.decode_words(v, self.notes) for v in self.headers.get("from", []))
+        if _DAEMON_LOCAL.fullmatch(local) or _DAEMON_NAME.search(sender):
+            markers.append(f"from {self.sender or sender[:100]}")
+        subject = self.subject or ""
+        if (
+            _BOUNCE_SUBJECT.search(subject)
+            and not autoreply.is_reply_subject(subject)
+            and not autoreply.subject_says_automatic(subject)
+        ):
+            markers.append(_SUBJECT_MARKER)
+        return markers
+
+    def texts(self) -> list[str]:
+        """The texts of the message's own leaf parts, not a returned message's.
+
+        Plain text first, then HTML with its tags dropped.
+        """
+        if self._texts is None:
+            plain: list[str] = []
+            html: list[str] = []
+            for part in self.parts:
+                if part.inside or part.content_type in mime.FIELD_TYPES:
+                    continue
+                if part.content_type.split("/", 1)[0] in mime.BINARY:
+                    continue
+                if isinstance(mime.payload(part.message), list):
+                    continue
+                text = mime.part_text(part.message, self.notes)
+                if part.content_type == "text/html":
+                    html.append(_TAG.sub(" ", text))
+                else:
+                    plain.append(text)
+            self._texts = plain + html
+        return self._texts
+
+    def returned(self) -> Message | None:
+        """The returned original (or its headers): a report part, else a copy in the text."""
+        if not self._returned_done:
+            self._returned_done = True
+            self._returned = self._find_returned()
+        return self._returned
+
+    def _find_returned(self) -> Message | None:
+        for part in self.parts:
+            if part.inside or part.content_type not in _RETURNED_TYPES:
+                continue
+            body = mime.payload(part.message)
+            if isinstance(body, list):
+                if body and isinstance(body[0], Message):
+                    return body[0]
+            elif (text := mime.part_text(part.message, self.notes)).strip():
+                return mime.header_block(text)
+        for text in self.texts():
+            for pattern in (_INLINE_PART, _INLINE_ORIGINAL):
+                for match in itertools.islice(pattern.finditer(text), _INLINE_TRIES):
+                    headers = mime.header_block(text[match.end() :])
+                    if {name.lower() for name in headers} & {
+                        "message-id",
+                        "to",
+                        "list-unsubscribe",
+                    }:
+                        return headers
+        return None
+
+    def references(self, own_first: bool, extra_ids: list[str]) -> References:
+        returned_ids: list[str] = []
+        tokens: list[str] = []
+        recipients: list[str] = []
+        returned = self.returned()
+        if returned is not None:
+            headers = mime.headers(returned, self.notes)
+            returned_ids = [i for v in headers.get("message-id", []) for i in mime.message_ids(v)]
+            tokens = _unsubscribe_tokens(headers.get("list-unsubscribe", []))
+            recipients = [a for v in headers.get("to", []) for a in mime.addresses(v)]
+        own = [i for v in self.headers.get("in-reply-to", []) for i in mime.message_ids(v)]
+        for value in reversed(self.headers.get("references", [])):
+            own.extend(reversed(mime.message_ids(value)))
+        ids = extra_ids + (own + returned_ids if own_first else returned_ids + own)
+        if not ids:
+            found = [m.group(1) for text in self.texts() for m in _INLINE_ID.finditer(text)]
+            ids = [i for value in found for i in mime.message_ids(value)]
+        return References(
+            tuple(mime.unique(ids)[:_MAX_IDS]),
+            tuple(mime.unique(tokens)),
+            tuple(mime.unique(recipients)[:_MAX_ADDRESSES]),
+        )
+
+    def result(
+        self,
+        kind: Kind,
+        parser: str,
+        *,
+        recipients: tuple[Recipient, ...] = (),
+        feedback_type: str | None = None,
+        token: str | None = None,
+        reason: str | None = None,
+        own_first: bool = False,
+        extra_ids: list[str] | None = None,
+    ) -> Classified:
+        references = self.references(own_first, extra_ids or [])
+        problems = [reason] if reason else []
+        problems += self.notes.items + mime.defects(self.parts, self.cut)
+        return Classified(
+            kind,
+            parser,
+            recipients,
+            references,
+            self.sender,
+            self.subject,
+            feedback_type,
+            token,
+            "; ".join(problems)[:_PROBLEM_MAX] or None,
+        )
+
+
+def _unsubscribe_tokens(values: list[str]) -> list[str]:
+    """Our tokens in List-Unsubscribe values.
+
+    From https://.../unsubscribe/<token> and mailto:...?subject=unsubscribe%20<token>.
+    """
+    tokens: list[str] = []
+    for uri in (uri for value in values for uri in mime.bracketed(value)):
+        try:
+            parts = urlsplit(uri)
+        except ValueError:
+            continue
+        scheme = parts.scheme.lower()
+        if scheme in {"http", "https"} and "/unsubscribe/" in parts.path:
+            segment = parts.path.split("/unsubscribe/", 1)[1].strip("/").rsplit("/", 1)[-1]
+            if _TOKEN.fullmatch(token := unquote(segment)):
+                tokens.append(token)
+        elif scheme == "mailto":
+            for pair in parts.query.split("&"):
+                key, _, text = pair.partition("=")
+                if key.lower() == "subject" and (
+                    match := _UNSUBSCRIBE_SUBJECT.fullmatch(unquote(text))
+                ):
+                    tokens.append(match.group(1))
+    return tokens
+
+
+def _position(text: str, needle: str) -> int:
+    index = text.find(needle) if needle else -1
+    return index if index >= 0 else len(text)
