@@ -27,9 +27,9 @@ from faststream.rabbit import RabbitBroker
 from mailfleet_common import topology
 from mailfleet_common.messages import SendBatch
 from mailfleet_common.migrate import migrate
+from mailfleet_common.publishing import BrokerPublisher
 from mailfleet_common.settings import PostgresSettings, RabbitSettings, TrackingSettings
 from mailfleet_common.templating import CampaignTemplates, compile_campaign
-from mailfleet_sender.main import BrokerPublisher
 from mailfleet_sender.mime import build_message, mailbox, template_context
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import SenderSettings, Settings

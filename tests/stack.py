@@ -370,6 +370,10 @@ class Stack:
         )
         return await self.tracker.start()
 
+    async def start_bouncer(self, env: Mapping[str, str] | None = None) -> ServiceProcess:
+        """One more bouncer replica (bouncer, bouncer-2, ...), reading the accounts' mailboxes."""
+        return await self._service("bouncer", [executable("mailfleet-bouncer")], env).start()
+
     async def stop(self) -> None:
         """Stop every service, the last started first, all of them even if one fails."""
         for service in reversed(self.services):

@@ -19,5 +19,6 @@ def configure_logging(level: str = "INFO", service: str = "mailfleet") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("aiormq", "aio_pika"):
+    # flufl.bounce logs every detector it runs at INFO: up to 17 lines per bounce.
+    for noisy in ("aiormq", "aio_pika", "flufl.bounce", "aioimaplib"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

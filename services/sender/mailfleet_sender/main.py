@@ -7,29 +7,16 @@ from typing import cast
 from faststream.asgi import AsgiFastStream
 from faststream.asgi.types import ASGIApp
 from faststream.rabbit import RabbitBroker
-from mailfleet_common import topology
 from mailfleet_common.jsonlog import configure_logging
 from mailfleet_common.ops import ops_routes
+from mailfleet_common.publishing import BrokerPublisher
 from mailfleet_common.serving import serve
-from pydantic import BaseModel
 
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import Settings
 from mailfleet_sender.tracking import TrackingConfigError
 
 log = logging.getLogger(__name__)
-
-
-class BrokerPublisher:
-    """Publishes persistent events through the app's broker."""
-
-    def __init__(self, broker: RabbitBroker) -> None:
-        self._broker = broker
-
-    async def publish_event(self, event: BaseModel, routing_key: str) -> None:
-        await self._broker.publish(
-            event, exchange=topology.EVENTS, routing_key=routing_key, persist=True
-        )
 
 
 def create_app(settings: Settings, replica: SenderReplica | None = None) -> AsgiFastStream:

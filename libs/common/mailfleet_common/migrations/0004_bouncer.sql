@@ -88,9 +88,9 @@ CREATE TABLE soft_bounces (
 
 CREATE INDEX suppressions_created_idx ON suppressions (created_at DESC, id DESC);
 
--- Suppress with an optional expiry. A permanent suppression is never shortened: suppressing
--- again with an expiry leaves it permanent, suppressing without one makes a temporary one
--- permanent, and a suppression that already ran out takes the new reason, source and expiry.
+-- Suppress with an optional expiry. A permanent suppression is never shortened or changed:
+-- suppressing again leaves it as it is. A temporary one takes the new reason and source, and
+-- the later expiry (none: permanent); one that already ran out starts over as the new one.
 DROP FUNCTION suppress_address(text, uuid, text, text);
 CREATE FUNCTION suppress_address(
     address text, scope uuid, why text, origin text, until timestamptz DEFAULT NULL
