@@ -15,12 +15,15 @@ from typing import Any
 from urllib.parse import unquote
 from uuid import UUID
 
+import aio_pika
 import aiosmtplib
 import httpx
 import pytest
 from aioimaplib import IMAP4
+from mailfleet_common import topology
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.db import Conn as Db
+from mailfleet_common.messages import Feedback
 
 from tests.bouncer import rows
 from tests.bouncer.servers import (
@@ -113,6 +116,7 @@ async def suppressed(db: Db) -> dict[str, str]:
 
 async def test_bounced_addresses_are_suppressed_and_skipped_next_time(
     db: Db,
+    rabbit_url: str,
     stack: Stack,
     client: httpx.AsyncClient,
     postfix: Postfix,
@@ -120,6 +124,13 @@ async def test_bounced_addresses_are_suppressed_and_skipped_next_time(
     mailbox: Mailbox,
 ) -> None:
     account = await start_services(stack, client, postfix, mailbox)
+    connection = await aio_pika.connect_robust(rabbit_url)
+    channel = await connection.channel()
+    events = await channel.declare_exchange(
+        topology.EVENTS.name, aio_pika.ExchangeType.TOPIC, durable=True
+    )
+    bounced_queue = await channel.declare_queue(exclusive=True)
+    await bounced_queue.bind(events, routing_key=topology.FEEDBACK_KEYS["bounced"])
     good = [dovecot.create_mailbox("good", domain=REMOTE_DOMAIN).address for _ in range(3)]
     bad = unknown_addresses(2)
     everyone = [good[0], bad[0], good[1], bad[1], good[2]]
@@ -145,6 +156,18 @@ async def test_bounced_addresses_are_suppressed_and_skipped_next_time(
     ]
     detail = (await client.get(f"/api/campaigns/{first}")).json()
     assert detail["feedback"]["hard_bounces"] == 2
+    # ... and the bus carried a Feedback event for each.
+    feedback = []
+    async with bounced_queue.iterator(timeout=15) as messages:
+        async for message in messages:
+            async with message.process():
+                feedback.append(Feedback.model_validate_json(message.body))
+            if len(feedback) == len(bad):
+                break
+    await connection.close()
+    assert sorted((f.email, f.bounce, f.status) for f in feedback) == [
+        (address, "hard", "5.1.1") for address in sorted(bad)
+    ]
 
     # The same list again: the bounced addresses are refused at enqueue and never sent.
     body = {"name": "again", "subject": "Again", "text_body": "Hi", "account_ids": [account]}

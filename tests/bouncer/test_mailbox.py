@@ -60,9 +60,16 @@ def box(crypto_keys: str) -> SecretBox:
 
 
 @pytest.fixture
-async def replica(db: Conn, settings: Settings) -> AsyncIterator[BouncerReplica]:
+def published() -> Published:
+    return Published()
+
+
+@pytest.fixture
+async def replica(
+    db: Conn, settings: Settings, published: Published
+) -> AsyncIterator[BouncerReplica]:
     bouncer = BouncerReplica(settings)
-    await bouncer.open(Published())
+    await bouncer.open(published)
     yield bouncer
     await bouncer.stop()
 
@@ -116,7 +123,12 @@ def metric(name: str, **labels: str) -> float:
 
 
 async def test_reads_each_message_once_and_flags_it(
-    db: Conn, box: SecretBox, mailbox: Mailbox, imap: Imap, replica: BouncerReplica
+    db: Conn,
+    box: SecretBox,
+    mailbox: Mailbox,
+    imap: Imap,
+    replica: BouncerReplica,
+    published: Published,
 ) -> None:
     account = await rows.insert_imap_account(db, box, mailbox)
     campaign = await rows.insert_campaign(db)
@@ -129,6 +141,15 @@ async def test_reads_each_message_once_and_flags_it(
     assert await replica.poll(account) == 2
     assert await replica.poll(account) == 0
     assert await imap.uids("UNSEEN") == []
+    # The bus copies go out from the outbox, once.
+    assert await replica.publish_pending() == 2
+    assert await replica.publish_pending() == 0
+    sent_ids = [message_id for message_id, _ in sent]
+    assert [(key, event.message_id) for key, event in published.events] == [
+        ("bounced", sent_ids[0]),
+        ("replied", sent_ids[1]),
+    ]
+    assert await db.fetchval("SELECT count(*) FROM inbound_reports WHERE published_at IS NULL") == 0
     kinds = await db.fetch("SELECT kind, uid FROM inbound_reports ORDER BY uid")
     assert [(r["kind"], r["uid"]) for r in kinds] == [("bounce", 1), ("reply", 2)]
 
