@@ -8,6 +8,9 @@ when that sender is a ``fleet.example.com`` mailbox the DSN lands in its INBOX, 
 bouncer reads it over IMAP. So the bounces the tests see are the ones a real MTA writes, not
 hand-made ones.
 
+Dovecot also speaks TLS, with a certificate from a CA made up when it starts (``ca_file``):
+STARTTLS on its IMAP port, where plain logins stay allowed, and implicit TLS on ``imaps_port``.
+
 Both servers run as root on free ports of 127.0.0.1, each from its own directory with its own
 configuration, state, queue, mail and log: a system-wide Dovecot or Postfix is left alone.
 That directory comes from ``tempfile``, not pytest's ``tmp_path``: the daemons work as
@@ -21,6 +24,8 @@ Dovecot runs is known at once, where a single shared file is re-read at most onc
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
 import os
 import pwd
 import re
@@ -40,6 +45,10 @@ from pathlib import Path
 from typing import IO
 
 from aioimaplib import IMAP4
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 HOST = "127.0.0.1"
 FLEET_DOMAIN = "fleet.example.com"
@@ -85,6 +94,83 @@ def make_servers_dir() -> Path:
     root = Path(tempfile.mkdtemp(prefix="mailfleet-mail-servers-"))
     root.chmod(0o755)
     return root
+
+
+def _key_usage(*, signs_certificates: bool) -> x509.KeyUsage:
+    return x509.KeyUsage(
+        digital_signature=not signs_certificates,
+        content_commitment=False,
+        key_encipherment=False,
+        data_encipherment=False,
+        key_agreement=False,
+        key_cert_sign=signs_certificates,
+        crl_sign=signs_certificates,
+        encipher_only=False,
+        decipher_only=False,
+    )
+
+
+def write_certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A new CA and a server certificate it signs, for 127.0.0.1 and ``localhost``.
+
+    Writes ``ca.pem``, ``server.pem`` (certificate and CA chain) and ``server.key`` (readable by
+    root only) into ``directory`` and returns their paths in that order. P-256 keys: made at
+    once, where RSA ones would slow every start-up. Valid from a day ago for two days.
+    """
+    now = datetime.datetime.now(datetime.UTC)
+    not_before, not_after = now - datetime.timedelta(days=1), now + datetime.timedelta(days=2)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailfleet bouncer tests CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
+    ca_cert = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(_key_usage(signs_certificates=True), critical=True)
+        .add_extension(ca_ski, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    names = x509.SubjectAlternativeName(
+        [x509.IPAddress(ipaddress.ip_address(HOST)), x509.DNSName("localhost")]
+    )
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(not_before)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(_key_usage(signs_certificates=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(names, critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski), critical=False
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    ca_file, cert_file, key_file = (directory / n for n in ("ca.pem", "server.pem", "server.key"))
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
+    ca_file.write_bytes(ca_pem)
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM) + ca_pem)
+    key_file.touch(mode=0o600)
+    key_file.chmod(0o600)
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return ca_file, cert_file, key_file
 
 
 def _command(name: str) -> str:
@@ -153,13 +239,20 @@ class Dovecot:
     """Dovecot serving IMAP and LMTP on 127.0.0.1, users from passwd-files, mail in Maildirs.
 
     Mail is stored as the ``mail`` system user under ``mail/<domain>/<local part>/Maildir``.
+    IMAP offers STARTTLS on ``imap_port`` (plain logins are allowed too) and implicit TLS on
+    ``imaps_port``, with a certificate for 127.0.0.1 and ``localhost`` issued by the CA in
+    ``ca_file``, made up at each start.
     """
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self.host = HOST
         self.imap_port = 0
+        self.imaps_port = 0
         self.lmtp_port = 0
+        self.ca_file = root / "ca.pem"
+        self.cert_file = root / "server.pem"
+        self.key_file = root / "server.key"
         self.config_path = root / "dovecot.conf"
         self.users_dir = root / "users"
         self.mail_dir = root / "mail"
@@ -169,15 +262,16 @@ class Dovecot:
         self._output: IO[bytes] | None = None
 
     def start(self) -> None:
-        """Writes the configuration and starts ``dovecot -F``; returns once both ports listen."""
+        """Writes certificates and configuration, starts ``dovecot -F``; returns once it listens."""
         dovecot = _command("dovecot")
         mail_user = pwd.getpwnam("mail")
-        self.imap_port, self.lmtp_port = free_ports(2)
+        self.imap_port, self.imaps_port, self.lmtp_port = free_ports(3)
         for directory in (self.root, self.users_dir, self.root / "run", self.root / "state"):
             directory.mkdir(mode=0o755, parents=True, exist_ok=True)
             directory.chmod(0o755)
         self.mail_dir.mkdir(mode=0o700, exist_ok=True)
         os.chown(self.mail_dir, mail_user.pw_uid, mail_user.pw_gid)
+        self.ca_file, self.cert_file, self.key_file = write_certificates(self.root)
         self.config_path.write_text(self._config(mail_user.pw_uid, mail_user.pw_gid))
         self._output = self.output_path.open("ab")
         self._process = subprocess.Popen(
@@ -186,7 +280,8 @@ class Dovecot:
             stdout=self._output,
             stderr=subprocess.STDOUT,
         )
-        _wait_listening(self._process, [self.imap_port, self.lmtp_port], "dovecot", self.log_text)
+        ports = [self.imap_port, self.imaps_port, self.lmtp_port]
+        _wait_listening(self._process, ports, "dovecot", self.log_text)
 
     def stop(self) -> None:
         """Stops Dovecot (SIGTERM to its master, which ends the other processes)."""
@@ -241,7 +336,9 @@ log_path = {self.log_path}
 hostname = imap.{FLEET_DOMAIN}
 protocols = imap lmtp
 listen = {HOST}
-ssl = no
+ssl = yes
+ssl_cert = <{self.cert_file}
+ssl_key = <{self.key_file}
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_verbose = yes
@@ -271,7 +368,9 @@ service imap-login {{
     port = {self.imap_port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = {HOST}
+    port = {self.imaps_port}
+    ssl = yes
   }}
 }}
 service lmtp {{
