@@ -12,6 +12,7 @@ from mailfleet_bouncer.queries import start_checkpoint
 from mailfleet_bouncer.reports import Mailbox, ReportProcessor
 from mailfleet_bouncer.settings import BouncerSettings
 from mailfleet_common.db import Conn, Pool, create_pool
+from mailfleet_common.messages import AccountPaused
 from mailfleet_common.settings import PostgresSettings
 from mailfleet_common.tracking import TokenKind, TokenSigner, parse_keys
 
@@ -50,15 +51,19 @@ class Feed:
         self.processor = processor
         self.mailbox = Mailbox(account_id, "INBOX", UIDVALIDITY)
         self.uid = 0
+        self.paused: AccountPaused | None = None
 
     async def __call__(self, raw: bytes) -> Any:
         self.uid += 1
         async with self.pool.acquire() as conn:
             if self.uid == 1:
                 await start_checkpoint(conn, self.mailbox.account_id, "INBOX", UIDVALIDITY)
-            return await self.processor.process(
+            outcome = await self.processor.process(
                 conn, self.mailbox, Fetched(self.uid, len(raw), raw)
             )
+            # As the reader does after each fetched group.
+            self.paused = await self.processor.judge(conn, self.mailbox.account_id)
+            return outcome
 
 
 async def setup(db: Conn, pool: Pool, processor: ReportProcessor, emails: list[str]) -> Any:
@@ -258,17 +263,18 @@ async def test_bounce_rate_over_threshold_pauses_the_account(
     processor = make_processor(signer, bounce_rate_max=0.05, rate_min_sends=20)
     emails = [f"r{i}@example.net" for i in range(20)]
     account, _, sent, feed = await setup(db, pool, processor, emails)
-    first = await feed(rows.dsn(emails[0], sent[0][1]))  # 1 in 20: 5%, not above
-    assert first.paused is None
-    second = await feed(rows.dsn(emails[1], sent[1][1]))  # 2 in 20: 10%
-    assert second.paused is not None
-    assert second.paused.account_id == account
-    assert "bounce rate 10.00% over the last 20 sends" in second.paused.reason
+    await feed(rows.dsn(emails[0], sent[0][1]))  # 1 in 20: 5%, not above
+    assert feed.paused is None
+    await feed(rows.dsn(emails[1], sent[1][1]))  # 2 in 20: 10%
+    paused = feed.paused
+    assert paused is not None
+    assert paused.account_id == account
+    assert "bounce rate 10.00% over the last 20 sends" in paused.reason
     status, why = await db.fetchrow("SELECT status, status_reason FROM accounts")
     assert status == "paused"
-    assert why == second.paused.reason
+    assert why == paused.reason
     event = await db.fetchrow("SELECT occurred_at, data FROM events WHERE type = 'account-paused'")
-    assert event["occurred_at"] == second.paused.paused_at
+    assert event["occurred_at"] == paused.paused_at
 
     # Resumed: the window starts afresh, so the old bounces do not pause it again.
     await db.execute("UPDATE accounts SET status = 'active', rates_since = now()")
@@ -279,8 +285,8 @@ async def test_bounce_rate_over_threshold_pauses_the_account(
 async def test_too_few_sends_are_not_judged(db: Conn, pool: Pool, signer: TokenSigner) -> None:
     processor = make_processor(signer, rate_min_sends=50)
     _, _, sent, feed = await setup(db, pool, processor, ["a@example.net", "b@example.net"])
-    outcome = await feed(rows.dsn("a@example.net", sent[0][1]))
-    assert outcome.paused is None
+    await feed(rows.dsn("a@example.net", sent[0][1]))
+    assert feed.paused is None
     assert await db.fetchval("SELECT status FROM accounts") == "active"
 
 
@@ -288,9 +294,9 @@ async def test_complaint_rate_pauses(db: Conn, pool: Pool, signer: TokenSigner) 
     processor = make_processor(signer, complaint_rate_max=0.003, rate_min_sends=10)
     emails = [f"r{i}@example.org" for i in range(10)]
     _, _, sent, feed = await setup(db, pool, processor, emails)
-    outcome = await feed(rows.arf(emails[3], sent[3][1]))
-    assert outcome.paused is not None
-    assert "complaint rate 10.00%" in outcome.paused.reason
+    await feed(rows.arf(emails[3], sent[3][1]))
+    assert feed.paused is not None
+    assert "complaint rate 10.00%" in feed.paused.reason
 
 
 async def test_unrecognized_is_kept_and_a_failure_does_not_stall(

@@ -133,7 +133,11 @@ class Mailbox:
         _check(await asyncio.wait_for(protocol.execute(command), self._timeout), "STARTTLS")
         loop = asyncio.get_running_loop()
         transport = await loop.start_tls(
-            protocol.transport, protocol, context, server_hostname=host
+            protocol.transport,
+            protocol,
+            context,
+            server_hostname=host,
+            ssl_handshake_timeout=self._timeout,
         )
         protocol.transport = transport
         await asyncio.wait_for(protocol.capability(), self._timeout)

@@ -306,11 +306,14 @@ class BouncerReplica:
                 break
             fetched = await mailbox.fetch(group, self._config.max_message_bytes)
             done: list[int] = []
+            rates_due = False
             async with self.pool.acquire() as conn:
                 for item in fetched:
-                    await self._process(conn, folder, item)
+                    rates_due = await self._process(conn, folder, item) or rates_due
                     done.append(item.uid)
                     progress.processed += 1
+                if rates_due and account.status == "active":
+                    await self._publish_pause(await self._processor.judge(conn, account.id))
             if done:
                 await self._put_away(account, mailbox, done)
                 self._outbox_wake.set()
@@ -319,7 +322,8 @@ class BouncerReplica:
             if account.status == "active":
                 await self._publish_pause(await self._processor.judge(conn, account.id))
 
-    async def _process(self, conn: queries.Conn, folder: Folder, item: Fetched) -> None:
+    async def _process(self, conn: queries.Conn, folder: Folder, item: Fetched) -> bool:
+        """Process one message; whether the account's rates are to be judged."""
         try:
             outcome = await self._processor.process(conn, folder, item)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
@@ -329,8 +333,8 @@ class BouncerReplica:
             # unrecognized (with the error) rather than stall the mailbox on it forever.
             log.exception("report not processed", extra={"uid": item.uid})
             await self._processor.keep_failed(conn, folder, item, f"{type(exc).__name__}: {exc}")
-            return
-        await self._publish_pause(outcome.paused)
+            return False
+        return outcome.rates_due
 
     async def _publish_pause(self, paused: AccountPaused | None) -> None:
         if paused is None:

@@ -1,9 +1,9 @@
 """Acting on one message read from a mailbox, in one transaction with its checkpoint.
 
-The report row, what it causes (a suppression, the message marked, the account paused), its
-events and the mailbox checkpoint commit together or not at all; the report's digest is unique
-per account, so a message read twice (a crash before the IMAP flag was set, a new UIDVALIDITY)
-is recognised and causes nothing the second time.
+The report row, what it causes (a suppression, the message marked), its events and the
+mailbox checkpoint commit together or not at all; the report's digest is unique per account,
+so a message read twice (a crash before the IMAP flag was set, a new UIDVALIDITY) is
+recognised and causes nothing the second time.
 
 Only a report that matches one of our messages sent through this account acts on an address:
 anyone can write to a bounce mailbox, and a forged DSN must not suppress a list. Everything
@@ -50,7 +50,9 @@ class Outcome:
     report_id: int | None  # None: processed before
     kind: str
     feedback: list[Feedback] = field(default_factory=list)
-    paused: AccountPaused | None = None
+    # A hard bounce or complaint was recorded: the account's rates are to be judged (the
+    # reader does so once per fetched group, not per message: it reads up to 1,000 sends).
+    rates_due: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,8 +183,7 @@ class ReportProcessor:
                 }
             )
         await queries.insert_events(conn, events)
-        if rates_due:
-            outcome.paused = await self._judge_rates(conn, mailbox.account_id)
+        outcome.rates_due = rates_due
         keep = classified.kind == "unrecognized"
         raw = fetched.raw[: self._settings.keep_raw_bytes] if keep else None
         matched = sum(1 for d in details if d["message_id"] is not None)
@@ -299,9 +300,9 @@ class ReportProcessor:
     async def judge(self, conn: Conn, account_id: UUID) -> AccountPaused | None:
         """Pause the account if its rates are over the limits now.
 
-        Reports trigger this too, but a report often arrives before the sends that decide the
-        rate have been made (a bounce in the first few sends): the reader asks again after
-        every poll.
+        The reader asks after each fetched group that recorded a hard bounce or complaint,
+        and after every poll: a report often arrives before the sends that decide the rate
+        have been made (a bounce in the first few sends).
         """
         async with conn.transaction():
             return await self._judge_rates(conn, account_id)
