@@ -484,6 +484,7 @@ async def test_health_counts_feedback_on_the_newest_sends_since_the_resume(
         "status": "paused",
         "status_reason": "complaint rate 0.5%",
         "window": 1000,
+        "mailbox": None,
         **feedback(5, 2, 1, 1, 1, 0.4, 0.2, 0.2, 0.2),
     }
     two = newest_two.json()

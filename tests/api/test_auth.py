@@ -23,7 +23,9 @@ ANONYMOUS_ROUTES = {
 def _concrete(path: str) -> str:
     for name in ("key_id", "account_id", "campaign_id"):
         path = path.replace("{" + name + "}", str(uuid.uuid4()))
-    return path.replace("{suppression_id}", "1")
+    for name in ("suppression_id", "report_id"):
+        path = path.replace("{" + name + "}", "1")
+    return path
 
 
 def _all_operations(app: FastAPI) -> list[tuple[str, str]]:

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any, cast
 from uuid import UUID
 
-from fastapi import Depends, Query, Request
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream.rabbit import RabbitBroker
 from mailfleet_common.crypto import SecretBox
@@ -121,3 +121,8 @@ Admin = Annotated[Principal, _require("admin")]
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
 Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")]
+Cursor = Annotated[
+    str | None, Query(max_length=200, description="The next_cursor of the previous page.")
+]
+# The id of a row whose key is a bigint identity.
+RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]

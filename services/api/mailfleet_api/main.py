@@ -20,6 +20,7 @@ from mailfleet_api.routes import (
     accounts,
     auth,
     campaigns,
+    inbound_reports,
     ops,
     queue,
     stats,
@@ -29,6 +30,8 @@ from mailfleet_api.routes import (
 from mailfleet_api.settings import Settings
 
 log = logging.getLogger(__name__)
+
+_ROUTES = (ops, auth, users, accounts, stats, campaigns, queue, suppressions, inbound_reports)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -66,7 +69,7 @@ def create_app(settings: Settings) -> FastAPI:
         max_body_size=settings.enqueue.max_body_bytes,
     )
     install_error_handlers(app)
-    for module in (ops, auth, users, accounts, stats, campaigns, queue, suppressions):
+    for module in _ROUTES:
         app.include_router(module.router)
     app.add_middleware(RequestMetrics, registry=registry)
     return app

@@ -2,7 +2,7 @@
 
 from collections.abc import AsyncIterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, get_args
 from uuid import UUID
 
 import asyncpg
@@ -315,13 +315,29 @@ _FEEDBACK_COUNTS = """
 """
 
 
+_MAILBOX_POSITION = ("folder", "uidvalidity", "last_uid", "polled_at", "last_error")
+
+
 async def account_health(conn: Conn, account_id: UUID, window: int) -> schemas.AccountHealth | None:
-    """The feedback on the account's `window` newest sends since rates_since; None: no account."""
+    """An account's feedback and the reading of its mailbox; None: no account.
+
+    The feedback is on the account's `window` newest sends since rates_since; the mailbox
+    block is there only if the account has IMAP settings.
+    """
     row = await conn.fetchrow(
         """
         SELECT a.id AS account_id, a.status, a.status_reason,
-               nullif(a.rates_since, '-infinity') AS rates_since, f.*
+               nullif(a.rates_since, '-infinity') AS rates_since,
+               a.imap_host IS NOT NULL AS reads_mailbox, m.folder, m.uidvalidity, m.last_uid,
+               m.polled_at, m.last_error, r.reports, f.*
         FROM accounts a
+        LEFT JOIN mailbox_checkpoints m ON m.account_id = a.id
+        CROSS JOIN LATERAL (
+            SELECT coalesce(jsonb_object_agg(kind, n), '{}') AS reports
+            FROM (SELECT kind, count(*) AS n FROM inbound_reports
+                  WHERE account_id = a.id AND received_at > now() - $3 * interval '1 day'
+                  GROUP BY kind) k
+        ) r
         CROSS JOIN LATERAL (
             SELECT count(*) AS sent,
         """  # noqa: S608 - a spliced constant only
@@ -335,12 +351,18 @@ async def account_health(conn: Conn, account_id: UUID, window: int) -> schemas.A
         """,
         account_id,
         window,
+        schemas.MAILBOX_REPORT_DAYS,
     )
     if row is None:
         return None
     values = dict(row)
+    mailbox = None
+    if values["reads_mailbox"]:
+        counts = values["reports"]
+        reports = {kind: counts.get(kind, 0) for kind in get_args(schemas.InboundKind)}
+        mailbox = {name: values[name] for name in _MAILBOX_POSITION} | {"reports": reports}
     return schemas.AccountHealth.model_validate(
-        {**values, **schemas.feedback_figures(values), "window": window}
+        {**values, **schemas.feedback_figures(values), "window": window, "mailbox": mailbox}
     )
 
 
@@ -785,33 +807,57 @@ _SAME_SCOPE = """
 """
 
 
+def _param(args: list[Any], value: Any) -> str:
+    """The placeholder of `value`, appended to a statement's `args`."""
+    args.append(value)
+    return f"${len(args)}"
+
+
+async def _newest_first(
+    conn: Conn,
+    select: str,
+    at: str,
+    where: str,
+    args: list[Any],
+    limit: int,
+    after: tuple[datetime, int] | None,
+) -> tuple[list[asyncpg.Record], bool]:
+    """A keyset page of `select` (a SELECT ... FROM) ordered by (`at`, id) descending.
+
+    `where` and its `args` choose the rows; the page starts after the (`at`, id) position
+    given. Returns the page and whether more follow.
+    """
+    if after is not None:
+        where += f" AND ({at}, id) < ({_param(args, after[0])}, {_param(args, after[1])})"
+    rows = await conn.fetch(
+        f"{select} WHERE {where} ORDER BY {at} DESC, id DESC LIMIT {_param(args, limit + 1)}",
+        *args,
+    )
+    return rows[:limit], len(rows) > limit
+
+
 def _suppression_where(filters: schemas.SuppressionFilter, args: list[Any]) -> str:
     """The condition for the filters given; their values are appended to `args`."""
     clauses: list[str] = []
-
-    def param(value: Any) -> str:
-        args.append(value)
-        return f"${len(args)}"
-
     if filters.email is not None:
-        clauses.append(f"lower(email) = lower({param(filters.email)})")
+        clauses.append(f"lower(email) = lower({_param(args, filters.email)})")
     if filters.q is not None:
-        clauses.append(f"strpos(lower(email), lower({param(filters.q)})) > 0")
+        clauses.append(f"strpos(lower(email), lower({_param(args, filters.q)})) > 0")
     if filters.reason is not None:
-        clauses.append(f"reason = {param(filters.reason)}")
+        clauses.append(f"reason = {_param(args, filters.reason)}")
     if filters.source is not None:
-        clauses.append(f"starts_with(source, {param(filters.source)})")
+        clauses.append(f"starts_with(source, {_param(args, filters.source)})")
     if filters.campaign_id is not None:
-        clauses.append(f"campaign_id = {param(filters.campaign_id)}")
+        clauses.append(f"campaign_id = {_param(args, filters.campaign_id)}")
     if filters.scope is not None:
         clauses.append(f"campaign_id IS {'' if filters.scope == 'global' else 'NOT '}NULL")
     if filters.active is not None:
         active = "(expires_at IS NULL OR expires_at > now())"
         clauses.append(active if filters.active else f"NOT {active}")
     if filters.created_after is not None:
-        clauses.append(f"created_at >= {param(filters.created_after)}")
+        clauses.append(f"created_at >= {_param(args, filters.created_after)}")
     if filters.created_before is not None:
-        clauses.append(f"created_at < {param(filters.created_before)}")
+        clauses.append(f"created_at < {_param(args, filters.created_before)}")
     return " AND ".join(clauses) or "true"
 
 
@@ -831,16 +877,9 @@ async def list_suppressions(
     """
     args: list[Any] = []
     where = _suppression_where(filters, args)
-    if after is not None:
-        args += after
-        where += f" AND (created_at, id) < (${len(args) - 1}, ${len(args)})"
-    args.append(limit + 1)
-    rows = await conn.fetch(
-        f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions WHERE {where} "  # noqa: S608 - $n values
-        f"ORDER BY created_at DESC, id DESC LIMIT ${len(args)}",
-        *args,
-    )
-    return [_suppression(r) for r in rows[:limit]], len(rows) > limit
+    select = f"SELECT {_SUPPRESSION_COLUMNS} FROM suppressions"  # noqa: S608 - a constant
+    rows, more = await _newest_first(conn, select, "created_at", where, args, limit, after)
+    return [_suppression(r) for r in rows], more
 
 
 async def suppression_rows(
@@ -1015,6 +1054,66 @@ async def cancel_suppressed_messages(
         list(reasons),
     )
     return int(cancelled)
+
+
+# --- inbound reports ----------------------------------------------------------------------
+
+_INBOUND_REPORT_COLUMNS = """
+    id, account_id, kind, parser, sender, subject, size, truncated, matched, problem, details,
+    received_at, published_at IS NOT NULL AS published, raw IS NOT NULL AS has_raw
+"""
+
+
+def _inbound_report_where(filters: schemas.InboundReportFilter, args: list[Any]) -> str:
+    """The condition for the filters given; their values are appended to `args`."""
+    clauses: list[str] = []
+    if filters.account_id is not None:
+        clauses.append(f"account_id = {_param(args, filters.account_id)}")
+    if filters.kind is not None:
+        clauses.append(f"kind = {_param(args, filters.kind)}")
+    if filters.matched is not None:
+        clauses.append("matched > 0" if filters.matched else "matched = 0")
+    if filters.problem is not None:
+        clauses.append(f"problem IS {'NOT ' if filters.problem else ''}NULL")
+    if filters.received_after is not None:
+        clauses.append(f"received_at >= {_param(args, filters.received_after)}")
+    if filters.received_before is not None:
+        clauses.append(f"received_at < {_param(args, filters.received_before)}")
+    return " AND ".join(clauses) or "true"
+
+
+def _inbound_report(row: asyncpg.Record) -> schemas.InboundReport:
+    return schemas.InboundReport.model_validate(dict(row))
+
+
+async def list_inbound_reports(
+    conn: Conn,
+    filters: schemas.InboundReportFilter,
+    limit: int,
+    after: tuple[datetime, int] | None,
+) -> tuple[list[schemas.InboundReport], bool]:
+    """A page of matching reports, newest first, after the given (received_at, id).
+
+    Returns the page and whether more follow.
+    """
+    args: list[Any] = []
+    where = _inbound_report_where(filters, args)
+    select = f"SELECT {_INBOUND_REPORT_COLUMNS} FROM inbound_reports"  # noqa: S608 - a constant
+    rows, more = await _newest_first(conn, select, "received_at", where, args, limit, after)
+    return [_inbound_report(r) for r in rows], more
+
+
+async def fetch_inbound_report(conn: Conn, report_id: int) -> schemas.InboundReport | None:
+    row = await conn.fetchrow(
+        f"SELECT {_INBOUND_REPORT_COLUMNS} FROM inbound_reports WHERE id = $1",  # noqa: S608 - a constant
+        report_id,
+    )
+    return None if row is None else _inbound_report(row)
+
+
+async def fetch_inbound_report_raw(conn: Conn, report_id: int) -> asyncpg.Record | None:
+    """The kept bytes of a report (raw: NULL if none were kept) and its kind; None: no report."""
+    return await conn.fetchrow("SELECT kind, raw FROM inbound_reports WHERE id = $1", report_id)
 
 
 # --- idempotency --------------------------------------------------------------------------

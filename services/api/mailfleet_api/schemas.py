@@ -22,6 +22,7 @@ AccountStatus = Literal["active", "paused", "disabled", "archived"]
 SettableAccountStatus = Literal["active", "paused", "disabled"]
 CampaignStatus = Literal["draft", "running", "paused", "cancelled", "completed"]
 UnsubscribeScope = Literal["global", "campaign"]
+InboundKind = Literal["bounce", "complaint", "reply", "auto-reply", "unsubscribe", "unrecognized"]
 
 MAX_SUBJECT_CHARS = 998  # RFC 5322 2.1.1: a header line is at most 998 characters
 MAX_NAME_CHARS = 200
@@ -71,6 +72,14 @@ class Page(BaseModel, Generic[T]):
     total: int
     limit: int
     offset: int
+
+
+class CursorPage(BaseModel, Generic[T]):
+    """A page of a list read newest first; the next one starts after its last item."""
+
+    items: list[T]
+    limit: int
+    next_cursor: str | None = Field(description="Pass as cursor for the next page; null: last.")
 
 
 # --- auth, users, API keys ----------------------------------------------------------------
@@ -452,6 +461,26 @@ def feedback_figures(row: Mapping[str, Any]) -> dict[str, Any]:
     return _counts_and_rates(Feedback, row, _FEEDBACK_RATES)
 
 
+MAILBOX_REPORT_DAYS = 7
+
+
+class AccountMailbox(BaseModel):
+    """How far the bouncer has read the account's mailbox, and what it found there lately.
+
+    The position fields are null until the mailbox is first read (and again after its host,
+    username or folder change).
+    """
+
+    folder: str | None = Field(description="The folder read.")
+    uidvalidity: int | None = Field(description="The folder's UIDVALIDITY when last read.")
+    last_uid: int | None = Field(description="The highest UID processed.")
+    polled_at: datetime | None = Field(description="When the mailbox was last read.")
+    last_error: str | None = Field(description="Why the last read failed; null: it worked.")
+    reports: dict[InboundKind, int] = Field(
+        description=f"Messages read in the last {MAILBOX_REPORT_DAYS} days, by kind."
+    )
+
+
 class AccountHealth(Feedback):
     """An account's feedback over its most recent sends since ``rates_since``.
 
@@ -464,6 +493,9 @@ class AccountHealth(Feedback):
     status_reason: str | None
     rates_since: datetime | None = Field(description="Only sends after this count (null: all).")
     window: int = Field(description="At most this many of the newest sends are counted.")
+    mailbox: AccountMailbox | None = Field(
+        description="The bouncer's reading of the account's mailbox; null: it has no IMAP settings."
+    )
 
 
 class AccountEngagement(BaseModel):
@@ -651,10 +683,8 @@ class SuppressionFilter(BaseModel):
         return self
 
 
-class SuppressionPage(BaseModel):
-    items: list[Suppression]
-    limit: int
-    next_cursor: str | None = Field(description="Pass as cursor for the next page; null: last.")
+class SuppressionPage(CursorPage[Suppression]):
+    pass
 
 
 class InvalidRow(BaseModel):
@@ -672,3 +702,66 @@ class SuppressionImport(BaseModel):
     invalid_count: int
     invalid: list[InvalidRow] = Field(description="The first invalid rows, with the reasons.")
     cancelled: int = Field(description="Messages to the imported addresses that were cancelled.")
+
+
+# --- inbound reports ----------------------------------------------------------------------
+
+
+class InboundDetail(BaseModel):
+    """What a report says about one recipient, and what was done about it."""
+
+    model_config = ConfigDict(extra="allow")
+
+    address: str | None = None
+    bounce: Literal["hard", "soft"] | None = None
+    status: str | None = Field(default=None, description="The DSN status code, e.g. 5.1.1.")
+    diagnostic: str | None = Field(default=None, description="The receiving server's words.")
+    action_field: str | None = Field(default=None, description="The DSN Action field.")
+    message_id: int | None = Field(default=None, description="Our message it was matched to.")
+    campaign_id: UUID | None = None
+    matched_by: str | None = Field(default=None, description="How the message was found.")
+    action: str | None = Field(default=None, description="What was done, e.g. suppressed:...")
+    feedback_type: str | None = Field(default=None, description="The ARF Feedback-Type.")
+
+
+class InboundReport(BaseModel):
+    """One message the bouncer read from an account's mailbox."""
+
+    id: int
+    account_id: UUID
+    kind: InboundKind
+    parser: str | None = Field(description="How it was recognised: rfc3464, arf, heuristic...")
+    sender: str | None
+    subject: str | None
+    size: int = Field(description="Its size in bytes.")
+    truncated: bool = Field(description="It was larger than the bouncer reads; only a part was.")
+    matched: int = Field(description="Recipients matched to one of our messages.")
+    problem: str | None = Field(
+        description="What could not be made sense of (malformed MIME, why it is unrecognized); "
+        "null: nothing."
+    )
+    details: list[InboundDetail] = Field(description="One entry per recipient it concerns.")
+    received_at: datetime
+    published: bool = Field(description="Its feedback went out on the bus.")
+    has_raw: bool = Field(
+        description="The message was kept (unrecognized ones are, up to a size cap): see /raw."
+    )
+
+
+class InboundReportFilter(BaseModel):
+    """Filters of the inbound report list; all given must match."""
+
+    account_id: UUID | None = None
+    kind: InboundKind | None = None
+    matched: bool | None = Field(
+        default=None, description="true: matched at least one of our messages; false: none."
+    )
+    problem: bool | None = Field(
+        default=None, description="true: it has a problem noted; false: it has none."
+    )
+    received_after: AwareDatetime | None = Field(default=None, description="Read at or after.")
+    received_before: AwareDatetime | None = Field(default=None, description="Read before.")
+
+
+class InboundReportPage(CursorPage[InboundReport]):
+    pass

@@ -1,6 +1,5 @@
-"""The suppression list in bulk: CSV import and export, and the cursors of its pages."""
+"""The suppression list in bulk: CSV import and export."""
 
-import base64
 import csv
 import io
 import itertools
@@ -24,30 +23,7 @@ EXPORT_COLUMNS = ("id", "email", "campaign_id", "reason", "source", "created_at"
 # Columns an import reads; any other (such as the export's id, source and created_at) is ignored.
 _IMPORT_COLUMNS = ("email", "reason", "campaign_id", "expires_at")
 _EXPORT_CHUNK_ROWS = 1000
-_MAX_ID = 2**63 - 1
 _MAX_SHOWN_CHARS = 320
-
-
-# --- page cursors -------------------------------------------------------------------------
-
-
-def encode_cursor(last: schemas.Suppression) -> str:
-    """An opaque cursor for the page after `last`."""
-    raw = f"{last.created_at.isoformat()}|{last.id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, int]:
-    """The (created_at, id) a cursor continues after; InvalidError if it is not one of ours."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        created_at, _, last_id = raw.decode().partition("|")
-        position = datetime.fromisoformat(created_at), int(last_id)
-    except ValueError:  # bad base64, UTF-8, timestamp or number alike
-        position = None
-    if position is None or position[0].tzinfo is None or not 1 <= position[1] <= _MAX_ID:
-        raise InvalidError("invalid cursor: pass the next_cursor of the previous page as it is")
-    return position
 
 
 # --- import -------------------------------------------------------------------------------

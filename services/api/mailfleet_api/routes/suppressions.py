@@ -2,17 +2,16 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
-from mailfleet_api import queries, schemas, suppressions
-from mailfleet_api.deps import DbConn, Operator, Principal, Viewer
+from mailfleet_api import pages, queries, schemas, suppressions
+from mailfleet_api.deps import Cursor, DbConn, Operator, Principal, RowId, Viewer
 from mailfleet_api.errors import NotFoundError, UnsupportedMediaTypeError
 
 router = APIRouter(prefix="/api/suppressions", tags=["suppressions"])
 
 Filters = Annotated[schemas.SuppressionFilter, Query()]
-SuppressionId = Annotated[int, Path(ge=1, le=2**63 - 1)]
 
 _CSV_BODY = {
     "requestBody": {
@@ -42,14 +41,12 @@ async def list_suppressions(
     _: Viewer,
     filters: Filters,
     limit: Annotated[int, Query(ge=1, le=1000, description="Page size.")] = 50,
-    cursor: Annotated[
-        str | None, Query(max_length=200, description="The next_cursor of the previous page.")
-    ] = None,
+    cursor: Cursor = None,
 ) -> schemas.SuppressionPage:
     """List suppressions, newest first, a page at a time."""
-    after = None if cursor is None else suppressions.decode_cursor(cursor)
+    after = None if cursor is None else pages.decode_cursor(cursor)
     items, more = await queries.list_suppressions(conn, filters, limit, after)
-    next_cursor = suppressions.encode_cursor(items[-1]) if more else None
+    next_cursor = pages.encode_cursor(items[-1].created_at, items[-1].id) if more else None
     return schemas.SuppressionPage(items=items, limit=limit, next_cursor=next_cursor)
 
 
@@ -104,9 +101,7 @@ async def export_suppressions(conn: DbConn, _: Viewer, filters: Filters) -> Stre
 
 
 @router.get("/{suppression_id}")
-async def get_suppression(
-    suppression_id: SuppressionId, conn: DbConn, _: Viewer
-) -> schemas.Suppression:
+async def get_suppression(suppression_id: RowId, conn: DbConn, _: Viewer) -> schemas.Suppression:
     """Show one suppression."""
     found = await queries.fetch_suppression(conn, suppression_id)
     if found is None:
@@ -115,7 +110,7 @@ async def get_suppression(
 
 
 @router.delete("/{suppression_id}", status_code=status.HTTP_204_NO_CONTENT)
-async def delete_suppression(suppression_id: SuppressionId, conn: DbConn, _: Operator) -> None:
+async def delete_suppression(suppression_id: RowId, conn: DbConn, _: Operator) -> None:
     """Remove a suppression; messages it cancelled stay cancelled."""
     if not await queries.delete_suppression(conn, suppression_id):
         raise NotFoundError(f"no suppression {suppression_id}")
