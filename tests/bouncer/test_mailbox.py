@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 from aioimaplib import IMAP4
+from mailfleet_bouncer.imap import Mailbox as ImapMailbox
 from mailfleet_bouncer.replica import BouncerReplica
 from mailfleet_bouncer.settings import BouncerSettings, Settings
 from mailfleet_common.crypto import SecretBox
@@ -105,6 +106,7 @@ class Imap:
 
     async def close(self) -> None:
         await self.client.logout()
+        self.client.protocol.transport.close()
 
 
 @pytest.fixture
@@ -310,3 +312,28 @@ async def _eventually(check: Any, within_s: float = 10.0, what: Any = None) -> N
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"condition not reached: {what() if what else ''}")
         await asyncio.sleep(0.05)
+
+
+async def test_a_large_mailbox_is_listed_fetched_and_put_away_in_groups(
+    box: SecretBox, mailbox: Mailbox, imap: Imap
+) -> None:
+    # aioimaplib parses each received chunk with one stack frame per line: a single command
+    # answering for 1,500 messages would overflow the stack and never complete.
+    count = 1500
+    await imap.append(*[f"Subject: {i}\r\n\r\nbody {i}\r\n".encode() for i in range(count)])
+    reader = await ImapMailbox.connect(
+        mailbox.host, mailbox.imap_port, "none", mailbox.address, mailbox.password, timeout_s=30
+    )
+    try:
+        await reader.select("INBOX")
+        uids = await reader.uids_after(0)
+        assert len(uids) == count
+        assert len(await reader.sizes(uids)) == count
+        assert len(await reader.fetch(uids[:100], 1024)) == 100
+        await reader.mark_seen(uids)
+        assert await imap.uids("UNSEEN") == []
+        await reader.move(uids, "Processed")
+    finally:
+        await reader.close()
+    assert await imap.uids() == []
+    assert len(await imap.uids(folder="Processed")) == count

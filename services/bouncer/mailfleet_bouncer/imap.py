@@ -69,6 +69,17 @@ def uid_set(uids: list[int]) -> str:
     return ",".join(parts)
 
 
+# aioimaplib parses a received chunk recursively, one stack frame per line: a response of a
+# thousand lines (FETCH sizes, EXPUNGE after a move) would overflow the stack. Commands over
+# many UIDs go in groups small enough for that never to happen.
+UID_GROUP = 200
+
+
+def _groups(uids: list[int]) -> Iterator[list[int]]:
+    for start in range(0, len(uids), UID_GROUP):
+        yield uids[start : start + UID_GROUP]
+
+
 def _fetch_items(lines: list[bytes | bytearray]) -> Iterator[tuple[bytes, bytes | None]]:
     """Each FETCH response line with the literal that follows it, if any."""
     index = 0
@@ -175,17 +186,22 @@ class Mailbox:
         return [uid for uid in await self.search(f"UID {last_uid + 1}:*") if uid > last_uid]
 
     async def sizes(self, uids: list[int]) -> dict[int, int]:
-        response = await self._client.uid("fetch", uid_set(uids), "(UID RFC822.SIZE)")
-        _check(response, "UID FETCH RFC822.SIZE")
+        """Each message's size; UIDs no longer in the folder are left out."""
         found: dict[int, int] = {}
-        for line, _ in _fetch_items(response.lines):
-            uid, size = _UID.search(line), _SIZE.search(line)
-            if uid and size:
-                found[int(uid.group(1))] = int(size.group(1))
+        for group in _groups(uids):
+            response = await self._client.uid("fetch", uid_set(group), "(UID RFC822.SIZE)")
+            _check(response, "UID FETCH RFC822.SIZE")
+            for line, _ in _fetch_items(response.lines):
+                uid, size = _UID.search(line), _SIZE.search(line)
+                if uid and size:
+                    found[int(uid.group(1))] = int(size.group(1))
         return found
 
     async def fetch(self, uids: list[int], limit: int) -> list[Fetched]:
-        """The messages (their first `limit` bytes at most), without setting the Seen flag."""
+        """The messages (their first `limit` bytes at most), without setting the Seen flag.
+
+        One command: callers keep `uids` to at most UID_GROUP.
+        """
         response = await self._client.uid(
             "fetch", uid_set(uids), f"(UID RFC822.SIZE BODY.PEEK[]<0.{limit}>)"
         )
@@ -202,20 +218,22 @@ class Mailbox:
         return fetched
 
     async def mark_seen(self, uids: list[int]) -> None:
-        response = await self._client.uid("store", uid_set(uids), "+FLAGS.SILENT (\\Seen)")
-        _check(response, "UID STORE")
+        for group in _groups(uids):
+            response = await self._client.uid("store", uid_set(group), "+FLAGS.SILENT (\\Seen)")
+            _check(response, "UID STORE")
 
     async def move(self, uids: list[int], folder: str) -> None:
         """Move to `folder`, creating it first if need be; COPY + EXPUNGE without MOVE."""
         target = quote(folder)
         await self.ensure_folder(folder)
-        if "MOVE" in self._client.protocol.capabilities:
-            _check(await self._client.uid("move", uid_set(uids), target), "UID MOVE")
-            return
-        _check(await self._client.uid("copy", uid_set(uids), target), "UID COPY")
-        await self.mark_deleted_and_expunge(uids)
+        for group in _groups(uids):
+            if "MOVE" in self._client.protocol.capabilities:
+                _check(await self._client.uid("move", uid_set(group), target), "UID MOVE")
+                continue
+            _check(await self._client.uid("copy", uid_set(group), target), "UID COPY")
+            await self._delete(group)
 
-    async def mark_deleted_and_expunge(self, uids: list[int]) -> None:
+    async def _delete(self, uids: list[int]) -> None:
         _check(
             await self._client.uid("store", uid_set(uids), "+FLAGS.SILENT (\\Deleted)"),
             "UID STORE",

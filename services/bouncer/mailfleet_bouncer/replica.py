@@ -348,9 +348,7 @@ class BouncerReplica:
         """UIDs in fetch groups: at most fetch_batch messages, and about 2x the size cap."""
         if not uids:
             return []
-        sizes: dict[int, int] = {}
-        for start in range(0, len(uids), 1000):
-            sizes.update(await mailbox.sizes(uids[start : start + 1000]))
+        sizes = await mailbox.sizes(uids)
         limit = self._config.max_message_bytes
         budget = 2 * limit
         groups: list[list[int]] = []

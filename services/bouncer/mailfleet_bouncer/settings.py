@@ -14,7 +14,8 @@ class BouncerSettings(BaseModel):
 
     Reading:
     - poll_s: how often each mailbox is looked at for new messages.
-    - fetch_batch: messages fetched per IMAP round trip.
+    - fetch_batch: messages fetched per IMAP round trip (at most 100: the IMAP client parses
+      a response with one stack frame per line).
     - max_message_bytes: a message larger than this is read only up to it (and marked
       truncated): a DSN's report sits at the start, a 50 MB attachment is not needed.
     - keep_raw_bytes: how much of a message nothing could make sense of is kept in
@@ -33,7 +34,7 @@ class BouncerSettings(BaseModel):
     """
 
     poll_s: float = Field(default=30.0, gt=0)
-    fetch_batch: int = Field(default=50, ge=1, le=1000)
+    fetch_batch: int = Field(default=50, ge=1, le=100)  # see imap.UID_GROUP
     max_message_bytes: int = Field(default=5 * 1024 * 1024, ge=64 * 1024)
     keep_raw_bytes: int = Field(default=256 * 1024, ge=0)
     imap_timeout_s: float = Field(default=30.0, gt=0)
