@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: up down test lint bench bench-tracker sync
+.PHONY: up down test lint bench bench-tracker bench-bouncer sync
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -35,3 +35,8 @@ bench: sync
 bench-tracker: sync
 	@source deploy/local/services.sh && ensure_command wrk
 	$(UV) run --frozen python -m bench.tracker
+
+# The bouncer benchmark (a mailbox of DSNs in a real Dovecot); installs Dovecot if missing.
+bench-bouncer: sync
+	@source deploy/local/services.sh && ensure_dovecot
+	$(UV) run --frozen python -m bench.bouncer
