@@ -321,3 +321,14 @@ async def test_unrecognized_is_kept_and_a_failure_does_not_stall(
         await db.fetchval("SELECT last_uid FROM mailbox_checkpoints WHERE account_id = $1", account)
         == 9
     )
+
+
+async def test_mail_unsubscribe_counts_in_any_accounts_mailbox(
+    db: Conn, pool: Pool, processor: ReportProcessor, signer: TokenSigner
+) -> None:
+    _, _, sent, _ = await setup(db, pool, processor, ["bye@example.com"])
+    central = await rows.insert_account(db, from_email="unsubscribe@fleet.example.com")
+    token = signer.sign(TokenKind.UNSUBSCRIBE, sent[0][0], int(time.time()))
+    outcome = await Feed(pool, processor, central)(rows.mail_unsubscribe("bye@example.com", token))
+    assert outcome.feedback[0].message_id == sent[0][0]
+    assert (await suppressions(db))["bye@example.com"][0] == "unsubscribe"

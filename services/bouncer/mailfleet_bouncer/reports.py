@@ -210,6 +210,13 @@ class ReportProcessor:
                 found = await queries.message_by_id(conn, verified.message_id)
                 if found is not None:
                     by_token.append(found)
+        if classified.kind == "unsubscribe":
+            # Only the signed token counts, and it is proof enough, as on the web page: it may
+            # arrive in any account's mailbox (MAILFLEET_TRACKING__UNSUBSCRIBE_MAILTO can name
+            # one mailbox for all of them).
+            if not by_token:
+                return [(None, None, None)]
+            return [(None, by_token[0], "token")]
         # A message of another account is not this mailbox's business (a report forwarded to
         # the wrong mailbox): it is recorded, not acted on.
         candidates = [
@@ -218,12 +225,6 @@ class ReportProcessor:
             for m in found
             if m.account_id == account_id
         ]
-        if classified.kind == "unsubscribe":
-            # Only the signed token counts: the token is the proof, as on the web page.
-            token_match = next(((m, how) for m, how in candidates if how == "token"), None)
-            if token_match is None:
-                return [(None, None, None)]
-            return [(None, token_match[0], token_match[1])]
 
         recipients: Sequence[Recipient | None] = classified.recipients or [None]
         matched: list[tuple[Recipient | None, SentMessage | None, str | None]] = []
