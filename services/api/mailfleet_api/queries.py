@@ -992,68 +992,20 @@ async def suppress_many(
     reasons: Sequence[str],
     expires_at: Sequence[datetime | None],
     source: str,
-) -> None:
-    """Suppress each (address, scope) given, at most once each, as suppress_address() would.
-
-    The same rules as that function (migration 0004), for a whole list in one statement: a
-    permanent suppression is never shortened, a temporary one is only lengthened (or made
-    permanent), and one that ran out takes the new reason, source and expiry. Messages are
-    cancelled separately, by cancel_suppressed_messages.
-    """
-    await conn.execute(
-        """
-        INSERT INTO suppressions (email, campaign_id, reason, source, expires_at)
-        SELECT lower(r.email), r.campaign_id, r.reason, $5, r.expires_at
-        FROM unnest($1::text[], $2::uuid[], $3::text[], $4::timestamptz[])
-             AS r (email, campaign_id, reason, expires_at)
-        ON CONFLICT (lower(email), coalesce(campaign_id, '00000000-0000-0000-0000-000000000000'))
-        DO UPDATE SET
-            reason = CASE WHEN suppressions.expires_at IS NULL THEN suppressions.reason
-                          ELSE excluded.reason END,
-            source = CASE WHEN suppressions.expires_at IS NULL THEN suppressions.source
-                          ELSE excluded.source END,
-            created_at = CASE WHEN suppressions.expires_at IS NOT NULL
-                                   AND suppressions.expires_at <= now()
-                              THEN now() ELSE suppressions.created_at END,
-            expires_at = CASE WHEN suppressions.expires_at IS NULL OR excluded.expires_at IS NULL
-                              THEN NULL
-                              WHEN suppressions.expires_at <= now() THEN excluded.expires_at
-                              ELSE greatest(suppressions.expires_at, excluded.expires_at) END
-        WHERE suppressions.expires_at IS NOT NULL
-        """,
-        list(emails),
-        list(campaign_ids),
-        list(reasons),
-        list(expires_at),
-        source,
-    )
-
-
-async def cancel_suppressed_messages(
-    conn: Conn, emails: Sequence[str], campaign_ids: Sequence[UUID | None], reasons: Sequence[str]
 ) -> int:
-    """Cancel the unsent messages to each address (in its scope) as suppress_address() does.
+    """Suppress each (address, scope) given, at most once each, and cancel their unsent messages.
 
-    Returns the number of messages cancelled.
+    suppress_addresses() (migration 0004) holds the rules. Returns the number cancelled.
     """
     cancelled = await conn.fetchval(
-        """
-        WITH cancelled AS (
-            UPDATE messages m
-            SET status = 'cancelled', last_error = 'suppressed: ' || r.reason, updated_at = now()
-            FROM unnest($1::text[], $2::uuid[], $3::text[]) AS r (email, campaign_id, reason)
-            WHERE lower(m.email) = lower(r.email)
-              AND m.status IN ('queued', 'assigned', 'deferred')
-              AND (r.campaign_id IS NULL OR m.campaign_id = r.campaign_id)
-            RETURNING 1
-        )
-        SELECT count(*) FROM cancelled
-        """,
+        "SELECT suppress_addresses($1::text[], $2::uuid[], $3::text[], $4, $5::timestamptz[])",
         list(emails),
         list(campaign_ids),
         list(reasons),
+        source,
+        list(expires_at),
     )
-    return int(cancelled)
+    return int(cancelled or 0)
 
 
 # --- inbound reports ----------------------------------------------------------------------

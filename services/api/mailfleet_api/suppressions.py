@@ -157,8 +157,7 @@ async def import_csv(
         present = len(await queries.actively_suppressed(conn, emails, scopes))
         if not dry_run and entries:
             expiries = [e.expires_at for e in entries]
-            await queries.suppress_many(conn, emails, scopes, reasons, expiries, source)
-            cancelled = await queries.cancel_suppressed_messages(conn, emails, scopes, reasons)
+            cancelled = await queries.suppress_many(conn, emails, scopes, reasons, expiries, source)
     return schemas.SuppressionImport(
         dry_run=dry_run,
         rows=parsed.rows,

@@ -88,12 +88,14 @@ CREATE TABLE soft_bounces (
 
 CREATE INDEX suppressions_created_idx ON suppressions (created_at DESC, id DESC);
 
--- Suppress with an optional expiry. A permanent suppression is never shortened or changed:
--- suppressing again leaves it as it is. A temporary one takes the new reason and source, and
--- the later expiry (none: permanent); one that already ran out starts over as the new one.
-DROP FUNCTION suppress_address(text, uuid, text, text);
-CREATE FUNCTION suppress_address(
-    address text, scope uuid, why text, origin text, until timestamptz DEFAULT NULL
+-- Suppress addresses, each in its scope (NULL: every campaign) with its reason and optional
+-- expiry, and cancel their messages not yet attempted; returns how many were cancelled. A
+-- permanent suppression is never shortened or changed: suppressing again leaves it as it is.
+-- A temporary one takes the new reason and source, and the later expiry (none: permanent);
+-- one that already ran out starts over as the new one. Each (address, scope) at most once per
+-- call: the caller removes repeats.
+CREATE FUNCTION suppress_addresses(
+    addresses text[], scopes uuid[], whys text[], origin text, untils timestamptz[]
 )
 RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -101,7 +103,8 @@ DECLARE
     cancelled integer;
 BEGIN
     INSERT INTO suppressions (email, campaign_id, reason, source, expires_at)
-    VALUES (lower(address), scope, why, origin, until)
+    SELECT lower(r.address), r.scope, r.why, origin, r.until
+    FROM unnest(addresses, scopes, whys, untils) AS r (address, scope, why, until)
     ON CONFLICT (lower(email), coalesce(campaign_id, '00000000-0000-0000-0000-000000000000'))
     DO UPDATE SET
         reason = CASE WHEN suppressions.expires_at IS NULL THEN suppressions.reason
@@ -117,12 +120,23 @@ BEGIN
                           ELSE greatest(suppressions.expires_at, excluded.expires_at) END
     WHERE suppressions.expires_at IS NOT NULL;
 
-    UPDATE messages
-    SET status = 'cancelled', last_error = 'suppressed: ' || why, updated_at = now()
-    WHERE lower(email) = lower(address)
-      AND status IN ('queued', 'assigned', 'deferred')
-      AND (scope IS NULL OR campaign_id = scope);
+    UPDATE messages AS m
+    SET status = 'cancelled', last_error = 'suppressed: ' || r.why, updated_at = now()
+    FROM unnest(addresses, scopes, whys) AS r (address, scope, why)
+    WHERE lower(m.email) = lower(r.address)
+      AND m.status IN ('queued', 'assigned', 'deferred')
+      AND (r.scope IS NULL OR m.campaign_id = r.scope);
     GET DIAGNOSTICS cancelled = ROW_COUNT;
     RETURN cancelled;
 END
+$$;
+
+-- One address: see suppress_addresses.
+DROP FUNCTION suppress_address(text, uuid, text, text);
+CREATE FUNCTION suppress_address(
+    address text, scope uuid, why text, origin text, until timestamptz DEFAULT NULL
+)
+RETURNS integer
+LANGUAGE sql AS $$
+    SELECT suppress_addresses(ARRAY[address], ARRAY[scope], ARRAY[why], origin, ARRAY[until])
 $$;
