@@ -330,7 +330,11 @@ async def suppress(
 async def count_soft_bounce(
     conn: Conn, email: str, report_id: int, message_id: int | None, window_days: float
 ) -> int:
-    """Record a soft bounce of the address; its soft bounces within the window, this one too."""
+    """Record a soft bounce of the address; how many of its messages soft-bounced in the window.
+
+    Messages, not reports: a server that sends several delay notices for one message counts
+    once.
+    """
     await conn.execute(
         "INSERT INTO soft_bounces (email, report_id, message_id) VALUES (lower($1), $2, $3)",
         email,
@@ -339,7 +343,7 @@ async def count_soft_bounce(
     )
     value = await conn.fetchval(
         """
-        SELECT count(*) FROM soft_bounces
+        SELECT count(DISTINCT coalesce(message_id, -report_id)) FROM soft_bounces
         WHERE email = lower($1) AND occurred_at > now() - make_interval(secs => $2)
         """,
         email,

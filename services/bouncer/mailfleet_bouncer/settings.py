@@ -26,8 +26,9 @@ class BouncerSettings(BaseModel):
       the system's CAs are trusted either way.
 
     Acting:
-    - soft_bounce_limit within soft_bounce_window_days: that many soft bounces of one address
-      suppress it, for soft_suppress_days (0: for good).
+    - soft_bounce_limit within soft_bounce_window_days: that many of an address's messages
+      soft-bounced (a message's repeated delay notices count once) suppress it, for
+      soft_suppress_days (0: for good).
     - bounce_rate_max, complaint_rate_max: an account whose hard bounces or complaints among
       its last rate_window_sends sends exceed these is paused; rates are judged once it has
       rate_min_sends sends in the window (since it was last resumed).
