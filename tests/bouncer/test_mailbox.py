@@ -274,6 +274,10 @@ async def test_a_refused_login_is_counted_and_retried(
     before = metric("mailfleet_bouncer_mailbox_errors_total", stage="read")
     before += metric("mailfleet_bouncer_mailbox_errors_total", stage="connect")
     assert await replica.poll(account) == 0
+    error = await db.fetchval(
+        "SELECT last_error FROM mailbox_checkpoints WHERE account_id = $1", account
+    )
+    assert "LOGIN" in error
     after = metric("mailfleet_bouncer_mailbox_errors_total", stage="read")
     after += metric("mailfleet_bouncer_mailbox_errors_total", stage="connect")
     assert after == before + 1

@@ -328,7 +328,10 @@ async def account_health(conn: Conn, account_id: UUID, window: int) -> schemas.A
         """
         SELECT a.id AS account_id, a.status, a.status_reason,
                nullif(a.rates_since, '-infinity') AS rates_since,
-               a.imap_host IS NOT NULL AS reads_mailbox, m.folder, m.uidvalidity, m.last_uid,
+               a.imap_host IS NOT NULL AS reads_mailbox,
+               -- UIDVALIDITY 0: the bouncer has not read the mailbox yet (only failed to).
+               nullif(m.folder, '') AS folder, nullif(m.uidvalidity, 0) AS uidvalidity,
+               CASE WHEN m.uidvalidity <> 0 THEN m.last_uid END AS last_uid,
                m.polled_at, m.last_error, r.reports, f.*
         FROM accounts a
         LEFT JOIN mailbox_checkpoints m ON m.account_id = a.id

@@ -165,8 +165,17 @@ async def advance_checkpoint(conn: Conn, account_id: UUID, uidvalidity: int, uid
 
 
 async def record_poll(conn: Conn, account_id: UUID, error: str | None) -> None:
+    """When the mailbox was last polled and how it went.
+
+    A mailbox never read yet gets a placeholder row (UIDVALIDITY 0, no folder), so that an
+    error is visible from the first poll; the first successful read starts it properly.
+    """
     await conn.execute(
-        "UPDATE mailbox_checkpoints SET polled_at = now(), last_error = $2 WHERE account_id = $1",
+        """
+        INSERT INTO mailbox_checkpoints (account_id, folder, uidvalidity, last_error)
+        SELECT id, '', 0, $2 FROM accounts WHERE id = $1
+        ON CONFLICT (account_id) DO UPDATE SET polled_at = now(), last_error = $2
+        """,
         account_id,
         error,
     )

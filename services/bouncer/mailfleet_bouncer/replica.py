@@ -286,7 +286,7 @@ class BouncerReplica:
                 or checkpoint.uidvalidity != selected.uidvalidity
                 or checkpoint.folder != account.folder
             ):
-                if checkpoint is not None:
+                if checkpoint is not None and checkpoint.uidvalidity != 0:
                     log.warning(
                         "mailbox UIDs reassigned or folder changed: reading it from the start",
                         extra={"account_id": str(account.id), "folder": account.folder},
