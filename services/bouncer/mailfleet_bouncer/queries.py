@@ -225,26 +225,52 @@ async def insert_report(
     return None if value is None else int(value)
 
 
-async def complete_report(
+async def finish_report(
     conn: Conn,
     report_id: int,
+    *,
     details: list[dict[str, Any]],
     matched: int,
     raw: bytes | None,
     published: bool,
+    events: Sequence[dict[str, Any]],
+    account_id: UUID,
+    uidvalidity: int,
+    uid: int,
 ) -> None:
+    """Complete the report, record its events and move the checkpoint past it: one statement.
+
+    Events are deduplicated by their key. Data-modifying CTEs run whether or not the main
+    statement reads them.
+    """
     await conn.execute(
         """
-        UPDATE inbound_reports
-        SET details = $2::jsonb, matched = $3, raw = $4,
-            published_at = CASE WHEN $5 THEN now() END
-        WHERE id = $1
+        WITH report AS (
+            UPDATE inbound_reports
+            SET details = $2::jsonb, matched = $3, raw = $4,
+                published_at = CASE WHEN $5 THEN now() END
+            WHERE id = $1
+        ), checkpoint AS (
+            UPDATE mailbox_checkpoints SET last_uid = greatest(last_uid, $9)
+            WHERE account_id = $7 AND uidvalidity = $8
+        )
+        INSERT INTO events (occurred_at, type, campaign_id, message_id, account_id, data,
+                            event_key)
+        SELECT e.occurred_at, e.type, e.campaign_id, e.message_id, e.account_id, e.data,
+               e.event_key
+        FROM jsonb_to_recordset($6::jsonb) AS e (occurred_at timestamptz, type text,
+             campaign_id uuid, message_id bigint, account_id uuid, data jsonb, event_key text)
+        ON CONFLICT (event_key, occurred_at) DO NOTHING
         """,
         report_id,
         details,
         matched,
         raw,
         published,
+        list(events),
+        account_id,
+        uidvalidity,
+        uid,
     )
 
 
@@ -359,24 +385,6 @@ async def count_soft_bounce(
         window_days * 86400,
     )
     return int(value or 0)
-
-
-async def insert_events(conn: Conn, events: Sequence[dict[str, Any]]) -> None:
-    """Events rows, deduplicated by their key (a report processed again records nothing new)."""
-    if not events:
-        return
-    await conn.execute(
-        """
-        INSERT INTO events (occurred_at, type, campaign_id, message_id, account_id, data,
-                            event_key)
-        SELECT e.occurred_at, e.type, e.campaign_id, e.message_id, e.account_id, e.data,
-               e.event_key
-        FROM jsonb_to_recordset($1::jsonb) AS e (occurred_at timestamptz, type text,
-             campaign_id uuid, message_id bigint, account_id uuid, data jsonb, event_key text)
-        ON CONFLICT (event_key, occurred_at) DO NOTHING
-        """,
-        list(events),
-    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,11 +76,11 @@ class ReportProcessor:
             report_id = await _insert_report(conn, mailbox, fetched, classified)
             if report_id is None:
                 outcome = Outcome(None, classified.kind)
+                await queries.advance_checkpoint(
+                    conn, mailbox.account_id, mailbox.uidvalidity, fetched.uid
+                )
             else:
                 outcome = await self._act(conn, mailbox, report_id, classified, fetched)
-            await queries.advance_checkpoint(
-                conn, mailbox.account_id, mailbox.uidvalidity, fetched.uid
-            )
         self._count(classified, outcome, fetched)
         return outcome
 
@@ -97,12 +97,19 @@ class ReportProcessor:
         )
         async with conn.transaction():
             report_id = await _insert_report(conn, mailbox, fetched, failed)
-            if report_id is not None:
-                raw = fetched.raw[: self._settings.keep_raw_bytes]
-                await queries.complete_report(conn, report_id, [], 0, raw, published=True)
-            await queries.advance_checkpoint(
-                conn, mailbox.account_id, mailbox.uidvalidity, fetched.uid
-            )
+            if report_id is None:
+                await queries.advance_checkpoint(
+                    conn, mailbox.account_id, mailbox.uidvalidity, fetched.uid
+                )
+            else:
+                await _finish(
+                    conn,
+                    mailbox,
+                    fetched,
+                    report_id,
+                    [],
+                    fetched.raw[: self._settings.keep_raw_bytes],
+                )
         metrics.REPORTS.labels("unrecognized", "failed").inc()
 
     def _count(self, classified: Classified, outcome: Outcome, fetched: Fetched) -> None:
@@ -182,14 +189,10 @@ class ReportProcessor:
                     "event_key": feedback.key,
                 }
             )
-        await queries.insert_events(conn, events)
         outcome.rates_due = rates_due
         keep = classified.kind == "unrecognized"
         raw = fetched.raw[: self._settings.keep_raw_bytes] if keep else None
-        matched = sum(1 for d in details if d["message_id"] is not None)
-        await queries.complete_report(
-            conn, report_id, details, matched, raw, published=not outcome.feedback
-        )
+        await _finish(conn, mailbox, fetched, report_id, details, raw, events)
         return outcome
 
     async def _match(
@@ -334,6 +337,33 @@ class ReportProcessor:
         metrics.ACTIONS.labels("account-paused").inc()
         log.warning("account paused", extra={"account_id": str(account_id), "reason": reason})
         return AccountPaused(account_id=account_id, reason=reason, paused_at=paused_at)
+
+
+async def _finish(
+    conn: Conn,
+    mailbox: Mailbox,
+    fetched: Fetched,
+    report_id: int,
+    details: list[dict[str, Any]],
+    raw: bytes | None,
+    events: Sequence[dict[str, Any]] = (),
+) -> None:
+    """Store the report's details and events, and move the checkpoint past it.
+
+    A report without events has nothing for the bus: it leaves the outbox at once.
+    """
+    await queries.finish_report(
+        conn,
+        report_id,
+        details=details,
+        matched=sum(1 for d in details if d["message_id"] is not None),
+        raw=raw,
+        published=not events,
+        events=events,
+        account_id=mailbox.account_id,
+        uidvalidity=mailbox.uidvalidity,
+        uid=fetched.uid,
+    )
 
 
 async def _insert_report(
