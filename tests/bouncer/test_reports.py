@@ -9,7 +9,7 @@ from uuid import UUID
 import pytest
 from mailfleet_bouncer.imap import Fetched
 from mailfleet_bouncer.queries import start_checkpoint
-from mailfleet_bouncer.reports import Mailbox, ReportProcessor
+from mailfleet_bouncer.reports import Folder, ReportProcessor
 from mailfleet_bouncer.settings import BouncerSettings
 from mailfleet_common.db import Conn, Pool, create_pool
 from mailfleet_common.messages import AccountPaused
@@ -49,7 +49,7 @@ class Feed:
     def __init__(self, pool: Pool, processor: ReportProcessor, account_id: UUID) -> None:
         self.pool = pool
         self.processor = processor
-        self.mailbox = Mailbox(account_id, "INBOX", UIDVALIDITY)
+        self.mailbox = Folder(account_id, "INBOX", UIDVALIDITY)
         self.uid = 0
         self.paused: AccountPaused | None = None
 

@@ -199,13 +199,14 @@ async def insert_report(
     size: int,
     truncated: bool,
     problem: str | None,
+    received_at: datetime,
 ) -> int | None:
     """The new report's id, or None when this very message was processed before."""
     value = await conn.fetchval(
         """
         INSERT INTO inbound_reports (account_id, folder, uidvalidity, uid, digest, kind, parser,
-                                     sender, subject, size, truncated, problem)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+                                     sender, subject, size, truncated, problem, received_at)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
         ON CONFLICT (account_id, digest) DO NOTHING
         RETURNING id
         """,
@@ -221,6 +222,7 @@ async def insert_report(
         size,
         truncated,
         problem,
+        received_at,
     )
     return None if value is None else int(value)
 

@@ -36,8 +36,7 @@ from pydantic import BaseModel
 from mailfleet_bouncer import metrics, queries
 from mailfleet_bouncer.imap import Fetched, ImapError, Mailbox
 from mailfleet_bouncer.queries import MailboxAccount
-from mailfleet_bouncer.reports import Mailbox as Folder
-from mailfleet_bouncer.reports import ReportProcessor, feedback_from_details
+from mailfleet_bouncer.reports import Folder, ReportProcessor, feedback_from_details
 from mailfleet_bouncer.settings import Settings
 
 log = logging.getLogger(__name__)

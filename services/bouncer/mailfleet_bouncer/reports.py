@@ -56,7 +56,9 @@ class Outcome:
 
 
 @dataclass(frozen=True, slots=True)
-class Mailbox:
+class Folder:
+    """The mailbox folder a message was read from, under the UIDVALIDITY it was read with."""
+
     account_id: UUID
     folder: str
     uidvalidity: int
@@ -69,22 +71,23 @@ class ReportProcessor:
         self._settings = settings
         self._signer = signer
 
-    async def process(self, conn: Conn, mailbox: Mailbox, fetched: Fetched) -> Outcome:
+    async def process(self, conn: Conn, mailbox: Folder, fetched: Fetched) -> Outcome:
         """Process one message and advance the checkpoint past it, in one transaction."""
         classified = classify(fetched.raw, truncated=fetched.truncated)
         async with conn.transaction():
-            report_id = await _insert_report(conn, mailbox, fetched, classified)
+            now = datetime.now(UTC)
+            report_id = await _insert_report(conn, mailbox, fetched, classified, now)
             if report_id is None:
                 outcome = Outcome(None, classified.kind)
                 await queries.advance_checkpoint(
                     conn, mailbox.account_id, mailbox.uidvalidity, fetched.uid
                 )
             else:
-                outcome = await self._act(conn, mailbox, report_id, classified, fetched)
+                outcome = await self._act(conn, mailbox, report_id, classified, fetched, now)
         self._count(classified, outcome, fetched)
         return outcome
 
-    async def keep_failed(self, conn: Conn, mailbox: Mailbox, fetched: Fetched, error: str) -> None:
+    async def keep_failed(self, conn: Conn, mailbox: Folder, fetched: Fetched, error: str) -> None:
         """Keep a message whose processing failed as unrecognized, and move past it."""
         failed = Classified(
             kind="unrecognized",
@@ -96,7 +99,7 @@ class ReportProcessor:
             problem=f"processing failed: {error}"[:1000],
         )
         async with conn.transaction():
-            report_id = await _insert_report(conn, mailbox, fetched, failed)
+            report_id = await _insert_report(conn, mailbox, fetched, failed, datetime.now(UTC))
             if report_id is None:
                 await queries.advance_checkpoint(
                     conn, mailbox.account_id, mailbox.uidvalidity, fetched.uid
@@ -131,18 +134,17 @@ class ReportProcessor:
     async def _act(
         self,
         conn: Conn,
-        mailbox: Mailbox,
+        mailbox: Folder,
         report_id: int,
         classified: Classified,
         fetched: Fetched,
+        now: datetime,
     ) -> Outcome:
         outcome = Outcome(report_id, classified.kind)
-        now = datetime.now(UTC)
         details: list[dict[str, Any]] = []
-        events: list[dict[str, Any]] = []
         rates_due = False
-        for index, (recipient, message, matched_by) in enumerate(
-            await self._match(conn, mailbox.account_id, classified)
+        for recipient, message, matched_by in await self._match(
+            conn, mailbox.account_id, classified
         ):
             address = (recipient.address if recipient else None) or (
                 message.email if message else None
@@ -170,25 +172,24 @@ class ReportProcessor:
                 "feedback_type": classified.feedback_type,
             }
             details.append(detail)
-            event_type = _EVENT_TYPES.get(classified.kind)
-            if event_type is None:
-                continue
-            feedback = _feedback(
-                report_id, index, event_type, mailbox.account_id, detail, message, now
-            )
-            outcome.feedback.append(feedback)
-            events.append(
-                {
-                    "occurred_at": now.isoformat(),
-                    "type": event_type,
-                    "campaign_id": str(message.campaign_id) if message else None,
-                    "message_id": message.id if message else None,
-                    "account_id": str(mailbox.account_id),
-                    "data": {k: v for k, v in detail.items() if v is not None}
-                    | {"report_id": report_id},
-                    "event_key": feedback.key,
-                }
-            )
+        # The same Feedback the outbox would rebuild from the stored details after a crash.
+        outcome.feedback = feedback_from_details(
+            report_id, mailbox.account_id, classified.kind, details, now
+        )
+        events = [
+            {
+                "occurred_at": now.isoformat(),
+                "type": feedback.kind,
+                "campaign_id": detail["campaign_id"],
+                "message_id": detail["message_id"],
+                "account_id": str(mailbox.account_id),
+                "data": {k: v for k, v in detail.items() if v is not None}
+                | {"report_id": report_id},
+                "event_key": feedback.key,
+            }
+            # One Feedback per detail, or none at all (an unrecognized message).
+            for feedback, detail in zip(outcome.feedback, details, strict=bool(outcome.feedback))
+        ]
         outcome.rates_due = rates_due
         keep = classified.kind == "unrecognized"
         raw = fetched.raw[: self._settings.keep_raw_bytes] if keep else None
@@ -341,7 +342,7 @@ class ReportProcessor:
 
 async def _finish(
     conn: Conn,
-    mailbox: Mailbox,
+    mailbox: Folder,
     fetched: Fetched,
     report_id: int,
     details: list[dict[str, Any]],
@@ -367,7 +368,7 @@ async def _finish(
 
 
 async def _insert_report(
-    conn: Conn, mailbox: Mailbox, fetched: Fetched, classified: Classified
+    conn: Conn, mailbox: Folder, fetched: Fetched, classified: Classified, now: datetime
 ) -> int | None:
     """The report's row; None when these very bytes were processed for the account before."""
     return await queries.insert_report(
@@ -384,6 +385,7 @@ async def _insert_report(
         size=fetched.size,
         truncated=fetched.truncated,
         problem=classified.problem,
+        received_at=now,
     )
 
 
@@ -397,31 +399,6 @@ def _pick(
         if message.email.lower() == address.lower():
             return message, how
     return None
-
-
-def _feedback(
-    report_id: int,
-    index: int,
-    kind: FeedbackKind,
-    account_id: UUID,
-    detail: dict[str, Any],
-    message: SentMessage | None,
-    now: datetime,
-) -> Feedback:
-    return Feedback(
-        key=f"report:{report_id}:{index}",
-        kind=kind,
-        account_id=account_id,
-        report_id=report_id,
-        message_id=message.id if message else None,
-        campaign_id=message.campaign_id if message else None,
-        email=detail["address"],
-        bounce=detail["bounce"],
-        status=detail["status"],
-        diagnostic=detail["diagnostic"],
-        feedback_type=detail["feedback_type"],
-        occurred_at=now,
-    )
 
 
 def feedback_from_details(
