@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: up down test lint bench bench-tracker bench-bouncer sync
+.PHONY: up down test lint bench bench-tracker bench-bouncer bench-dispatch sync
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -40,3 +40,7 @@ bench-tracker: sync
 bench-bouncer: sync
 	@source deploy/local/services.sh && ensure_dovecot
 	$(UV) run --frozen python -m bench.bouncer
+
+# The assignment tick at 50, 1,000 and 10,000 accounts (a throwaway database); one JSON line.
+bench-dispatch: sync
+	$(UV) run --frozen python -m bench.dispatch

@@ -117,7 +117,7 @@ def test_scarce_messages_are_spread_over_accounts_instead_of_filling_the_first()
     campaign = uuid4()
     candidates = [queries.Candidate(i, campaign) for i in range(1, 7)]
 
-    chosen = distribute(candidates, dict.fromkeys(accounts, 100), {campaign: ()})
+    chosen = distribute(candidates, dict.fromkeys(accounts, 100), {campaign: None})
 
     assert {a: len(ids) for a, ids in chosen.items()} == dict.fromkeys(accounts, 2)
 
@@ -132,7 +132,7 @@ def test_distribution_respects_each_campaigns_pool() -> None:
         queries.Candidate(4, open_campaign),
     ]
 
-    chosen = distribute(candidates, {a: 2, b: 2}, {open_campaign: (), only_b: (b,)})
+    chosen = distribute(candidates, {a: 2, b: 2}, {open_campaign: None, only_b: frozenset({b})})
 
     assert chosen == {b: [1, 2], a: [3, 4]}
 

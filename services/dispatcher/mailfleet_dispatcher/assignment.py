@@ -7,6 +7,8 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from typing import Protocol
 from uuid import UUID
 
@@ -40,43 +42,88 @@ def lookahead(min_gap_ms: int, settings: DispatchSettings) -> int:
     return min(ahead, settings.max_inflight)
 
 
+def capacity(account: queries.AccountRoom, seconds_left_today: float) -> int:
+    """What the account can still send today: its limit left, and what its pace allows."""
+    left = account.effective_limit - account.reserved
+    if account.min_gap_ms > 0:
+        left = min(left, max(1, int(seconds_left_today * 1000 / account.min_gap_ms)))
+    return max(left, 0)
+
+
+def pool_members(
+    campaigns: Sequence[queries.Campaign], accounts: Sequence[queries.AccountRoom]
+) -> dict[UUID, frozenset[UUID] | None]:
+    """Each campaign's members among `accounts`; None for a campaign open to every account.
+
+    Campaigns with the same pool share one set, so distribute() keeps one heap for them.
+    """
+    by_tag: dict[str, set[UUID]] = {}
+    for account in accounts:
+        for tag in account.tags:
+            by_tag.setdefault(tag, set()).add(account.id)
+    ids = {account.id for account in accounts}
+    resolved: dict[tuple[frozenset[UUID], frozenset[str]], frozenset[UUID]] = {}
+    members: dict[UUID, frozenset[UUID] | None] = {}
+    for campaign in campaigns:
+        if campaign.open:
+            members[campaign.id] = None
+            continue
+        key = (campaign.account_ids, campaign.tags)
+        if key not in resolved:
+            tagged = (by_tag.get(tag, set()) for tag in campaign.tags)
+            resolved[key] = frozenset(campaign.account_ids & ids).union(*tagged)
+        members[campaign.id] = resolved[key]
+    return members
+
+
 def distribute(
     candidates: Sequence[queries.Candidate],
     wants: Mapping[UUID, int],
-    pools: Mapping[UUID, tuple[UUID, ...]],
+    pools: Mapping[UUID, frozenset[UUID] | None],
+    weights: Mapping[UUID, int] | None = None,
+    limit: int | None = None,
 ) -> dict[UUID, list[int]]:
-    """Give each candidate, oldest first, to the eligible account that got fewest so far.
+    """Give each candidate, oldest first, to the eligible account furthest below its share.
 
-    `wants` is ordered: on a tie the earlier account wins, so the caller rotates it between
-    ticks. A campaign with an empty pool admits every account. When messages are scarce this
-    spreads them evenly instead of filling the first account.
+    Shares follow `weights` (what each account can still send today; equal without them):
+    the next message goes to the account with the least (given + 1) / weight, so an account
+    with three times the capacity left gets about three times the messages, and the accounts
+    of a pool run out of their day together instead of the smallest ones first. `wants` caps
+    what each account takes (its pace and limit) and is ordered: on a tie the earlier account
+    wins, so the caller rotates it between ticks. `pools` maps a campaign to the accounts it
+    may use; None (or no entry) admits every account. At most `limit` messages are given.
     """
     rank = {account: i for i, account in enumerate(wants)}
     remaining = dict(wants)
     given = dict.fromkeys(wants, 0)
-    left = sum(remaining.values())
-    # One heap of (given, rank, account) per distinct pool (the empty pool: every account),
-    # least given first. Entries go stale as other pools give to shared accounts, and are
-    # fixed lazily when they reach the top: O(log n) per message instead of a scan of the pool.
-    heaps: dict[tuple[UUID, ...], list[tuple[int, int, UUID]]] = {}
+    weight = weights or {}
+    left = sum(remaining.values()) if limit is None else min(limit, sum(remaining.values()))
+
+    def share(account: UUID) -> float:
+        return (given[account] + 1) / max(weight.get(account, 1), 1)
+
+    # One heap of (share, rank, account) per distinct pool, smallest share first. Entries go
+    # stale as other pools give to shared accounts, and are fixed lazily when they reach the
+    # top: O(log n) per message instead of a scan of the pool.
+    heaps: dict[frozenset[UUID] | None, list[tuple[float, int, UUID]]] = {}
     chosen: dict[UUID, list[int]] = {}
     for candidate in candidates:
         if left == 0:
             break
-        pool = pools.get(candidate.campaign_id, ())
+        pool = pools.get(candidate.campaign_id)
         heap = heaps.get(pool)
         if heap is None:
-            members = pool or tuple(wants)
-            heap = [(0, rank[a], a) for a in members if remaining.get(a, 0) > 0]
+            members = wants if pool is None else pool
+            heap = [(share(a), rank[a], a) for a in members if remaining.get(a, 0) > 0]
             heapq.heapify(heap)
             heaps[pool] = heap
         account: UUID | None = None
         while heap:
-            count, r, top = heap[0]
+            key, r, top = heap[0]
             if remaining[top] == 0:
                 heapq.heappop(heap)
-            elif count != given[top]:
-                heapq.heapreplace(heap, (given[top], r, top))
+            elif key != share(top):
+                heapq.heapreplace(heap, (share(top), r, top))
             else:
                 account = top
                 break
@@ -85,7 +132,7 @@ def distribute(
         given[account] += 1
         remaining[account] -= 1
         left -= 1
-        heapq.heapreplace(heap, (given[account], rank[account], account))
+        heapq.heapreplace(heap, (share(account), rank[account], account))
         chosen.setdefault(account, []).append(candidate.id)
     return chosen
 
@@ -141,40 +188,98 @@ class Assigner:
         metrics.TICK_SECONDS.observe(time.perf_counter() - started)
         return TickResult(assigned=assigned, batches=batches, accounts=accounts)
 
+    def _cap(self, account: queries.AccountRoom) -> int:
+        """What the account may take now: its pace's look-ahead and its limit left today."""
+        room = lookahead(account.min_gap_ms, self._settings) - account.inflight
+        return max(min(room, account.effective_limit - account.reserved), 0)
+
+    def _wants(
+        self, accounts: Sequence[queries.AccountRoom]
+    ) -> tuple[dict[UUID, int], dict[UUID, int]]:
+        """Each account's cap, rotated so ties go to another account each tick, and weight."""
+        now = datetime.now(UTC)
+        seconds_left = (
+            datetime.combine(now.date() + timedelta(days=1), dt_time(), UTC) - now
+        ).total_seconds()
+        caps = {a.id: cap for a in accounts if (cap := self._cap(a)) > 0}
+        weights = {a.id: capacity(a, seconds_left) for a in accounts if a.id in caps}
+        if caps:
+            self._rotation = (self._rotation + 1) % len(caps)
+        order = list(caps)
+        order = order[self._rotation :] + order[: self._rotation]
+        return {a: caps[a] for a in order}, weights
+
     async def _assign(self) -> tuple[dict[UUID, list[int]], int]:
         async with self._pool.acquire() as conn, conn.transaction():
-            accounts = await queries.lock_active_accounts(conn)
-            if not accounts:
+            # Campaigns first: with nothing to hand out, the accounts are not even read.
+            campaigns = await queries.campaigns_with_work(conn)
+            if not campaigns:
                 return {}, 0
-            today = accounts[0].today
-            loads = await queries.account_loads(conn, [a.id for a in accounts], today)
-            wants: dict[UUID, int] = {}
-            for account in accounts:
-                load = loads[account.id]
-                room = lookahead(account.min_gap_ms, self._settings) - load.inflight
-                left = account.effective_limit - load.reserved
-                if min(room, left) > 0:
-                    wants[account.id] = min(room, left)
+            today = await queries.utc_today(conn)
+            accounts = await queries.accounts_with_room(conn, today, campaigns)
+            wants, weights = self._wants(accounts)
             if not wants:
                 return {}, len(accounts)
-            if sum(wants.values()) > self._settings.max_per_tick:
-                share = max(1, self._settings.max_per_tick // len(wants))
-                wants = {a: min(n, share) for a, n in wants.items()}
-            campaigns = await queries.runnable_campaigns(conn)
-            pools = {c.id: c.pool for c in campaigns}
+            limit = self._settings.max_per_tick
+            pools = pool_members(campaigns, [a for a in accounts if a.id in wants])
+            total = sum(wants.values())
             demands = [
-                sum(n for a, n in wants.items() if not c.pool or a in c.pool) for c in campaigns
+                min(limit, total if pool is None else sum(wants[a] for a in pool))
+                for pool in (pools[c.id] for c in campaigns)
             ]
             if not any(demands):
                 return {}, len(accounts)
             candidates = await queries.lock_candidates(conn, [c.id for c in campaigns], demands)
             if not candidates:
                 return {}, len(accounts)
-            self._rotation = (self._rotation + 1) % len(wants)
-            order = list(wants)
-            order = order[self._rotation :] + order[: self._rotation]
-            chosen = distribute(candidates, {a: wants[a] for a in order}, pools)
+            planned = distribute(candidates, wants, pools, weights, limit)
+            chosen = await self._confirm(conn, planned, candidates, campaigns, today, weights)
             ids = [i for ids in chosen.values() for i in ids]
             owners = [a for a, ids in chosen.items() for _ in ids]
-            await queries.assign_and_reserve(conn, ids, owners, today)
+            if ids:
+                await queries.assign_and_reserve(conn, ids, owners, today)
         return chosen, len(accounts)
+
+    async def _confirm(
+        self,
+        conn: queries.Conn,
+        planned: Mapping[UUID, Sequence[int]],
+        candidates: Sequence[queries.Candidate],
+        campaigns: Sequence[queries.Campaign],
+        today: date,
+        weights: Mapping[UUID, int],
+    ) -> dict[UUID, list[int]]:
+        """Lock the planned accounts and keep what their loads, read under the lock, allow.
+
+        The plan was made from an unlocked read. Only the accounts it uses are locked (SKIP
+        LOCKED: one another dispatcher holds is left to it), and their loads are read again:
+        what another dispatcher committed meanwhile counts, so limits and pacing stay exact.
+        Messages an account can no longer take, or whose pool it has left, go to the other
+        locked accounts with room; the rest stay queued for the next tick.
+        """
+        locked = {a.id: a for a in await queries.lock_accounts(conn, sorted(planned), today)}
+        by_campaign = {c.id: c for c in campaigns}
+        campaign_of = {c.id: c.campaign_id for c in candidates}
+        chosen: dict[UUID, list[int]] = {}
+        spill: list[int] = []
+        spare: dict[UUID, int] = {}
+        for account_id, ids in planned.items():
+            account = locked.get(account_id)
+            if account is None:
+                spill.extend(ids)
+                continue
+            cap = self._cap(account)
+            fits = [i for i in ids if by_campaign[campaign_of[i]].admits(account.id, account.tags)]
+            chosen[account_id] = fits[:cap]
+            kept = set(chosen[account_id])
+            spill.extend(i for i in ids if i not in kept)
+            if cap > len(kept):
+                spare[account_id] = cap - len(kept)
+        if spill and spare:
+            spilled = sorted(spill)
+            rest = [queries.Candidate(i, campaign_of[i]) for i in spilled]
+            pools = pool_members(campaigns, [locked[a] for a in spare])
+            for account_id, ids in distribute(rest, spare, pools, weights).items():
+                chosen[account_id].extend(ids)
+        # Oldest first within each account: its queue sends in this order.
+        return {a: sorted(ids) for a, ids in chosen.items() if ids}

@@ -19,23 +19,35 @@ PARTITION_LOCK = 0x6D66_6470_6172_7473  # "mfdparts"
 
 
 @dataclass(frozen=True)
-class LockedAccount:
+class AccountRoom:
+    """An active account below today's limit, with what it has reserved and in flight."""
+
     id: UUID
     min_gap_ms: int
+    tags: frozenset[str]
     effective_limit: int
-    today: date
-
-
-@dataclass(frozen=True)
-class AccountLoad:
     reserved: int
     inflight: int
 
 
 @dataclass(frozen=True)
 class Campaign:
+    """A running campaign with work due, and the pool it sends through.
+
+    Its pool: the accounts it names and every account carrying one of its tags; with neither,
+    every active account.
+    """
+
     id: UUID
-    pool: tuple[UUID, ...]
+    account_ids: frozenset[UUID]
+    tags: frozenset[str]
+
+    @property
+    def open(self) -> bool:
+        return not self.account_ids and not self.tags
+
+    def admits(self, account_id: UUID, tags: frozenset[str]) -> bool:
+        return self.open or account_id in self.account_ids or not self.tags.isdisjoint(tags)
 
 
 @dataclass(frozen=True)
@@ -52,56 +64,112 @@ class UncertainMessage:
     sender_replica: str | None
 
 
-async def lock_active_accounts(conn: Conn) -> list[LockedAccount]:
-    """Lock the active accounts no other dispatcher is working on, with today's limit.
+def _account_room(row: asyncpg.Record) -> AccountRoom:
+    return AccountRoom(
+        row["id"],
+        row["min_gap_ms"],
+        frozenset(row["tags"]),
+        row["effective_limit"],
+        row["reserved"],
+        row["inflight"],
+    )
+
+
+async def utc_today(conn: Conn) -> date:
+    """The database's current UTC day: the day assignments reserve capacity on."""
+    today: date = await conn.fetchval("SELECT (now() AT TIME ZONE 'UTC')::date")
+    return today
+
+
+async def campaigns_with_work(conn: Conn) -> list[Campaign]:
+    """Running campaigns whose start time has come and that have a message to assign.
+
+    Each reads one slice of a partial index (messages_queued_idx, or the due part of
+    messages_deferred_campaign_idx), so an idle fleet costs a few index probes, not a look at
+    every account.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT c.id, c.account_ids, c.pool_tags FROM campaigns c
+        WHERE c.status = 'running' AND (c.start_at IS NULL OR c.start_at <= now())
+          AND (EXISTS (SELECT 1 FROM messages m
+                       WHERE m.campaign_id = c.id AND m.status = 'queued')
+               OR EXISTS (SELECT 1 FROM messages m
+                          WHERE m.campaign_id = c.id AND m.status = 'deferred'
+                            AND m.next_attempt_at <= now()))
+        """
+    )
+    return [Campaign(r["id"], frozenset(r["account_ids"]), frozenset(r["pool_tags"])) for r in rows]
+
+
+async def accounts_with_room(
+    conn: Conn, day: date, campaigns: Sequence[Campaign]
+) -> list[AccountRoom]:
+    """Active accounts in the pool of any of `campaigns` that are below `day`'s limit.
+
+    Read without locks: the caller locks the accounts it picks and reads their loads again.
+    In-flight counts come from one pass over the in-flight index (messages_inflight_idx),
+    whose size follows what is in flight, not the size of the fleet.
+    """
+    every = any(c.open for c in campaigns)
+    named = sorted({a for c in campaigns for a in c.account_ids})
+    tags = sorted({t for c in campaigns for t in c.tags})
+    rows = await conn.fetch(
+        """
+        SELECT a.id, a.min_gap_ms, a.tags, account_effective_limit(a, $1) AS effective_limit,
+               coalesce(u.reserved, 0) AS reserved, coalesce(f.n, 0) AS inflight
+        FROM accounts a
+        LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = $1
+        LEFT JOIN (SELECT account_id, count(*) AS n FROM messages
+                   WHERE status IN ('assigned', 'sending') GROUP BY account_id) f
+               ON f.account_id = a.id
+        WHERE a.status = 'active'
+          AND ($2 OR a.id = ANY($3::uuid[]) OR a.tags && $4::text[])
+          AND account_effective_limit(a, $1) > coalesce(u.reserved, 0)
+        ORDER BY a.id
+        """,
+        day,
+        every,
+        named,
+        tags,
+    )
+    return [_account_room(r) for r in rows]
+
+
+async def lock_accounts(conn: Conn, account_ids: Sequence[UUID], day: date) -> list[AccountRoom]:
+    """Lock those of the accounts that are active and that no other dispatcher holds.
+
+    Returns them with their loads read after the locks were taken (a statement of its own,
+    whose snapshot includes whatever the previous holder of each lock committed), so what is
+    reserved against them now is exact.
 
     FOR NO KEY UPDATE rather than FOR UPDATE: it excludes other dispatchers just the same but
     does not block the FOR KEY SHARE locks that foreign-key checks take (usage rows, messages).
     """
-    rows = await conn.fetch(
+    locked = await conn.fetch(
         """
-        SELECT a.id, a.min_gap_ms, account_effective_limit(a, d.today) AS effective_limit,
-               d.today
-        FROM accounts a, (SELECT (now() AT TIME ZONE 'UTC')::date AS today) d
-        WHERE a.status = 'active'
+        SELECT a.id FROM accounts a
+        WHERE a.id = ANY($1::uuid[]) AND a.status = 'active'
         ORDER BY a.id
-        FOR NO KEY UPDATE OF a SKIP LOCKED
-        """
+        FOR NO KEY UPDATE SKIP LOCKED
+        """,
+        list(account_ids),
     )
-    return [LockedAccount(r["id"], r["min_gap_ms"], r["effective_limit"], r["today"]) for r in rows]
-
-
-async def account_loads(
-    conn: Conn, account_ids: Sequence[UUID], day: date
-) -> dict[UUID, AccountLoad]:
-    """What each account has reserved on `day` and has in flight (assigned or sending).
-
-    Run as its own statement after the accounts are locked: its snapshot then includes
-    whatever the previous holder of each lock committed.
-    """
     rows = await conn.fetch(
         """
-        SELECT a.id, coalesce(u.reserved, 0) AS reserved,
+        SELECT a.id, a.min_gap_ms, a.tags, account_effective_limit(a, $2) AS effective_limit,
+               coalesce(u.reserved, 0) AS reserved,
                (SELECT count(*) FROM messages m
                 WHERE m.account_id = a.id AND m.status IN ('assigned', 'sending')) AS inflight
-        FROM unnest($1::uuid[]) AS a (id)
+        FROM accounts a
         LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = $2
+        WHERE a.id = ANY($1::uuid[]) AND a.status = 'active'
+        ORDER BY a.id
         """,
-        account_ids,
+        [r["id"] for r in locked],
         day,
     )
-    return {r["id"]: AccountLoad(r["reserved"], r["inflight"]) for r in rows}
-
-
-async def runnable_campaigns(conn: Conn) -> list[Campaign]:
-    """Running campaigns whose start time has come, with their account pools."""
-    rows = await conn.fetch(
-        """
-        SELECT id, account_ids FROM campaigns
-        WHERE status = 'running' AND (start_at IS NULL OR start_at <= now())
-        """
-    )
-    return [Campaign(r["id"], tuple(r["account_ids"])) for r in rows]
+    return [_account_room(r) for r in rows]
 
 
 async def lock_candidates(

@@ -1,0 +1,158 @@
+"""What an assignment tick costs as the fleet grows: 50, 1,000 and 10,000 active accounts.
+
+    uv run python -m bench.dispatch [--accounts 50,1000,10000] [--messages 10000]
+
+In a throwaway database, for each fleet size in turn (accounts of 500 a day, no pacing), the
+dispatcher's Assigner runs against the real PostgreSQL with a publisher that discards its
+commands, and this measures:
+
+- idle_tick_ms: the median tick with nothing queued;
+- assign_s, assign_ticks, max_tick_ms: handing out `messages` queued messages of one running
+  campaign until a tick assigns nothing more (every message then `assigned`);
+- inflight_tick_ms: the median tick once they are all in flight and nothing is queued;
+- saturated_tick_ms: the median tick with messages queued that no account can take (every
+  account at its daily limit), the state of a fleet that has used up its day.
+
+It prints one JSON line, keys suffixed with the fleet size (e.g. `assign_s_10000`).
+"""
+
+import argparse
+import asyncio
+import json
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+from mailfleet_common.db import create_pool
+from mailfleet_common.settings import PostgresSettings
+from mailfleet_dispatcher.assignment import Assigner
+from mailfleet_dispatcher.settings import DispatchSettings
+
+from bench.scratch import Scratch
+
+DAILY_LIMIT = 500
+
+
+class _Discard:
+    async def publish_batches(self, assignments: Mapping[UUID, Sequence[int]]) -> int:
+        """Commands go nowhere: only the database work of a tick is measured."""
+        return len(assignments)
+
+
+async def _median_tick_ms(assigner: Assigner, ticks: int) -> float:
+    times = []
+    for _ in range(ticks):
+        started = time.perf_counter()
+        await assigner.tick()
+        times.append((time.perf_counter() - started) * 1000)
+    return round(statistics.median(times), 2)
+
+
+async def _grow_fleet(db: "asyncpg.Connection[Any]", total: int) -> None:
+    have = await db.fetchval("SELECT count(*) FROM accounts")
+    await db.execute(
+        """
+        INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, from_email, daily_limit)
+        SELECT 'bench ' || g, '127.0.0.1', 2525, 'none', 'news@example.com', $2
+        FROM generate_series($1 + 1, $3) AS g
+        """,
+        have,
+        DAILY_LIMIT,
+        total,
+    )
+    await db.execute("ANALYZE accounts")
+
+
+async def _queue(db: "asyncpg.Connection[Any]", campaign: UUID, count: int, tag: str) -> None:
+    await db.execute(
+        """
+        INSERT INTO messages (campaign_id, email)
+        SELECT $1, 'r' || g || '-' || $3 || '@example.com' FROM generate_series(1, $2) AS g
+        """,
+        campaign,
+        count,
+        tag,
+    )
+    await db.execute("ANALYZE messages")
+
+
+async def _measure(
+    db: "asyncpg.Connection[Any]", assigner: Assigner, size: int, messages: int
+) -> dict[str, float]:
+    await db.execute("TRUNCATE messages, account_daily_usage")
+    await db.execute("UPDATE campaigns SET status = 'running'")
+    campaign: UUID = await db.fetchval("SELECT id FROM campaigns")
+    figures: dict[str, float] = {"idle_tick_ms": await _median_tick_ms(assigner, 20)}
+
+    await _queue(db, campaign, messages, f"a{size}")
+    started = time.perf_counter()
+    ticks, longest = 0, 0.0
+    while True:
+        tick_started = time.perf_counter()
+        result = await assigner.tick()
+        longest = max(longest, time.perf_counter() - tick_started)
+        ticks += 1
+        if result.assigned == 0:
+            break
+    figures["assign_s"] = round(time.perf_counter() - started, 3)
+    figures["assign_ticks"] = ticks
+    figures["max_tick_ms"] = round(longest * 1000, 1)
+    assigned = await db.fetchval("SELECT count(*) FROM messages WHERE status = 'assigned'")
+    if assigned != messages:
+        raise SystemExit(f"{assigned} of {messages} messages assigned over {size} accounts")
+    figures["inflight_tick_ms"] = await _median_tick_ms(assigner, 20)
+
+    # A used-up day: every account at its limit, a backlog waiting for tomorrow.
+    await db.execute("UPDATE messages SET status = 'sent' WHERE status = 'assigned'")
+    await db.execute(
+        """
+        INSERT INTO account_daily_usage AS u (account_id, day, reserved)
+        SELECT id, (now() AT TIME ZONE 'UTC')::date, daily_limit FROM accounts
+        ON CONFLICT (account_id, day) DO UPDATE SET reserved = EXCLUDED.reserved
+        """
+    )
+    await _queue(db, campaign, messages, f"b{size}")
+    figures["saturated_tick_ms"] = await _median_tick_ms(assigner, 20)
+    return figures
+
+
+async def run(sizes: list[int], messages: int) -> dict[str, float]:
+    async with Scratch() as scratch:
+        db = await asyncpg.connect(scratch.dsn)
+        pool = await create_pool(PostgresSettings(dsn=scratch.dsn, pool_min=1, pool_max=2))
+        try:
+            owner = await db.fetchval(
+                "INSERT INTO users (email, password_hash, role)"
+                " VALUES ('bench@example.com', 'x', 'admin') RETURNING id"
+            )
+            await db.execute(
+                "INSERT INTO campaigns (owner_id, name, subject, text_body, status)"
+                " VALUES ($1, 'bench', 'Hello', 'Hi', 'running')",
+                owner,
+            )
+            assigner = Assigner(pool, _Discard(), DispatchSettings())
+            line: dict[str, float] = {}
+            for size in sorted(sizes):
+                await _grow_fleet(db, size)
+                figures = await _measure(db, assigner, size, messages)
+                line.update({f"{key}_{size}": value for key, value in figures.items()})
+            return line
+        finally:
+            await pool.close()
+            await db.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--accounts", default="50,1000,10000", help="fleet sizes, comma-separated")
+    parser.add_argument("--messages", type=int, default=10_000)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.accounts.split(",")]
+    print(json.dumps(asyncio.run(run(sizes, args.messages))))
+
+
+if __name__ == "__main__":
+    main()
