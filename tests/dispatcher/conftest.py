@@ -1,6 +1,7 @@
 """Fixtures for the dispatcher: settings, a pool, a broker, and rows inserted with plain SQL."""
 
 import asyncio
+import random
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ from faststream.rabbit import RabbitBroker, RabbitExchange, RabbitQueue
 from mailfleet_common import topology
 from mailfleet_common.db import Conn, create_pool
 from mailfleet_common.settings import PostgresSettings, RabbitSettings
+from mailfleet_dispatcher.assignment import Assigner
 from mailfleet_dispatcher.main import create_app
 from mailfleet_dispatcher.settings import DispatchSettings, Settings
 
@@ -113,13 +115,15 @@ async def insert_account(
     warmup_started_on: Any = None,
     warmup_initial: int = 20,
     warmup_increment: int = 20,
+    tags: Sequence[str] = (),
 ) -> UUID:
     account_id: UUID = await db.fetchval(
         """
         INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, from_email, daily_limit,
                               min_gap_ms, status, warmup_started_on, warmup_initial,
-                              warmup_increment)
-        VALUES ('test', '127.0.0.1', 2525, 'none', 'news@example.com', $1, $2, $3, $4, $5, $6)
+                              warmup_increment, tags)
+        VALUES ('test', '127.0.0.1', 2525, 'none', 'news@example.com', $1, $2, $3, $4, $5, $6,
+                $7)
         RETURNING id
         """,
         daily_limit,
@@ -128,6 +132,7 @@ async def insert_account(
         warmup_started_on,
         warmup_initial,
         warmup_increment,
+        sorted(set(tags)),
     )
     return account_id
 
@@ -137,6 +142,7 @@ async def insert_campaign(
     *,
     status: str = "running",
     pool: Sequence[UUID] = (),
+    tags: Sequence[str] = (),
     start_at: datetime | None = None,
 ) -> UUID:
     owner = await db.fetchval("SELECT id FROM users LIMIT 1")
@@ -147,13 +153,15 @@ async def insert_campaign(
         )
     campaign_id: UUID = await db.fetchval(
         """
-        INSERT INTO campaigns (owner_id, name, subject, text_body, status, account_ids, start_at)
-        VALUES ($1, 'test', 'Hello', 'Hi', $2, $3, $4) RETURNING id
+        INSERT INTO campaigns (owner_id, name, subject, text_body, status, account_ids, start_at,
+                               pool_tags)
+        VALUES ($1, 'test', 'Hello', 'Hi', $2, $3, $4, $5) RETURNING id
         """,
         owner,
         status,
         list(pool),
         start_at,
+        sorted(set(tags)),
     )
     return campaign_id
 
@@ -182,6 +190,59 @@ async def insert_messages(
         account_id,
     )
     return sorted(r["id"] for r in rows)
+
+
+async def assigned_per_account(db: Conn) -> dict[UUID, int]:
+    """How many messages each account holds (any status but queued), by account."""
+    rows = await db.fetch(
+        "SELECT account_id, count(*) AS n FROM messages WHERE account_id IS NOT NULL"
+        " GROUP BY account_id"
+    )
+    return {r["account_id"]: r["n"] for r in rows}
+
+
+def make_assigner(pool: Any, publisher: RecordingPublisher, settings: Settings) -> Assigner:
+    return Assigner(pool, publisher, settings.dispatcher)
+
+
+async def dispatch_concurrently(
+    db: Conn, settings: Settings, *, ticks: int = 60, between: Any = None
+) -> list[int]:
+    """Two dispatchers tick `ticks` times each, with jitter, while a stand-in sender keeps
+    marking assigned messages sent; returns every message id they published.
+
+    A small look-ahead forces many rounds. `between`, if given, is awaited between rounds of
+    the stand-in sender (to change accounts while the dispatchers run).
+    """
+    tight = settings.dispatcher.model_copy(update={"lookahead_s": 1.0})
+    pools = [await create_pool(settings.postgres) for _ in range(2)]
+    publishers = [RecordingPublisher(), RecordingPublisher()]
+    assigners = [Assigner(p, pub, tight) for p, pub in zip(pools, publishers, strict=True)]
+    done = asyncio.Event()
+
+    async def dispatch(assigner: Assigner) -> None:
+        for _ in range(ticks):
+            await assigner.tick()
+            # Jitter, so that either replica may hold the account locks when the other comes.
+            await asyncio.sleep(random.random() / 200)
+
+    async def deliver() -> None:
+        while not done.is_set():
+            await db.execute("UPDATE messages SET status = 'sent' WHERE status = 'assigned'")
+            if between is not None:
+                await between()
+            await asyncio.sleep(0.002)
+
+    async def dispatch_both() -> None:
+        await asyncio.gather(*(dispatch(a) for a in assigners))
+        done.set()
+
+    try:
+        await asyncio.gather(dispatch_both(), deliver())
+    finally:
+        for p in pools:
+            await p.close()
+    return publishers[0].ids() + publishers[1].ids()
 
 
 async def status_counts(db: Conn) -> dict[str, int]:

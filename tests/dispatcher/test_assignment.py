@@ -1,26 +1,23 @@
-import asyncio
-import random
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import uuid4
 
 from mailfleet_dispatcher import queries
-from mailfleet_dispatcher.assignment import Assigner, distribute, lookahead
+from mailfleet_dispatcher.assignment import distribute, lookahead
 from mailfleet_dispatcher.settings import DispatchSettings, Settings
 
 from .conftest import (
     Conn,
     RecordingPublisher,
+    assigned_per_account,
+    dispatch_concurrently,
     insert_account,
     insert_campaign,
     insert_messages,
+    make_assigner,
     reserved_today,
     status_counts,
 )
-
-
-def make_assigner(pool: Any, publisher: RecordingPublisher, settings: Settings) -> Assigner:
-    return Assigner(pool, publisher, settings.dispatcher)
 
 
 async def test_daily_limit_is_never_exceeded(
@@ -222,52 +219,17 @@ async def test_assignment_commands_carry_the_account_and_oldest_ids_first(
 
 
 async def test_two_dispatchers_running_concurrently_never_double_assign(
-    db: Conn, database_dsn: str, publisher: RecordingPublisher, settings: Settings
+    db: Conn, settings: Settings
 ) -> None:
-    from mailfleet_common.db import create_pool
-
     accounts = [await insert_account(db, daily_limit=150, min_gap_ms=50) for _ in range(10)]
     campaigns = [await insert_campaign(db) for _ in range(3)]
     for campaign in campaigns:
         await insert_messages(db, campaign, 600)
-    # A small look-ahead and a sender that keeps finishing messages force many rounds.
-    tight = settings.dispatcher.model_copy(update={"lookahead_s": 1.0})
-    pools = [await create_pool(settings.postgres) for _ in range(2)]
-    publishers = [RecordingPublisher(), RecordingPublisher()]
-    assigners = [Assigner(p, pub, tight) for p, pub in zip(pools, publishers, strict=True)]
 
-    done = asyncio.Event()
+    published = await dispatch_concurrently(db, settings)
 
-    async def dispatch(assigner: Assigner) -> None:
-        for _ in range(60):
-            await assigner.tick()
-            # Jitter, so that either replica may hold the account locks when the other comes.
-            await asyncio.sleep(random.random() / 200)
-
-    async def deliver() -> None:
-        while not done.is_set():
-            await db.execute("UPDATE messages SET status = 'sent' WHERE status = 'assigned'")
-            await asyncio.sleep(0.002)
-
-    async def dispatch_both() -> None:
-        await asyncio.gather(*(dispatch(a) for a in assigners))
-        done.set()
-
-    try:
-        await asyncio.gather(dispatch_both(), deliver())
-    finally:
-        for p in pools:
-            await p.close()
-
-    published = publishers[0].ids() + publishers[1].ids()
     assert len(published) == len(set(published))
-    per_account = {
-        r["account_id"]: r["n"]
-        for r in await db.fetch(
-            "SELECT account_id, count(*) AS n FROM messages WHERE account_id IS NOT NULL"
-            " GROUP BY account_id"
-        )
-    }
+    per_account = await assigned_per_account(db)
     for account in accounts:
         assert await reserved_today(db, account) == per_account.get(account, 0) <= 150
     assert sum(per_account.values()) == len(published) == 1500
