@@ -22,6 +22,7 @@ from mailfleet_api.routes import (
     campaigns,
     inbound_reports,
     ops,
+    pools,
     queue,
     stats,
     suppressions,
@@ -31,7 +32,9 @@ from mailfleet_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_ROUTES = (ops, auth, users, accounts, stats, campaigns, queue, suppressions, inbound_reports)
+_ROUTES = (
+    ops, auth, users, accounts, pools, stats, campaigns, queue, suppressions, inbound_reports,
+)  # fmt: skip
 
 
 def create_app(settings: Settings) -> FastAPI:

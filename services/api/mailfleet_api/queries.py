@@ -142,7 +142,7 @@ _ACCOUNT_SELECT = """
            a.smtp_password_enc IS NOT NULL AS has_password, a.from_email, a.from_name,
            a.daily_limit, a.min_gap_ms, a.warmup_started_on IS NOT NULL AS warmup_enabled,
            a.warmup_started_on, a.warmup_initial, a.warmup_increment, a.status,
-           a.status_reason, nullif(a.rates_since, '-infinity') AS rates_since,
+           a.status_reason, a.tags, nullif(a.rates_since, '-infinity') AS rates_since,
            a.imap_host, a.imap_port, a.imap_tls, a.imap_username,
            a.imap_password_enc IS NOT NULL AS imap_has_password, a.imap_folder,
            a.imap_processed_folder, a.created_at, a.updated_at,
@@ -172,17 +172,27 @@ async def fetch_account(conn: Conn, account_id: UUID) -> schemas.Account | None:
 
 
 async def list_accounts(
-    conn: Conn, limit: int, offset: int, include_archived: bool
+    conn: Conn, limit: int, offset: int, include_archived: bool, tags: Sequence[str] | None
 ) -> tuple[list[schemas.Account], int]:
+    """A page of accounts, oldest first; with `tags`, only those carrying any of them."""
     rows = await conn.fetch(
         _ACCOUNT_SELECT
-        + " WHERE $3 OR a.status <> 'archived' ORDER BY a.created_at, a.id LIMIT $1 OFFSET $2",
+        + """
+        WHERE ($3 OR a.status <> 'archived') AND ($4::text[] IS NULL OR a.tags && $4)
+        ORDER BY a.created_at, a.id LIMIT $1 OFFSET $2
+        """,
         limit,
         offset,
         include_archived,
+        tags,
     )
     total: int = await conn.fetchval(
-        "SELECT count(*) FROM accounts WHERE $1 OR status <> 'archived'", include_archived
+        """
+        SELECT count(*) FROM accounts
+        WHERE ($1 OR status <> 'archived') AND ($2::text[] IS NULL OR tags && $2)
+        """,
+        include_archived,
+        tags,
     )
     return [_account(r) for r in rows], total
 
@@ -195,9 +205,9 @@ async def insert_account(conn: Conn, values: dict[str, Any]) -> UUID:
                               smtp_password_enc, from_email, from_name, daily_limit, min_gap_ms,
                               warmup_started_on, warmup_initial, warmup_increment, status,
                               status_reason, imap_host, imap_port, imap_tls, imap_username,
-                              imap_password_enc, imap_folder, imap_processed_folder)
+                              imap_password_enc, imap_folder, imap_processed_folder, tags)
         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                $19, $20, $21, $22)
+                $19, $20, $21, $22, $23)
         RETURNING id
         """,
         *(values[column] for column in ACCOUNT_WRITABLE),
@@ -210,6 +220,7 @@ ACCOUNT_WRITABLE = (
     "from_email", "from_name", "daily_limit", "min_gap_ms", "warmup_started_on",
     "warmup_initial", "warmup_increment", "status", "status_reason", "imap_host", "imap_port",
     "imap_tls", "imap_username", "imap_password_enc", "imap_folder", "imap_processed_folder",
+    "tags",
 )  # fmt: skip
 
 
@@ -220,7 +231,8 @@ async def lock_account(conn: Conn, account_id: UUID) -> dict[str, Any] | None:
         SELECT name, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
                from_email, from_name, daily_limit, min_gap_ms, warmup_started_on,
                warmup_initial, warmup_increment, status, status_reason, imap_host, imap_port,
-               imap_tls, imap_username, imap_password_enc, imap_folder, imap_processed_folder
+               imap_tls, imap_username, imap_password_enc, imap_folder, imap_processed_folder,
+               tags
         FROM accounts WHERE id = $1 FOR UPDATE
         """,
         account_id,
@@ -243,7 +255,7 @@ async def update_account(
                warmup_initial = $13, warmup_increment = $14, status = $15, status_reason = $16,
                imap_host = $17, imap_port = $18, imap_tls = $19, imap_username = $20,
                imap_password_enc = $21, imap_folder = $22, imap_processed_folder = $23,
-               rates_since = CASE WHEN $24 THEN now() ELSE rates_since END,
+               tags = $24, rates_since = CASE WHEN $25 THEN now() ELSE rates_since END,
                updated_at = now()
         WHERE id = $1
         """,
@@ -282,6 +294,78 @@ async def unusable_accounts(conn: Conn, account_ids: Sequence[UUID]) -> list[UUI
         list(account_ids),
     )
     return [r["id"] for r in rows]
+
+
+async def uncarried_tags(conn: Conn, tags: Sequence[str]) -> list[str]:
+    """The given tags that no account carries, archived ones aside."""
+    rows = await conn.fetch(
+        """
+        SELECT t.tag FROM unnest($1::text[]) AS t (tag)
+        WHERE NOT EXISTS (SELECT 1 FROM accounts a
+                          WHERE a.tags @> ARRAY[t.tag] AND a.status <> 'archived')
+        ORDER BY t.tag
+        """,
+        list(tags),
+    )
+    return [r["tag"] for r in rows]
+
+
+async def list_pools(
+    conn: Conn, limit: int, offset: int, tag: str | None = None
+) -> tuple[list[schemas.Pool], int]:
+    """Every tag that an account carries or a campaign names (or only `tag`), by name.
+
+    Member counts by status, today's capacity of the active members, and campaigns by status.
+    """
+    rows = await conn.fetch(
+        """
+        WITH d AS (SELECT (now() AT TIME ZONE 'utc')::date AS day),
+        members AS (
+            SELECT t.tag, a.status, account_effective_limit(a, d.day) AS day_limit,
+                   coalesce(u.reserved, 0) AS reserved
+            FROM accounts a CROSS JOIN d CROSS JOIN unnest(a.tags) AS t (tag)
+            LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = d.day
+            WHERE $3::text IS NULL OR a.tags @> ARRAY[$3]
+        ), by_tag AS (
+            SELECT tag, jsonb_object_agg(status, n) AS accounts,
+                   sum(day_limit) FILTER (WHERE status = 'active') AS daily_capacity,
+                   sum(left_today) FILTER (WHERE status = 'active') AS remaining_today
+            FROM (SELECT tag, status, count(*) AS n, sum(day_limit) AS day_limit,
+                         sum(greatest(day_limit - reserved, 0)) AS left_today
+                  FROM members GROUP BY tag, status) s
+            GROUP BY tag
+        ), named AS (
+            SELECT tag, jsonb_object_agg(status, n) AS campaigns
+            FROM (SELECT t.tag, c.status, count(*) AS n
+                  FROM campaigns c CROSS JOIN unnest(c.pool_tags) AS t (tag)
+                  WHERE $3::text IS NULL OR c.pool_tags @> ARRAY[$3]
+                  GROUP BY t.tag, c.status) s
+            GROUP BY tag
+        )
+        SELECT tag, coalesce(b.accounts, '{}') AS accounts,
+               coalesce(b.daily_capacity, 0) AS daily_capacity,
+               coalesce(b.remaining_today, 0) AS remaining_today,
+               coalesce(n.campaigns, '{}') AS campaigns, count(*) OVER () AS total
+        FROM by_tag b FULL JOIN named n USING (tag)
+        WHERE $3::text IS NULL OR tag = $3
+        ORDER BY tag LIMIT $1 OFFSET $2
+        """,
+        limit,
+        offset,
+        tag,
+    )
+    statuses = get_args(schemas.AccountStatus), get_args(schemas.CampaignStatus)
+    pools = [
+        schemas.Pool.model_validate(
+            {
+                **dict(r),
+                "accounts": {s: r["accounts"].get(s, 0) for s in statuses[0]},
+                "campaigns": {s: r["campaigns"].get(s, 0) for s in statuses[1]},
+            }
+        )
+        for r in rows
+    ]
+    return pools, rows[0]["total"] if rows else 0
 
 
 async def fetch_account_secrets(conn: Conn) -> list[asyncpg.Record]:
@@ -376,8 +460,8 @@ async def insert_campaign(conn: Conn, owner_id: UUID, body: schemas.CampaignCrea
     campaign_id: UUID = await conn.fetchval(
         """
         INSERT INTO campaigns (owner_id, name, subject, html_body, text_body, account_ids,
-                               start_at, tracking, unsubscribe_scope)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                               start_at, tracking, unsubscribe_scope, pool_tags)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
         RETURNING id
         """,
         owner_id,
@@ -389,6 +473,7 @@ async def insert_campaign(conn: Conn, owner_id: UUID, body: schemas.CampaignCrea
         body.start_at,
         body.tracking,
         body.unsubscribe_scope,
+        body.pools,
     )
     return campaign_id
 
@@ -397,13 +482,31 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign | No
     """A campaign with the number of its messages in each status."""
     row = await conn.fetchrow(
         """
-        SELECT c.id, c.owner_id, c.name, c.subject, c.account_ids, c.status, c.start_at,
-               c.tracking, c.unsubscribe_scope, c.created_at, c.updated_at, c.completed_at,
-               c.html_body, c.text_body,
+        SELECT c.id, c.owner_id, c.name, c.subject, c.account_ids, c.pool_tags AS pools,
+               c.status, c.start_at, c.tracking, c.unsubscribe_scope, c.created_at,
+               c.updated_at, c.completed_at, c.html_body, c.text_body,
                coalesce((SELECT jsonb_object_agg(s.status, s.n) FROM (
                    SELECT status, count(*) AS n FROM messages WHERE campaign_id = c.id
-                   GROUP BY status) s), '{}'::jsonb) AS messages
-        FROM campaigns c WHERE c.id = $1
+                   GROUP BY status) s), '{}'::jsonb) AS messages,
+               p.pool_accounts, p.remaining_today,
+               cardinality(c.account_ids) = 0 AND cardinality(c.pool_tags) = 0 AS every_account
+        FROM campaigns c
+        CROSS JOIN LATERAL (
+            SELECT coalesce(jsonb_object_agg(status, n), '{}') AS pool_accounts,
+                   coalesce(sum(left_today) FILTER (WHERE status = 'active'), 0)
+                       AS remaining_today
+            FROM (SELECT a.status, count(*) AS n,
+                         sum(greatest(account_effective_limit(a, d.day)
+                                      - coalesce(u.reserved, 0), 0)) AS left_today
+                  FROM accounts a
+                  CROSS JOIN (SELECT (now() AT TIME ZONE 'utc')::date AS day) d
+                  LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = d.day
+                  -- The dispatcher's rule: named accounts, tagged ones, or every one.
+                  WHERE a.id = ANY(c.account_ids) OR a.tags && c.pool_tags
+                     OR (cardinality(c.account_ids) = 0 AND cardinality(c.pool_tags) = 0)
+                  GROUP BY a.status) s
+        ) p
+        WHERE c.id = $1
         """,
         campaign_id,
     )
@@ -411,6 +514,12 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign | No
         return None
     values = dict(row)
     values["total_messages"] = sum(values["messages"].values())
+    members = values.pop("pool_accounts")
+    values["pool"] = {
+        "every_account": values.pop("every_account"),
+        "accounts": {s: members.get(s, 0) for s in get_args(schemas.AccountStatus)},
+        "remaining_today": values.pop("remaining_today"),
+    }
     return schemas.Campaign.model_validate(values)
 
 
@@ -419,8 +528,8 @@ async def list_campaigns(
 ) -> tuple[list[schemas.CampaignSummary], int]:
     rows = await conn.fetch(
         """
-        SELECT id, owner_id, name, subject, account_ids, status, start_at, tracking,
-               unsubscribe_scope, created_at, updated_at, completed_at
+        SELECT id, owner_id, name, subject, account_ids, pool_tags AS pools, status, start_at,
+               tracking, unsubscribe_scope, created_at, updated_at, completed_at
         FROM campaigns WHERE $3::text IS NULL OR status = $3
         ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2
         """,
@@ -447,6 +556,8 @@ async def update_campaign_settings(
         UPDATE campaigns
         SET tracking = coalesce($2, tracking),
             unsubscribe_scope = coalesce($3, unsubscribe_scope),
+            account_ids = coalesce($4, account_ids),
+            pool_tags = coalesce($5, pool_tags),
             updated_at = now()
         WHERE id = $1 AND ($2::boolean IS NULL OR status = 'draft')
         RETURNING true
@@ -454,8 +565,25 @@ async def update_campaign_settings(
         campaign_id,
         body.tracking,
         body.unsubscribe_scope,
+        None if body.account_ids is None else list(dict.fromkeys(body.account_ids)),
+        body.pools,
     )
     return bool(found)
+
+
+async def pool_lacks_active_account(conn: Conn, campaign_id: UUID) -> bool:
+    """True if the campaign names accounts or tags and none of them is an active account."""
+    lacks: bool = await conn.fetchval(
+        """
+        SELECT (cardinality(c.account_ids) > 0 OR cardinality(c.pool_tags) > 0)
+               AND NOT EXISTS (SELECT 1 FROM accounts a
+                               WHERE a.status = 'active'
+                                 AND (a.id = ANY(c.account_ids) OR a.tags && c.pool_tags))
+        FROM campaigns c WHERE c.id = $1
+        """,
+        campaign_id,
+    )
+    return bool(lacks)
 
 
 async def fetch_campaign_status(conn: Conn, campaign_id: UUID) -> str | None:

@@ -62,6 +62,25 @@ Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS), AfterValid
 SmtpUsername = Annotated[str, Field(max_length=320), AfterValidator(_single_line)]
 EmailAddress = Annotated[str, Field(max_length=320), AfterValidator(_email_address)]
 
+MAX_TAGS = 32
+TAG_PATTERN = r"^[a-z0-9][a-z0-9._:-]*$"
+TAG_RULE = (
+    "Lowercase letters, digits and . _ : - (starting with a letter or digit), at most 63 "
+    "characters."
+)
+Tag = Annotated[
+    str,
+    Field(min_length=1, max_length=63, pattern=TAG_PATTERN, description=TAG_RULE),
+]
+
+
+def _tag_set(tags: list[str]) -> list[str]:
+    return sorted(set(tags))
+
+
+# Stored sorted and without repeats.
+Tags = Annotated[list[Tag], Field(max_length=MAX_TAGS), AfterValidator(_tag_set)]
+
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -220,10 +239,17 @@ class ImapSettings(BaseModel):
 _IMAP = "Where the account's returns arrive. The password is stored encrypted, never returned."
 
 
+_ACCOUNT_TAGS = (
+    "The pools the account belongs to; a campaign naming one of them in `pools` may send "
+    "through it. At most 32."
+)
+
+
 class AccountCreate(_AccountFields):
     name: Name
     smtp_host: HostName
     status: SettableAccountStatus = "active"
+    tags: Tags = Field(default=[], description=_ACCOUNT_TAGS)
     imap: ImapCreate | None = Field(default=None, description=_IMAP)
 
 
@@ -244,6 +270,7 @@ class AccountUpdate(_Body):
     warmup_initial: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     warmup_increment: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
     status: SettableAccountStatus | None = None
+    tags: Tags | None = Field(default=None, description=_ACCOUNT_TAGS + " Replaces the list.")
     imap: ImapUpdate | None = Field(
         default=None,
         description=_IMAP + " Fields given change, null removes the IMAP settings. A new "
@@ -264,6 +291,7 @@ class AccountUpdate(_Body):
             "warmup_initial",
             "warmup_increment",
             "status",
+            "tags",
         )
         for field in required:
             if field in self.model_fields_set and getattr(self, field) is None:
@@ -298,6 +326,7 @@ class Account(BaseModel):
     warmup_increment: int
     status: AccountStatus
     status_reason: str | None
+    tags: list[str] = Field(description=_ACCOUNT_TAGS)
     rates_since: datetime | None = Field(
         description="Bounce and complaint rates count sends after this (null: every send); "
         "set when the account is resumed."
@@ -308,9 +337,33 @@ class Account(BaseModel):
     today: AccountUsage
 
 
+class Pool(BaseModel):
+    """The accounts carrying a tag, and the campaigns that send through them."""
+
+    tag: str
+    accounts: dict[AccountStatus, int] = Field(description="Accounts in each status.")
+    daily_capacity: int = Field(description="Today's limits of the active accounts, summed.")
+    remaining_today: int = Field(
+        description="What the active accounts can still send today (UTC) under their limits."
+    )
+    campaigns: dict[CampaignStatus, int] = Field(
+        description="Campaigns naming the tag in their pools, in each status."
+    )
+
+
 # --- campaigns ----------------------------------------------------------------------------
 
 _TRACKING = "Count opens and clicks of this campaign's messages."
+_ACCOUNT_IDS = (
+    "Accounts this campaign may send through, by id (at most 1000; for more, tag them and "
+    "use pools)."
+)
+_POOLS = (
+    "Tags: the campaign may also send through every active account carrying any of them, "
+    "as they are at each assignment (accounts tagged later join, untagged ones leave). With "
+    "neither pools nor account_ids, every active account. Each must be carried by an account "
+    "that is not archived."
+)
 _UNSUBSCRIBE_SCOPE = (
     "What a recipient unsubscribing from this campaign's message stops: every campaign "
     "(global) or only this one (campaign)."
@@ -324,7 +377,10 @@ class CampaignCreate(_Body):
     ]
     html_body: Annotated[str, AfterValidator(_no_nul)] | None = None
     text_body: Annotated[str, AfterValidator(_no_nul)] | None = None
-    account_ids: Annotated[list[UUID], Field(max_length=1000)] = []
+    account_ids: Annotated[list[UUID], Field(max_length=1000)] = Field(
+        default=[], description=_ACCOUNT_IDS
+    )
+    pools: Tags = Field(default=[], description=_POOLS)
     start_at: AwareDatetime | None = None
     tracking: bool = Field(default=True, description=_TRACKING)
     unsubscribe_scope: UnsubscribeScope = Field(default="global", description=_UNSUBSCRIBE_SCOPE)
@@ -341,7 +397,8 @@ class CampaignSummary(BaseModel):
     owner_id: UUID
     name: str
     subject: str
-    account_ids: list[UUID]
+    account_ids: list[UUID] = Field(description=_ACCOUNT_IDS)
+    pools: list[str] = Field(description=_POOLS)
     status: CampaignStatus
     start_at: datetime | None
     tracking: bool = Field(description=_TRACKING)
@@ -351,11 +408,22 @@ class CampaignSummary(BaseModel):
     completed_at: datetime | None
 
 
+class CampaignPool(BaseModel):
+    """The accounts a campaign may send through now (its pool, resolved as the dispatcher does)."""
+
+    every_account: bool = Field(description="Neither pools nor account_ids: every account.")
+    accounts: dict[AccountStatus, int] = Field(description="Member accounts in each status.")
+    remaining_today: int = Field(
+        description="What the active members can still send today (UTC) under their limits."
+    )
+
+
 class Campaign(CampaignSummary):
     html_body: str | None
     text_body: str | None
     messages: dict[str, int] = Field(description="Number of messages in each status.")
     total_messages: int
+    pool: CampaignPool
 
 
 class CampaignUpdate(_Body):
@@ -363,6 +431,12 @@ class CampaignUpdate(_Body):
 
     tracking: bool | None = Field(default=None, description=_TRACKING)
     unsubscribe_scope: UnsubscribeScope | None = Field(default=None, description=_UNSUBSCRIBE_SCOPE)
+    account_ids: Annotated[list[UUID], Field(max_length=1000)] | None = Field(
+        default=None, description=_ACCOUNT_IDS + " Replaces the list, also while running."
+    )
+    pools: Tags | None = Field(
+        default=None, description=_POOLS + " Replaces the list, also while running."
+    )
 
     @model_validator(mode="after")
     def _no_nulls(self) -> "CampaignUpdate":

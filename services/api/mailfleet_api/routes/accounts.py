@@ -111,9 +111,13 @@ async def list_accounts(
     limit: Limit = 50,
     offset: Offset = 0,
     include_archived: Annotated[bool, Query()] = False,
+    tag: Annotated[
+        list[schemas.Tag] | None,
+        Query(max_length=schemas.MAX_TAGS, description="Only accounts carrying any of these."),
+    ] = None,
 ) -> schemas.Page[schemas.Account]:
-    """List accounts with today's usage, oldest first."""
-    items, total = await queries.list_accounts(conn, limit, offset, include_archived)
+    """List accounts with today's usage, oldest first, optionally those of some pools."""
+    items, total = await queries.list_accounts(conn, limit, offset, include_archived, tag)
     return schemas.Page(items=items, total=total, limit=limit, offset=offset)
 
 

@@ -1,5 +1,6 @@
 """Campaigns: create, list, show with engagement, change settings, start, pause and cancel."""
 
+from collections.abc import Sequence
 from typing import Annotated
 from uuid import UUID
 
@@ -25,6 +26,21 @@ async def _campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign:
     return campaign
 
 
+async def _check_pool(
+    conn: Conn, account_ids: Sequence[UUID] | None, pools: Sequence[str] | None
+) -> None:
+    """Refuse accounts that are unknown or archived, and tags that no account carries."""
+    if account_ids:
+        unusable = await queries.unusable_accounts(conn, account_ids)
+        if unusable:
+            names = ", ".join(map(str, unusable))
+            raise InvalidError(f"account_ids name unknown or archived accounts: {names}")
+    if pools:
+        uncarried = await queries.uncarried_tags(conn, pools)
+        if uncarried:
+            raise InvalidError(f"pools name tags that no account carries: {', '.join(uncarried)}")
+
+
 async def _wrong_status(conn: Conn, campaign_id: UUID, action: str) -> Exception:
     current = await queries.fetch_campaign_status(conn, campaign_id)
     if current is None:
@@ -42,11 +58,7 @@ async def create_campaign(
         if text is not None and len(text.encode()) > schemas.MAX_BODY_BYTES:
             raise TooLargeError(f"{part} is larger than {schemas.MAX_BODY_BYTES} bytes")
     compile_campaign(body.subject, body.html_body, body.text_body)
-    if body.account_ids:
-        unusable = await queries.unusable_accounts(conn, body.account_ids)
-        if unusable:
-            names = ", ".join(map(str, unusable))
-            raise InvalidError(f"account_ids name unknown or archived accounts: {names}")
+    await _check_pool(conn, body.account_ids, body.pools)
     campaign_id = await queries.insert_campaign(conn, principal.user_id, body)
     return await _campaign(conn, campaign_id)
 
@@ -81,7 +93,8 @@ async def get_campaign(campaign_id: UUID, conn: DbConn, _: Viewer) -> schemas.Ca
 async def update_campaign(
     campaign_id: UUID, body: schemas.CampaignUpdate, conn: DbConn, _: Operator
 ) -> schemas.Campaign:
-    """Change the unsubscribe scope (any time) or tracking (only before the campaign starts)."""
+    """Change the pool or unsubscribe scope (any time) or tracking (only on a draft)."""
+    await _check_pool(conn, body.account_ids, body.pools)
     if not await queries.update_campaign_settings(conn, campaign_id, body):
         status = await queries.fetch_campaign_status(conn, campaign_id)
         if status is None:
@@ -98,8 +111,14 @@ async def start_campaign(
     _: Operator,
     body: Annotated[schemas.CampaignStart | None, Body()] = None,
 ) -> schemas.Campaign:
-    """Start (or resume) a draft or paused campaign, optionally not before ``start_at``."""
+    """Start (or resume) a draft or paused campaign, optionally not before ``start_at``.
+
+    A campaign whose pool (account_ids, pools) has no active account is refused: it could
+    send nothing.
+    """
     start_at = None if body is None else body.start_at
+    if await queries.pool_lacks_active_account(conn, campaign_id):
+        raise ConflictError("the campaign's pool has no active account: activate or tag one")
     if not await queries.start_campaign(conn, campaign_id, start_at):
         raise await _wrong_status(conn, campaign_id, "start")
     queued = await queries.count_queued(conn, campaign_id)
