@@ -10,8 +10,10 @@ commands, and this measures:
 - assign_s, assign_ticks, max_tick_ms: handing out `messages` queued messages of one running
   campaign until a tick assigns nothing more (every message then `assigned`);
 - inflight_tick_ms: the median tick once they are all in flight and nothing is queued;
-- saturated_tick_ms: the median tick with messages queued that no account can take (every
-  account at its daily limit), the state of a fleet that has used up its day.
+- paced_full_tick_ms: the median tick with as many messages queued again, while every
+  account has as much in flight as its pace allows (the steady state of a large campaign);
+- saturated_tick_ms: the median tick with that backlog when no account can take any more
+  today (every account at its daily limit): a fleet that has used up its day.
 
 It prints one JSON line, keys suffixed with the fleet size (e.g. `assign_s_10000`).
 """
@@ -26,7 +28,7 @@ from typing import Any
 from uuid import UUID
 
 import asyncpg
-from mailfleet_common.db import create_pool
+from mailfleet_common.db import Pool, create_pool
 from mailfleet_common.settings import PostgresSettings
 from mailfleet_dispatcher.assignment import Assigner
 from mailfleet_dispatcher.settings import DispatchSettings
@@ -80,8 +82,9 @@ async def _queue(db: "asyncpg.Connection[Any]", campaign: UUID, count: int, tag:
 
 
 async def _measure(
-    db: "asyncpg.Connection[Any]", assigner: Assigner, size: int, messages: int
+    db: "asyncpg.Connection[Any]", pool: Pool, size: int, messages: int
 ) -> dict[str, float]:
+    assigner = Assigner(pool, _Discard(), DispatchSettings())
     await db.execute("TRUNCATE messages, account_daily_usage")
     await db.execute("UPDATE campaigns SET status = 'running'")
     campaign: UUID = await db.fetchval("SELECT id FROM campaigns")
@@ -105,6 +108,12 @@ async def _measure(
         raise SystemExit(f"{assigned} of {messages} messages assigned over {size} accounts")
     figures["inflight_tick_ms"] = await _median_tick_ms(assigner, 20)
 
+    # A backlog while every account has as much in flight as its pace allows: the steady
+    # state of a large campaign between two sends.
+    await _queue(db, campaign, messages, f"p{size}")
+    paced = DispatchSettings(max_inflight=max(1, messages // size))
+    figures["paced_full_tick_ms"] = await _median_tick_ms(Assigner(pool, _Discard(), paced), 20)
+
     # A used-up day: every account at its limit, a backlog waiting for tomorrow.
     await db.execute("UPDATE messages SET status = 'sent' WHERE status = 'assigned'")
     await db.execute(
@@ -114,7 +123,6 @@ async def _measure(
         ON CONFLICT (account_id, day) DO UPDATE SET reserved = EXCLUDED.reserved
         """
     )
-    await _queue(db, campaign, messages, f"b{size}")
     figures["saturated_tick_ms"] = await _median_tick_ms(assigner, 20)
     return figures
 
@@ -133,11 +141,10 @@ async def run(sizes: list[int], messages: int) -> dict[str, float]:
                 " VALUES ($1, 'bench', 'Hello', 'Hi', 'running')",
                 owner,
             )
-            assigner = Assigner(pool, _Discard(), DispatchSettings())
             line: dict[str, float] = {}
             for size in sorted(sizes):
                 await _grow_fleet(db, size)
-                figures = await _measure(db, assigner, size, messages)
+                figures = await _measure(db, pool, size, messages)
                 line.update({f"{key}_{size}": value for key, value in figures.items()})
             return line
         finally:

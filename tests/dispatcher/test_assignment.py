@@ -233,3 +233,20 @@ async def test_two_dispatchers_running_concurrently_never_double_assign(
     for account in accounts:
         assert await reserved_today(db, account) == per_account.get(account, 0) <= 150
     assert sum(per_account.values()) == len(published) == 1500
+
+
+async def test_accounts_are_topped_up_exactly_to_their_look_ahead_whatever_the_pace(
+    db: Conn, pool: Any, publisher: RecordingPublisher, settings: Settings
+) -> None:
+    # Look-ahead 5 s: 2 at one per 3 s, 1 at one per 7 s, the in-flight cap at one per 1 ms.
+    paces = {3000: 2, 7000: 1, 1: settings.dispatcher.max_inflight}
+    accounts = {gap: await insert_account(db, min_gap_ms=gap) for gap in paces}
+    campaign = await insert_campaign(db)
+    for account in accounts.values():
+        await insert_messages(db, campaign, 1, status="sending", account_id=account)
+    await insert_messages(db, campaign, 1000)
+
+    await make_assigner(pool, publisher, settings).tick()
+
+    per_account = await assigned_per_account(db)
+    assert per_account == {accounts[gap]: paces[gap] for gap in paces}

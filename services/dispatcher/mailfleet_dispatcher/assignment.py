@@ -216,7 +216,9 @@ class Assigner:
             if not campaigns:
                 return {}, 0
             today = await queries.utc_today(conn)
-            accounts = await queries.accounts_with_room(conn, today, campaigns)
+            accounts = await queries.accounts_with_room(
+                conn, today, campaigns, self._settings.lookahead_s, self._settings.max_inflight
+            )
             wants, weights = self._wants(accounts)
             if not wants:
                 return {}, len(accounts)

@@ -103,10 +103,12 @@ async def campaigns_with_work(conn: Conn) -> list[Campaign]:
 
 
 async def accounts_with_room(
-    conn: Conn, day: date, campaigns: Sequence[Campaign]
+    conn: Conn, day: date, campaigns: Sequence[Campaign], lookahead_s: float, max_inflight: int
 ) -> list[AccountRoom]:
-    """Active accounts in the pool of any of `campaigns` that are below `day`'s limit.
+    """Active accounts in the pool of any of `campaigns` that could take a message now.
 
+    That is: below `day`'s limit, and with less in flight than their pace's look-ahead (as
+    assignment.lookahead() computes it), so a fleet that is busy sending returns few rows.
     Read without locks: the caller locks the accounts it picks and reads their loads again.
     In-flight counts come from one pass over the in-flight index (messages_inflight_idx),
     whose size follows what is in flight, not the size of the fleet.
@@ -126,12 +128,18 @@ async def accounts_with_room(
         WHERE a.status = 'active'
           AND ($2 OR a.id = ANY($3::uuid[]) OR a.tags && $4::text[])
           AND account_effective_limit(a, $1) > coalesce(u.reserved, 0)
+          AND coalesce(f.n, 0) < CASE
+              WHEN a.min_gap_ms <= 0 THEN $6::int
+              ELSE least($6, greatest(1, ceil($5::float8 * 1000 / a.min_gap_ms)))::int
+          END
         ORDER BY a.id
         """,
         day,
         every,
         named,
         tags,
+        lookahead_s,
+        max_inflight,
     )
     return [_account_room(r) for r in rows]
 
