@@ -6,7 +6,7 @@ In a throwaway database, for each fleet size in turn (accounts of 500 a day, no 
 dispatcher's Assigner runs against the real PostgreSQL with a publisher that discards its
 commands, and this measures:
 
-- idle_tick_ms: the median tick with nothing queued;
+- idle_tick_ms: the median of 50 ticks with nothing queued;
 - assign_s, assign_ticks, max_tick_ms: handing out `messages` queued messages of one running
   campaign until a tick assigns nothing more (every message then `assigned`);
 - inflight_tick_ms: the median tick once they are all in flight and nothing is queued;
@@ -15,7 +15,10 @@ commands, and this measures:
 - saturated_tick_ms: the median tick with that backlog when no account can take any more
   today (every account at its daily limit): a fleet that has used up its day.
 
-It prints one JSON line, keys suffixed with the fleet size (e.g. `assign_s_10000`).
+Each figure comes twice: wall time, and CPU time (`*_cpu_ms`, `assign_cpu_s`: this process
+plus the PostgreSQL backend serving the assigner's one connection), which depends much less
+on what else the machine runs. It prints one JSON line, keys suffixed with the fleet size
+(e.g. `assign_s_10000`).
 """
 
 import argparse
@@ -24,6 +27,7 @@ import json
 import statistics
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
@@ -33,7 +37,7 @@ from mailfleet_common.settings import PostgresSettings
 from mailfleet_dispatcher.assignment import Assigner
 from mailfleet_dispatcher.settings import DispatchSettings
 
-from bench.scratch import Scratch
+from bench.scratch import Scratch, cpu_seconds
 
 DAILY_LIMIT = 500
 
@@ -44,13 +48,26 @@ class _Discard:
         return len(assignments)
 
 
-async def _median_tick_ms(assigner: Assigner, ticks: int) -> float:
+@dataclass
+class _Cpu:
+    """CPU spent by this process and by the database backend that serves the assigner."""
+
+    backend_pid: int
+
+    def seconds(self) -> float:
+        return time.process_time() + cpu_seconds(self.backend_pid)
+
+
+async def _ticks(assigner: Assigner, cpu: _Cpu, ticks: int = 50) -> tuple[float, float]:
+    """The median wall time of `ticks` ticks and their mean CPU time, in milliseconds."""
     times = []
+    cpu_started = cpu.seconds()
     for _ in range(ticks):
         started = time.perf_counter()
         await assigner.tick()
         times.append((time.perf_counter() - started) * 1000)
-    return round(statistics.median(times), 2)
+    spent = (cpu.seconds() - cpu_started) / ticks * 1000
+    return round(statistics.median(times), 2), round(spent, 2)
 
 
 async def _grow_fleet(db: "asyncpg.Connection[Any]", total: int) -> None:
@@ -82,16 +99,16 @@ async def _queue(db: "asyncpg.Connection[Any]", campaign: UUID, count: int, tag:
 
 
 async def _measure(
-    db: "asyncpg.Connection[Any]", pool: Pool, size: int, messages: int
+    db: "asyncpg.Connection[Any]", pool: Pool, cpu: _Cpu, size: int, messages: int
 ) -> dict[str, float]:
     assigner = Assigner(pool, _Discard(), DispatchSettings())
     await db.execute("TRUNCATE messages, account_daily_usage")
-    await db.execute("UPDATE campaigns SET status = 'running'")
     campaign: UUID = await db.fetchval("SELECT id FROM campaigns")
-    figures: dict[str, float] = {"idle_tick_ms": await _median_tick_ms(assigner, 20)}
+    figures: dict[str, float] = {}
+    figures["idle_tick_ms"], figures["idle_tick_cpu_ms"] = await _ticks(assigner, cpu)
 
     await _queue(db, campaign, messages, f"a{size}")
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), cpu.seconds()
     ticks, longest = 0, 0.0
     while True:
         tick_started = time.perf_counter()
@@ -101,18 +118,19 @@ async def _measure(
         if result.assigned == 0:
             break
     figures["assign_s"] = round(time.perf_counter() - started, 3)
+    figures["assign_cpu_s"] = round(cpu.seconds() - cpu_started, 3)
     figures["assign_ticks"] = ticks
     figures["max_tick_ms"] = round(longest * 1000, 1)
     assigned = await db.fetchval("SELECT count(*) FROM messages WHERE status = 'assigned'")
     if assigned != messages:
         raise SystemExit(f"{assigned} of {messages} messages assigned over {size} accounts")
-    figures["inflight_tick_ms"] = await _median_tick_ms(assigner, 20)
+    figures["inflight_tick_ms"], figures["inflight_tick_cpu_ms"] = await _ticks(assigner, cpu)
 
     # A backlog while every account has as much in flight as its pace allows: the steady
     # state of a large campaign between two sends.
     await _queue(db, campaign, messages, f"p{size}")
-    paced = DispatchSettings(max_inflight=max(1, messages // size))
-    figures["paced_full_tick_ms"] = await _median_tick_ms(Assigner(pool, _Discard(), paced), 20)
+    paced = Assigner(pool, _Discard(), DispatchSettings(max_inflight=max(1, messages // size)))
+    figures["paced_full_tick_ms"], figures["paced_full_tick_cpu_ms"] = await _ticks(paced, cpu)
 
     # A used-up day: every account at its limit, a backlog waiting for tomorrow.
     await db.execute("UPDATE messages SET status = 'sent' WHERE status = 'assigned'")
@@ -123,14 +141,16 @@ async def _measure(
         ON CONFLICT (account_id, day) DO UPDATE SET reserved = EXCLUDED.reserved
         """
     )
-    figures["saturated_tick_ms"] = await _median_tick_ms(assigner, 20)
+    figures["saturated_tick_ms"], figures["saturated_tick_cpu_ms"] = await _ticks(assigner, cpu)
     return figures
 
 
 async def run(sizes: list[int], messages: int) -> dict[str, float]:
     async with Scratch() as scratch:
         db = await asyncpg.connect(scratch.dsn)
-        pool = await create_pool(PostgresSettings(dsn=scratch.dsn, pool_min=1, pool_max=2))
+        # One connection, so one backend process does all the database work measured.
+        pool = await create_pool(PostgresSettings(dsn=scratch.dsn, pool_min=1, pool_max=1))
+        cpu = _Cpu(await pool.fetchval("SELECT pg_backend_pid()"))
         try:
             owner = await db.fetchval(
                 "INSERT INTO users (email, password_hash, role)"
@@ -144,7 +164,7 @@ async def run(sizes: list[int], messages: int) -> dict[str, float]:
             line: dict[str, float] = {}
             for size in sorted(sizes):
                 await _grow_fleet(db, size)
-                figures = await _measure(db, pool, size, messages)
+                figures = await _measure(db, pool, cpu, size, messages)
                 line.update({f"{key}_{size}": value for key, value in figures.items()})
             return line
         finally:
