@@ -81,6 +81,28 @@ async def test_send_batches_arrive_on_the_accounts_own_queue(
     assert len(first.message_ids) == settings.dispatcher.batch_size
 
 
+async def test_a_pooled_campaign_is_commanded_only_to_its_tagged_accounts_queues(
+    app: AsgiFastStream, db: Conn, broker: RabbitBroker, settings: Settings
+) -> None:
+    tagged = [await insert_account(db, tags=["eu"]), await insert_account(db, tags=["eu", "x"])]
+    untagged = await insert_account(db, tags=["us"])
+    campaign = await insert_campaign(db, tags=["eu"])
+    queues = {a: await broker.declare_queue(topology.send_queue(a)) for a in [*tagged, untagged]}
+    ids = await insert_messages(db, campaign, 40)
+
+    await broker.publish(
+        RecipientsEnqueued(campaign_id=campaign, count=40),
+        exchange=topology.EVENTS,
+        routing_key=topology.ENQUEUE_KEY,
+        persist=True,
+    )
+    batches = [SendBatch.model_validate_json(await next_body(queues[a])) for a in tagged]
+
+    assert sorted(i for b in batches for i in b.message_ids) == ids
+    assert [b.account_id for b in batches] == tagged
+    assert await queues[untagged].get(no_ack=True, fail=False) is None
+
+
 async def test_recorder_writes_attempts_events_and_usage_once_despite_redelivery(
     app: AsgiFastStream, db: Conn, broker: RabbitBroker
 ) -> None:
