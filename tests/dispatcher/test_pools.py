@@ -224,3 +224,33 @@ async def test_limits_and_warm_up_stay_exact_over_a_thousand_accounts_and_two_di
     assert usage == per_account
     assert all(per_account[a] == limits[a] for a in per_account)
     assert sum(per_account.values()) == len(published) == sum(limits.values())
+
+
+async def test_a_fleet_larger_than_a_tick_is_worked_through_account_by_account(
+    db: Conn, pool: Any, publisher: RecordingPublisher, settings: Settings
+) -> None:
+    accounts = [await insert_account(db, daily_limit=100, tags=["fleet"]) for _ in range(20)]
+    campaign = await insert_campaign(db, tags=["fleet"])
+    await insert_messages(db, campaign, 20)
+    assigner = Assigner(pool, publisher, settings.dispatcher.model_copy(update={"max_per_tick": 5}))
+
+    results = [await assigner.tick() for _ in range(4)]
+
+    assert [r.assigned for r in results] == [5, 5, 5, 5]
+    assert await assigned_per_account(db) == dict.fromkeys(accounts, 1)
+
+
+async def test_a_small_pool_is_not_crowded_out_by_a_roomier_one(
+    db: Conn, pool: Any, publisher: RecordingPublisher, settings: Settings
+) -> None:
+    roomy = [await insert_account(db, daily_limit=1000, tags=["roomy"]) for _ in range(10)]
+    small = [await insert_account(db, daily_limit=10, tags=["small"]) for _ in range(2)]
+    first = await insert_messages(db, await insert_campaign(db, tags=["roomy"]), 6)
+    second = await insert_messages(db, await insert_campaign(db, tags=["small"]), 6)
+    assigner = Assigner(pool, publisher, settings.dispatcher.model_copy(update={"max_per_tick": 6}))
+
+    results = [await assigner.tick() for _ in range(2)]
+
+    assert [r.assigned for r in results] == [6, 6]
+    assert await owners(db, first) <= set(roomy)
+    assert await owners(db, second) == set(small)

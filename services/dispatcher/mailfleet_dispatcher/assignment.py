@@ -42,6 +42,12 @@ def lookahead(min_gap_ms: int, settings: DispatchSettings) -> int:
     return min(ahead, settings.max_inflight)
 
 
+def seconds_left_today() -> float:
+    """Seconds until the next UTC midnight, when every account's day starts afresh."""
+    now = datetime.now(UTC)
+    return (datetime.combine(now.date() + timedelta(days=1), dt_time(), UTC) - now).total_seconds()
+
+
 def capacity(account: queries.AccountRoom, seconds_left_today: float) -> int:
     """What the account can still send today: its limit left, and what its pace allows."""
     left = account.effective_limit - account.reserved
@@ -194,13 +200,9 @@ class Assigner:
         return max(min(room, account.effective_limit - account.reserved), 0)
 
     def _wants(
-        self, accounts: Sequence[queries.AccountRoom]
+        self, accounts: Sequence[queries.AccountRoom], seconds_left: float
     ) -> tuple[dict[UUID, int], dict[UUID, int]]:
         """Each account's cap, rotated so ties go to another account each tick, and weight."""
-        now = datetime.now(UTC)
-        seconds_left = (
-            datetime.combine(now.date() + timedelta(days=1), dt_time(), UTC) - now
-        ).total_seconds()
         caps = {a.id: cap for a in accounts if (cap := self._cap(a)) > 0}
         weights = {a.id: capacity(a, seconds_left) for a in accounts if a.id in caps}
         if caps:
@@ -216,13 +218,15 @@ class Assigner:
             if not campaigns:
                 return {}, 0
             today = await queries.utc_today(conn)
+            seconds_left = seconds_left_today()
+            limit = self._settings.max_per_tick
+            pace = (self._settings.lookahead_s, self._settings.max_inflight)
             accounts = await queries.accounts_with_room(
-                conn, today, campaigns, self._settings.lookahead_s, self._settings.max_inflight
+                conn, today, campaigns, pace, seconds_left, limit
             )
-            wants, weights = self._wants(accounts)
+            wants, weights = self._wants(accounts, seconds_left)
             if not wants:
                 return {}, len(accounts)
-            limit = self._settings.max_per_tick
             pools = pool_members(campaigns, [a for a in accounts if a.id in wants])
             total = sum(wants.values())
             demands = [

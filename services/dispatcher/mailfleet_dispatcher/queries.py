@@ -99,36 +99,66 @@ async def campaigns_with_work(conn: Conn) -> list[Campaign]:
 
 
 async def accounts_with_room(
-    conn: Conn, day: date, campaigns: Sequence[Campaign], lookahead_s: float, max_inflight: int
+    conn: Conn,
+    day: date,
+    campaigns: Sequence[Campaign],
+    pace: tuple[float, int],
+    seconds_left: float,
+    per_campaign: int,
 ) -> list[AccountRoom]:
-    """Active accounts in the pool of any of `campaigns` that could take a message now.
+    """The active accounts that could take a message of `campaigns` now, the roomiest first.
 
-    That is: below `day`'s limit, and with less in flight than their pace's look-ahead (as
-    assignment.lookahead() computes it), so a fleet that is busy sending returns few rows.
-    Read without locks: the caller locks the accounts it picks and reads their loads again.
-    In-flight counts come from one pass over the in-flight index (messages_inflight_idx),
-    whose size follows what is in flight, not the size of the fleet.
+    Could take one: in the campaign's pool, below `day`'s limit, and with less in flight than
+    their pace's look-ahead (`pace` is lookahead_s and max_inflight, the test is
+    assignment.lookahead()'s), so a fleet that is busy sending returns few rows. Of each
+    campaign's, only the `per_campaign` with the most capacity left (assignment.capacity(),
+    with `seconds_left` of the day): a tick hands out at most that many messages, each to the
+    member furthest below its share, and no member beyond the roomiest that many can be
+    reached before each of them has one. So a tick over a large fleet reads a bounded number
+    of rows. Read without locks: the caller locks the accounts it picks and reads their loads
+    again. In-flight counts come from one pass over the in-flight index
+    (messages_inflight_idx), whose size follows what is in flight, not the fleet's size.
     """
     every = any(c.open for c in campaigns)
     named = sorted({a for c in campaigns for a in c.account_ids})
     tags = sorted({t for c in campaigns for t in c.tags})
+    lookahead_s, max_inflight = pace
     rows = await conn.fetch(
         """
-        SELECT a.id, a.min_gap_ms, a.tags, account_effective_limit(a, $1) AS effective_limit,
-               coalesce(u.reserved, 0) AS reserved, coalesce(f.n, 0) AS inflight
-        FROM accounts a
-        LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = $1
-        LEFT JOIN (SELECT account_id, count(*) AS n FROM messages
-                   WHERE status IN ('assigned', 'sending') GROUP BY account_id) f
-               ON f.account_id = a.id
-        WHERE a.status = 'active'
-          AND ($2 OR a.id = ANY($3::uuid[]) OR a.tags && $4::text[])
-          AND account_effective_limit(a, $1) > coalesce(u.reserved, 0)
-          AND coalesce(f.n, 0) < CASE
-              WHEN a.min_gap_ms <= 0 THEN $6::int
-              ELSE least($6, greatest(1, ceil($5::float8 * 1000 / a.min_gap_ms)))::int
-          END
-        ORDER BY a.id
+        WITH room AS (
+            SELECT a.id, a.min_gap_ms, a.tags, account_effective_limit(a, $1) AS effective_limit,
+                   coalesce(u.reserved, 0) AS reserved, coalesce(f.n, 0) AS inflight
+            FROM accounts a
+            LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = $1
+            LEFT JOIN (SELECT account_id, count(*) AS n FROM messages
+                       WHERE status IN ('assigned', 'sending') GROUP BY account_id) f
+                   ON f.account_id = a.id
+            WHERE a.status = 'active'
+              AND ($2 OR a.id = ANY($3::uuid[]) OR a.tags && $4::text[])
+              AND account_effective_limit(a, $1) > coalesce(u.reserved, 0)
+              AND coalesce(f.n, 0) < CASE
+                  WHEN a.min_gap_ms <= 0 THEN $6::int
+                  ELSE least($6, greatest(1, ceil($5::float8 * 1000 / a.min_gap_ms)))::int
+              END
+        ), weighed AS MATERIALIZED (
+            SELECT r.*, least(
+                       (r.effective_limit - r.reserved)::bigint,
+                       CASE WHEN r.min_gap_ms > 0
+                            THEN greatest(1, floor($7::float8 * 1000 / r.min_gap_ms))::bigint
+                       END) AS weight
+            FROM room r
+        )
+        SELECT DISTINCT ON (w.id) w.id, w.min_gap_ms, w.tags, w.effective_limit, w.reserved,
+                                  w.inflight
+        FROM campaigns c CROSS JOIN LATERAL (
+            SELECT * FROM weighed w
+            WHERE (cardinality(c.account_ids) = 0 AND cardinality(c.pool_tags) = 0)
+               OR w.id = ANY(c.account_ids) OR w.tags && c.pool_tags
+            ORDER BY w.weight DESC, w.id
+            LIMIT $9
+        ) w
+        WHERE c.id = ANY($8::uuid[])
+        ORDER BY w.id
         """,
         day,
         every,
@@ -136,6 +166,9 @@ async def accounts_with_room(
         tags,
         lookahead_s,
         max_inflight,
+        seconds_left,
+        [c.id for c in campaigns],
+        per_campaign,
     )
     return [_account_room(r) for r in rows]
 
