@@ -254,3 +254,25 @@ async def test_a_small_pool_is_not_crowded_out_by_a_roomier_one(
     assert [r.assigned for r in results] == [6, 6]
     assert await owners(db, first) <= set(roomy)
     assert await owners(db, second) == set(small)
+
+
+async def test_accounts_of_equal_capacity_take_turns_when_a_tick_reaches_only_some(
+    db: Conn, pool: Any, publisher: RecordingPublisher, settings: Settings
+) -> None:
+    # One a minute, a limit the pace can never reach: every account's capacity is its pace's,
+    # the same for all, and stays so however much it is given.
+    accounts = [
+        await insert_account(db, daily_limit=1_000_000, min_gap_ms=60_000) for _ in range(20)
+    ]
+    campaign = await insert_campaign(db)
+    await insert_messages(db, campaign, 60)
+    assigner = Assigner(pool, publisher, settings.dispatcher.model_copy(update={"max_per_tick": 5}))
+
+    for _ in range(12):
+        assert (await assigner.tick()).assigned == 5
+        await db.execute("UPDATE messages SET status = 'sent' WHERE status = 'assigned'")
+
+    used = await assigned_per_account(db)
+    assert sum(used.values()) == 60
+    assert len(used) > 10
+    assert set(used) <= set(accounts)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dt_time
 from typing import Protocol
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import asyncpg
 from mailfleet_common.db import Pool
@@ -222,7 +222,7 @@ class Assigner:
             limit = self._settings.max_per_tick
             pace = (self._settings.lookahead_s, self._settings.max_inflight)
             accounts = await queries.accounts_with_room(
-                conn, today, campaigns, pace, seconds_left, limit
+                conn, today, campaigns, pace, seconds_left, limit, uuid4()
             )
             wants, weights = self._wants(accounts, seconds_left)
             if not wants:

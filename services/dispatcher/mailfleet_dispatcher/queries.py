@@ -105,6 +105,7 @@ async def accounts_with_room(
     pace: tuple[float, int],
     seconds_left: float,
     per_campaign: int,
+    pivot: UUID,
 ) -> list[AccountRoom]:
     """The active accounts that could take a message of `campaigns` now, the roomiest first.
 
@@ -115,9 +116,12 @@ async def accounts_with_room(
     with `seconds_left` of the day): a tick hands out at most that many messages, each to the
     member furthest below its share, and no member beyond the roomiest that many can be
     reached before each of them has one. So a tick over a large fleet reads a bounded number
-    of rows. Read without locks: the caller locks the accounts it picks and reads their loads
-    again. In-flight counts come from one pass over the in-flight index
-    (messages_inflight_idx), whose size follows what is in flight, not the fleet's size.
+    of rows. Among accounts of equal capacity, those from `pivot` on (by id, wrapping round)
+    come first: a new pivot each tick rotates which of them a crowded tick reaches.
+
+    Read without locks: the caller locks the accounts it picks and reads their loads again.
+    In-flight counts come from one pass over the in-flight index (messages_inflight_idx),
+    whose size follows what is in flight, not the fleet's size.
     """
     every = any(c.open for c in campaigns)
     named = sorted({a for c in campaigns for a in c.account_ids})
@@ -154,7 +158,7 @@ async def accounts_with_room(
             SELECT * FROM weighed w
             WHERE (cardinality(c.account_ids) = 0 AND cardinality(c.pool_tags) = 0)
                OR w.id = ANY(c.account_ids) OR w.tags && c.pool_tags
-            ORDER BY w.weight DESC, w.id
+            ORDER BY w.weight DESC, w.id < $10, w.id
             LIMIT $9
         ) w
         WHERE c.id = ANY($8::uuid[])
@@ -169,6 +173,7 @@ async def accounts_with_room(
         seconds_left,
         [c.id for c in campaigns],
         per_campaign,
+        pivot,
     )
     return [_account_room(r) for r in rows]
 
