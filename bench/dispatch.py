@@ -146,7 +146,7 @@ async def _measure(
 
 
 async def run(sizes: list[int], messages: int) -> dict[str, float]:
-    async with Scratch() as scratch:
+    async with Scratch(broker=False) as scratch:
         db = await asyncpg.connect(scratch.dsn)
         # One connection, so one backend process does all the database work measured.
         pool = await create_pool(PostgresSettings(dsn=scratch.dsn, pool_min=1, pool_max=1))

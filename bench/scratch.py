@@ -48,15 +48,19 @@ def _rabbitmqctl(*args: str) -> None:
 
 
 class Scratch:
-    """A throwaway database and (on a local broker) vhost for one benchmark run."""
+    """A throwaway database and (on a local broker) vhost for one benchmark run.
 
-    def __init__(self) -> None:
+    `broker=False`: a benchmark that never talks to RabbitMQ gets no vhost.
+    """
+
+    def __init__(self, *, broker: bool = True) -> None:
         self.name = f"mailfleet_bench_{uuid.uuid4().hex[:8]}"
         self.dsn = urlunsplit(urlsplit(ADMIN_DSN)._replace(path=f"/{self.name}"))
         parts = urlsplit(RABBIT_URL)
-        self.local_broker = shutil.which("rabbitmqctl") is not None and parts.hostname in (
-            "127.0.0.1",
-            "localhost",
+        self.local_broker = (
+            broker
+            and shutil.which("rabbitmqctl") is not None
+            and parts.hostname in ("127.0.0.1", "localhost")
         )
         self.vhost = f"mailfleet-{self.name}"
         self.rabbit_url = (
