@@ -51,6 +51,7 @@ class SenderReplica:
             timeout_s=settings.sender.smtp_timeout_s,
             validate_certs=settings.sender.smtp_validate_certs,
             helo_name=settings.sender.helo_name or socket.gethostname(),
+            connecting=asyncio.Semaphore(settings.sender.max_connecting),
         )
 
     @property

@@ -2,23 +2,31 @@
 
 Classification follows Mailman: 2xx delivered; 4xx, timeouts and dropped connections mean
 nothing was delivered and a retry may work; 5xx is permanent, except 552 (mailbox full) which
-is treated as temporary; 535 or any authentication failure is the account's problem, not the
-message's.
+is treated as temporary. A session that cannot be opened is the account's problem, not the
+message's: either its configuration is wrong (credentials refused or unusable, AUTH or STARTTLS
+not offered, a TLS failure) and only an operator can fix it, or its server cannot be reached
+(refused, DNS, timeout) and the account waits before it tries again.
 """
 
+import asyncio
 import contextlib
 import logging
+import random
+import socket
+import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import aiosmtplib
 
-from mailfleet_sender.metrics import SMTP_SECONDS
+from mailfleet_sender.metrics import CONNECTING, CONNECTS, SMTP_SECONDS
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["sent", "temporary", "permanent", "auth"]
+# config: the account's settings are wrong, pause it; unreachable: its server cannot be
+# reached, hold it. In both, nothing was sent.
+Verdict = Literal["sent", "temporary", "permanent", "config", "unreachable"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +54,9 @@ class SmtpOptions:
     timeout_s: float
     validate_certs: bool
     helo_name: str
+    # Shared by every account of the replica: sessions being opened at once, so that however
+    # many accounts fail to connect, the file descriptors in use stay bounded.
+    connecting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
 
 
 def classify_reply(code: int, message: str) -> SmtpResult:
@@ -54,7 +65,7 @@ def classify_reply(code: int, message: str) -> SmtpResult:
     if 200 <= code < 300:
         return SmtpResult("sent", code, detail)
     if code in (530, 535):  # authentication required / credentials refused
-        return SmtpResult("auth", code, detail)
+        return SmtpResult("config", code, f"SMTP authentication failed: {detail}")
     if code >= 500 and code != 552:
         return SmtpResult("permanent", code, detail)
     return SmtpResult("temporary", code, detail)
@@ -85,13 +96,52 @@ async def _transaction(
         raise
 
 
-class LoginRefusedError(Exception):
-    """The server refused the account's credentials (or they cannot be used)."""
+class SessionError(Exception):
+    """A session could not be opened; `result` says whose problem it is."""
 
-    def __init__(self, code: int | None, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+    def __init__(self, result: SmtpResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in found:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def _open_failure(endpoint: SmtpEndpoint, exc: Exception) -> SmtpResult:
+    """What a failure to open a session means: the account's configuration, or its server."""
+    where = f"{endpoint.host}:{endpoint.port}"
+    if isinstance(exc, SessionError):
+        return exc.result
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return SmtpResult(
+            "config", exc.code, f"SMTP authentication failed: {exc.code} {exc.message}"
+        )
+    chain = _chain(exc)
+    tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls_error is not None:
+        what = (
+            "certificate not trusted"
+            if isinstance(tls_error, ssl.SSLCertVerificationError)
+            else "handshake failed"
+        )
+        return SmtpResult("config", None, f"TLS with {where} ({endpoint.tls}): {what}: {tls_error}")
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return SmtpResult("unreachable", None, f"cannot connect to {where}: DNS lookup: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):  # a 4xx/5xx greeting or EHLO reply
+        return SmtpResult(
+            "unreachable", exc.code, f"cannot connect to {where}: {exc.code} {exc.message}"
+        )
+    if isinstance(exc, (OSError, TimeoutError, aiosmtplib.SMTPServerDisconnected)):
+        return SmtpResult("unreachable", None, f"cannot connect to {where}: {exc}")
+    # Anything else aiosmtplib refuses while opening (no AUTH method in common, ...) is
+    # about the settings: trying again would fail the same way.
+    return SmtpResult("config", None, f"SMTP session with {where} impossible: {exc}")
 
 
 class SmtpConnection:
@@ -106,32 +156,59 @@ class SmtpConnection:
         self.sessions = 0  # how many times a session was opened, for tests and logs
 
     async def _open(self) -> aiosmtplib.SMTP:
+        """A logged-in session; raises SessionError, classified, for any failure."""
         endpoint = self._endpoint
         if endpoint.password_error is not None:
-            raise LoginRefusedError(None, endpoint.password_error)
+            raise SessionError(SmtpResult("config", None, endpoint.password_error))
         client = aiosmtplib.SMTP(
             hostname=endpoint.host,
             port=endpoint.port,
             use_tls=endpoint.tls == "implicit",
-            start_tls=endpoint.tls == "starttls",
+            start_tls=False,  # done below, where its absence can be told apart
             timeout=self._options.timeout_s,
             validate_certs=self._options.validate_certs,
             local_hostname=self._options.helo_name,
         )
-        await client.connect()
-        if client.last_ehlo_response is None:  # connect() only says EHLO for STARTTLS
-            await client.ehlo()
-        self.sessions += 1
-        if endpoint.username:
+        async with self._options.connecting:
+            CONNECTING.inc()
             try:
-                await client.login(endpoint.username, endpoint.password or "")
-            except aiosmtplib.SMTPAuthenticationError as exc:
+                await self._handshake(client)
+            except Exception as exc:
+                # Every way out closes the socket: a failing account must not leak one per try.
                 client.close()
-                raise LoginRefusedError(exc.code, f"{exc.code} {exc.message}") from exc
-            except aiosmtplib.SMTPNotSupported as exc:
-                client.close()
-                raise LoginRefusedError(None, f"login impossible: {exc}") from exc
+                result = _open_failure(endpoint, exc)
+                CONNECTS.labels(result.verdict).inc()
+                raise SessionError(result) from exc
+            finally:
+                CONNECTING.dec()
+        CONNECTS.labels("ok").inc()
+        self.sessions += 1
         return client
+
+    async def _handshake(self, client: aiosmtplib.SMTP) -> None:
+        endpoint = self._endpoint
+        where = f"{endpoint.host}:{endpoint.port}"
+        await client.connect()
+        await client.ehlo()
+        if endpoint.tls == "starttls":
+            if not client.supports_extension("starttls"):
+                raise SessionError(
+                    SmtpResult("config", None, f"{where} does not offer STARTTLS (tls: starttls)")
+                )
+            await client.starttls()
+            await client.ehlo()  # RFC 3207: what was offered before TLS no longer holds
+        if endpoint.username:
+            if not client.supports_extension("auth"):
+                raise SessionError(
+                    SmtpResult(
+                        "config",
+                        None,
+                        f"{where} does not offer AUTH, but the account has a username: "
+                        "remove the credentials, or use tls starttls/implicit if the server "
+                        "offers AUTH only over TLS",
+                    )
+                )
+            await client.login(endpoint.username, endpoint.password or "")
 
     async def send(self, sender: str, recipient: str, data: bytes) -> SmtpResult:
         """Send one message; every expected failure is a result, not an exception."""
@@ -151,18 +228,14 @@ class SmtpConnection:
             result = await _transaction(self._client, sender, recipient, data)
             SMTP_SECONDS.observe(time.perf_counter() - started)
             return result
-        except LoginRefusedError as exc:
-            self.close()
-            return SmtpResult("auth", exc.code, exc.detail)
-        except (aiosmtplib.SMTPHeloError, aiosmtplib.SMTPConnectResponseError) as exc:
-            self.close()
-            return SmtpResult("temporary", exc.code, f"{exc.code} {exc.message}")
+        except SessionError as exc:
+            return exc.result
         except aiosmtplib.SMTPResponseException as exc:  # the reply to DATA or its content
             if exc.code == 421:  # the server is closing the session
                 self.close()
             return classify_reply(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            # Timeouts, refused or dropped connections, TLS trouble: nothing was delivered.
+            # Timeouts, dropped connections mid-transaction: nothing was delivered.
             self.close()
             return SmtpResult("temporary", None, f"{type(exc).__name__}: {exc}")
 
@@ -190,6 +263,9 @@ class AccountTransport:
         self._gap = min_gap_ms / 1000
         self._next_at = 0.0
         self.connections = [SmtpConnection(endpoint, options) for _ in range(max_connections)]
+        # Sessions that could not be opened in a row, and until when the account waits.
+        self.unreachable = 0
+        self.held_until = 0.0
 
     @property
     def size(self) -> int:
@@ -204,8 +280,25 @@ class AccountTransport:
         self._next_at = at + self._gap
         return at - now
 
+    def hold(self, base_s: float, cap_s: float) -> int:
+        """Count one more session that could not be opened, and make the account wait.
+
+        The wait doubles with each failure in a row, up to `cap_s`, with a jitter so that
+        accounts of one unreachable provider do not all try again at the same moment.
+        """
+        self.unreachable += 1
+        delay = min(cap_s, base_s * 2 ** (self.unreachable - 1))
+        jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
+        self.held_until = time.monotonic() + delay * jitter
+        return self.unreachable
+
+    def reachable(self) -> None:
+        self.unreachable = 0
+        self.held_until = 0.0
+
     def reconfigure(self, endpoint: SmtpEndpoint, min_gap_ms: int) -> None:
         """New settings: connections are replaced, each old one closing after its message."""
+        self.reachable()
         self._endpoint = endpoint
         self._gap = min_gap_ms / 1000
         old, self.connections = (
