@@ -168,7 +168,7 @@ async def test_check_keys_passes_when_a_configured_key_decrypts_every_password(
     result = await mailfleet(database_dsn, f"{generate_key()},{crypto_keys}", "check-keys")
 
     assert result.exit_code == 0, result.output
-    assert "all 2 accounts" in result.output
+    assert "every stored password (2 accounts have one)" in result.output
 
 
 async def test_check_keys_with_another_key_names_the_accounts_and_what_to_do(

@@ -177,8 +177,8 @@ def check_keys(
     result = asyncio.run(check())
     if not result.locked:
         typer.echo(
-            f"MAILFLEET_CRYPTO__KEYS decrypts the stored passwords of all "
-            f"{result.accounts_with_secrets} accounts that have one"
+            f"MAILFLEET_CRYPTO__KEYS decrypts every stored password "
+            f"({result.accounts_with_secrets} accounts have one)"
         )
     elif forget:
         for locked in result.locked:
