@@ -5,17 +5,21 @@ and the number of connections tried stays bounded however many messages wait.
 """
 
 import asyncio
+import errno
 import os
+import socket
 import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 from mailfleet_common import topology
 from mailfleet_common.crypto import generate_key
 from mailfleet_sender.settings import Settings
+from mailfleet_sender.smtp import SmtpEndpoint, SmtpResult, classify_open_failure
 from prometheus_client import REGISTRY
 
 from tests.bouncer.servers import write_certificates
@@ -347,3 +351,64 @@ async def test_many_misconfigured_accounts_open_a_bounded_number_of_connections(
     all_ids = [i for _, ids in batches for i in ids]
     assert set(await statuses(db, all_ids)) == {"queued"}
     assert set(await _attempts(db, all_ids)) == {0}
+
+
+async def test_a_replica_keeps_at_most_max_sessions_open_across_its_accounts(
+    settings: Settings, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
+) -> None:
+    tuned = _tuned(settings, max_sessions=3)
+    evicted = REGISTRY.get_sample_value("mailfleet_sender_smtp_sessions_evicted_total") or 0.0
+    peak = 0.0
+    campaign = await insert_campaign(db)
+    batches = []
+    for n in range(10):
+        account = await insert_account(db, smtp_peer.port)
+        ids = await insert_messages(
+            db, campaign, account, [f"s{n}-{i}@example.org" for i in range(5)]
+        )
+        batches.append((account, ids))
+    all_ids = [i for _, ids in batches for i in ids]
+
+    async with running_sender(tuned):
+        for account, ids in batches:
+            await publish_batch(rabbit_url, account, ids)
+
+        async def all_sent() -> bool:
+            nonlocal peak
+            peak = max(peak, REGISTRY.get_sample_value("mailfleet_sender_smtp_sessions") or 0.0)
+            return await settled(db, all_ids)
+
+        await wait_for(all_sent, within=30, interval=0.005)
+
+    assert peak <= 3
+    assert len(smtp_peer.handler.received) == 50
+    # Sessions were closed to make room, and opened again when their account's turn came.
+    assert (
+        REGISTRY.get_sample_value("mailfleet_sender_smtp_sessions_evicted_total") or 0
+    ) > evicted
+    assert smtp_peer.handler.ehlos >= 10
+    assert await _attempts(db, all_ids) == [1] * 50
+
+
+def _failure(exc: Exception, tls: str = "none") -> SmtpResult:
+    return classify_open_failure(SmtpEndpoint("mx.example", 25, tls, None, None), exc)
+
+
+def test_running_out_of_file_descriptors_is_not_the_accounts_fault() -> None:
+    cause = OSError(errno.EMFILE, "Too many open files")
+    exc = aiosmtplib.SMTPConnectError("Error connecting to mx.example on port 25")
+    exc.__cause__ = cause
+
+    assert _failure(exc).verdict == "exhausted"
+
+
+def test_a_failed_dns_lookup_means_unreachable_and_a_tls_failure_a_configuration_error() -> None:
+    dns = aiosmtplib.SMTPConnectError("Error connecting to mx.example on port 25")
+    dns.__cause__ = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    tls = aiosmtplib.SMTPConnectError("Error connecting to mx.example on port 465")
+    tls.__cause__ = ssl.SSLCertVerificationError("certificate verify failed")
+
+    assert _failure(dns).verdict == "unreachable"
+    assert "DNS" in _failure(dns).detail
+    assert _failure(tls, "implicit").verdict == "config"
+    assert "certificate not trusted" in _failure(tls, "implicit").detail

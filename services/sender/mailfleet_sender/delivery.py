@@ -193,10 +193,11 @@ class Deliverer:
                 log.exception("delivery crashed", extra={"message_id": claimed.id})
                 # Whether anything reached the server is unknown: never retry it blindly.
                 result = SmtpResult("permanent", None, f"internal error: {exc!r}")
-            if result.verdict == "unreachable":
+            if result.verdict in ("unreachable", "exhausted"):
                 tries = account.transport.hold(
                     self._settings.sender.connect_backoff_base_s,
                     self._settings.sender.connect_backoff_cap_s,
+                    counted=result.verdict == "unreachable",
                 )
                 if tries < self._settings.sender.connect_failures_to_pause:
                     await self._release(account, claimed, result, tries)
@@ -235,8 +236,13 @@ class Deliverer:
             await queries.release_claim(conn, claimed.id, result.code, detail)
         account.count("held")
         log.warning(
-            "SMTP server unreachable; the account waits",
-            extra={"account_id": str(account.id), "tries": tries, "error": detail},
+            "SMTP session not opened; the account waits",
+            extra={
+                "account_id": str(account.id),
+                "verdict": result.verdict,
+                "tries": tries,
+                "error": detail,
+            },
         )
 
     async def _refresh(self, account: Account) -> None:

@@ -26,7 +26,9 @@ class SenderSettings(BaseModel):
     smtp_timeout_s: float = Field(default=30.0, gt=0)
     smtp_validate_certs: bool = True
     helo_name: str = ""  # empty: this host's name
-    # Sessions being opened at once by this replica, whatever the number of accounts.
+    # SMTP sessions this replica keeps open (0: as many as its open-file limit allows, less
+    # a reserve), and opens at once, whatever the number of accounts.
+    max_sessions: int = Field(default=0, ge=0)
     max_connecting: int = Field(default=32, ge=1)
     # An account whose server cannot be reached waits (base doubling up to cap) between
     # tries, with its messages left as they are; after this many failures in a row it is paused.

@@ -10,23 +10,33 @@ not offered, a TLS failure) and only an operator can fix it, or its server canno
 
 import asyncio
 import contextlib
+import errno
 import logging
 import random
+import resource
 import socket
 import ssl
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
 
 import aiosmtplib
 
-from mailfleet_sender.metrics import CONNECTING, CONNECTS, SMTP_SECONDS
+from mailfleet_sender.metrics import (
+    CONNECTING,
+    CONNECTS,
+    SESSIONS,
+    SESSIONS_EVICTED,
+    SMTP_SECONDS,
+)
 
 log = logging.getLogger(__name__)
 
 # config: the account's settings are wrong, pause it; unreachable: its server cannot be
-# reached, hold it. In both, nothing was sent.
-Verdict = Literal["sent", "temporary", "permanent", "config", "unreachable"]
+# reached, hold it; exhausted: this process is out of file descriptors, which says nothing
+# about the account, so it only waits. In all three, nothing was sent.
+Verdict = Literal["sent", "temporary", "permanent", "config", "unreachable", "exhausted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,14 +59,84 @@ class SmtpEndpoint:
     password_error: str | None = None
 
 
+# File descriptors left to everything but SMTP sessions: the database pool, the broker, the
+# HTTP endpoints, logs.
+_RESERVED_FDS = 256
+
+
+def default_max_sessions() -> int:
+    """SMTP sessions that fit in this process's open-file limit, beside everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(16, soft - _RESERVED_FDS)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft open-file limit to its hard limit; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class SessionBudget:
+    """The replica's SMTP sessions, open or being opened, under two bounds.
+
+    However many accounts a replica serves, and however many of their servers fail, it holds
+    at most `max_open` sessions (an idle one, least recently used first, is closed to make room
+    for another) and opens at most `max_connecting` at once: file descriptors cannot run out.
+    """
+
+    def __init__(self, max_open: int, max_connecting: int) -> None:
+        self.max_open = max_open
+        self.connecting = asyncio.Semaphore(max_connecting)
+        self._open: set[SmtpConnection] = set()
+        self._idle: OrderedDict[SmtpConnection, None] = OrderedDict()
+        self._changed = asyncio.Event()
+
+    @property
+    def open(self) -> int:
+        return len(self._open)
+
+    async def admit(self, connection: "SmtpConnection") -> None:
+        """Count a session about to open, once there is room for it."""
+        while len(self._open) >= self.max_open:
+            if self._idle:
+                victim = next(iter(self._idle))
+                victim.close()  # calls closed(), making room
+                SESSIONS_EVICTED.inc()
+                continue
+            self._changed.clear()
+            await self._changed.wait()
+        self._open.add(connection)
+        SESSIONS.set(len(self._open))
+
+    def busy(self, connection: "SmtpConnection") -> None:
+        self._idle.pop(connection, None)
+
+    def idle(self, connection: "SmtpConnection") -> None:
+        if connection in self._open:
+            self._idle[connection] = None
+            self._idle.move_to_end(connection)
+            self._changed.set()
+
+    def closed(self, connection: "SmtpConnection") -> None:
+        self._idle.pop(connection, None)
+        if connection in self._open:
+            self._open.discard(connection)
+            SESSIONS.set(len(self._open))
+            self._changed.set()
+
+
 @dataclass(frozen=True, slots=True)
 class SmtpOptions:
     timeout_s: float
     validate_certs: bool
     helo_name: str
-    # Shared by every account of the replica: sessions being opened at once, so that however
-    # many accounts fail to connect, the file descriptors in use stay bounded.
-    connecting: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(32))
+    # Shared by every account of the replica.
+    sessions: SessionBudget = field(default_factory=lambda: SessionBudget(1000, 32))
 
 
 def classify_reply(code: int, message: str) -> SmtpResult:
@@ -113,7 +193,7 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return found
 
 
-def _open_failure(endpoint: SmtpEndpoint, exc: Exception) -> SmtpResult:
+def classify_open_failure(endpoint: SmtpEndpoint, exc: Exception) -> SmtpResult:
     """What a failure to open a session means: the account's configuration, or its server."""
     where = f"{endpoint.host}:{endpoint.port}"
     if isinstance(exc, SessionError):
@@ -123,6 +203,8 @@ def _open_failure(endpoint: SmtpEndpoint, exc: Exception) -> SmtpResult:
             "config", exc.code, f"SMTP authentication failed: {exc.code} {exc.message}"
         )
     chain = _chain(exc)
+    if any(isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE) for e in chain):
+        return SmtpResult("exhausted", None, f"cannot connect to {where}: {exc}")
     tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
     if tls_error is not None:
         what = (
@@ -169,14 +251,17 @@ class SmtpConnection:
             validate_certs=self._options.validate_certs,
             local_hostname=self._options.helo_name,
         )
-        async with self._options.connecting:
+        budget = self._options.sessions
+        await budget.admit(self)
+        async with budget.connecting:
             CONNECTING.inc()
             try:
                 await self._handshake(client)
             except Exception as exc:
                 # Every way out closes the socket: a failing account must not leak one per try.
                 client.close()
-                result = _open_failure(endpoint, exc)
+                budget.closed(self)
+                result = classify_open_failure(endpoint, exc)
                 CONNECTS.labels(result.verdict).inc()
                 raise SessionError(result) from exc
             finally:
@@ -213,16 +298,20 @@ class SmtpConnection:
     async def send(self, sender: str, recipient: str, data: bytes) -> SmtpResult:
         """Send one message; every expected failure is a result, not an exception."""
         self._busy = True
+        self._options.sessions.busy(self)
         try:
             return await self._send(sender, recipient, data)
         finally:
             self._busy = False
             if self._retired:
                 self.close()
+            elif self._client is not None:
+                self._options.sessions.idle(self)
 
     async def _send(self, sender: str, recipient: str, data: bytes) -> SmtpResult:
         try:
             if self._client is None or not self._client.is_connected:
+                self.close()  # a session the server dropped still counts until closed here
                 self._client = await self._open()
             started = time.perf_counter()
             result = await _transaction(self._client, sender, recipient, data)
@@ -249,6 +338,7 @@ class SmtpConnection:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._options.sessions.closed(self)
 
 
 class AccountTransport:
@@ -280,14 +370,15 @@ class AccountTransport:
         self._next_at = at + self._gap
         return at - now
 
-    def hold(self, base_s: float, cap_s: float) -> int:
+    def hold(self, base_s: float, cap_s: float, counted: bool = True) -> int:
         """Count one more session that could not be opened, and make the account wait.
 
         The wait doubles with each failure in a row, up to `cap_s`, with a jitter so that
-        accounts of one unreachable provider do not all try again at the same moment.
+        accounts of one unreachable provider do not all try again at the same moment. A
+        failure that is not the account's (`counted` false) only makes it wait `base_s`.
         """
-        self.unreachable += 1
-        delay = min(cap_s, base_s * 2 ** (self.unreachable - 1))
+        self.unreachable += counted
+        delay = min(cap_s, base_s * 2 ** max(self.unreachable - 1, 0)) if counted else base_s
         jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
         self.held_until = time.monotonic() + delay * jitter
         return self.unreachable
