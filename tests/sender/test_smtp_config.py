@@ -6,6 +6,7 @@ and the number of connections tried stays bounded however many messages wait.
 
 import asyncio
 import errno
+import json
 import os
 import socket
 import ssl
@@ -106,6 +107,13 @@ async def _expect_paused_with_messages_requeued(
     events = await wait_for(lambda: drain_queue(rabbit_url, topology.ACCOUNT_PAUSED_QUEUE.name))
     assert [e["account_id"] for e in events] == [str(account)]
     assert reason in events[0]["reason"]
+    recorded = await db.fetch(
+        "SELECT occurred_at, data FROM events WHERE type = 'account-paused' AND account_id = $1",
+        account,
+    )
+    assert [(r["occurred_at"].isoformat(), json.loads(r["data"])) for r in recorded] == [
+        (events[0]["paused_at"].replace("Z", "+00:00"), {"reason": text, "source": "sender"})
+    ]
     return str(text)
 
 

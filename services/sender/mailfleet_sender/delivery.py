@@ -314,22 +314,21 @@ class Deliverer:
     ) -> None:
         """Pause the account for a configuration error and give its messages back to the queue.
 
-        Nothing was sent, so no attempt is counted or reported; the pause is reported as an
-        AccountPaused event, and the reason is in the account's and the message's row.
+        Nothing was sent, so no attempt is counted or reported; the pause is an
+        'account-paused' event and an AccountPaused, and its reason is in the account's row.
         """
         reason = result.detail[:_DETAIL_MAX]
         async with self._pool.acquire() as conn:
-            paused = await queries.requeue_and_pause_account(
+            paused_at = await queries.requeue_and_pause_account(
                 conn, claimed.id, account.id, result.code, reason
             )
         account.transport.close()
         account.count("requeued")
-        now = datetime.now(UTC)
         log.error("account paused", extra={"account_id": str(account.id), "reason": reason})
-        if paused:
+        if paused_at is not None:
             try:
                 await self._publisher.publish_event(
-                    AccountPaused(account_id=account.id, reason=reason, paused_at=now),
+                    AccountPaused(account_id=account.id, reason=reason, paused_at=paused_at),
                     ACCOUNT_PAUSED_KEY,
                 )
             except Exception:

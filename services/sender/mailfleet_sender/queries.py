@@ -276,22 +276,31 @@ async def release_claim(conn: Conn, message_id: int, code: int | None, error: st
 
 async def requeue_and_pause_account(
     conn: Conn, message_id: int, account_id: UUID, code: int | None, reason: str
-) -> bool:
+) -> datetime | None:
     """Pause an account whose configuration is wrong, and give its messages back to the queue.
 
     The message in hand (`sending`, nothing was sent for it) loses the attempt its claim
     counted; it and every other message still assigned to the account go back to `queued`
     and give their units of capacity back to the day they were assigned on. The account is
     updated first: the dispatcher's assignment locks the account row, so once the pause holds,
-    no new assignment can appear that the second statement would not see. Returns whether this
-    call paused the account (False if it was no longer active).
+    no new assignment can appear that the second statement would not see. The pause's
+    'account-paused' event is written with it (the dispatcher, receiving the AccountPaused of
+    the same instant, records nothing more). Returns when this call paused the account, or None
+    if it was no longer active.
     """
     async with conn.transaction():
-        paused = await conn.fetchval(
+        paused_at: datetime | None = await conn.fetchval(
             """
-            UPDATE accounts SET status = 'paused', status_reason = $2, updated_at = now()
-            WHERE id = $1 AND status = 'active'
-            RETURNING id
+            WITH paused AS (
+                UPDATE accounts SET status = 'paused', status_reason = $2, updated_at = now()
+                WHERE id = $1 AND status = 'active'
+                RETURNING id, updated_at
+            )
+            INSERT INTO events (occurred_at, type, account_id, data)
+            SELECT updated_at, 'account-paused', id,
+                   jsonb_build_object('reason', $2::text, 'source', 'sender')
+            FROM paused
+            RETURNING occurred_at
             """,
             account_id,
             reason,
@@ -324,4 +333,4 @@ async def requeue_and_pause_account(
             code,
             reason,
         )
-    return paused is not None
+    return paused_at
