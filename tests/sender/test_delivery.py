@@ -40,6 +40,8 @@ async def _attempts_for(rabbit_url: str, ids: list[int], count: int) -> list[dic
 async def test_message_is_delivered_once_with_a_stable_message_id(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
+    # Message ids restart with each test: attempts earlier tests left would match them.
+    await drain_queue(rabbit_url, topology.SEND_ATTEMPT_QUEUE.name)
     ids = await deliver_one(db, smtp_peer.port, rabbit_url, "one@example.org", "sent")
 
     received = smtp_peer.handler.to("one@example.org")
@@ -58,6 +60,7 @@ async def test_message_is_delivered_once_with_a_stable_message_id(
 async def test_temporary_failures_are_retried_with_the_same_message_id_until_sent(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
+    await drain_queue(rabbit_url, topology.SEND_ATTEMPT_QUEUE.name)
     account = await insert_account(db, smtp_peer.port)
     campaign = await insert_campaign(db)
     ids = await insert_messages(db, campaign, account, ["tempfail2-a@example.org"])

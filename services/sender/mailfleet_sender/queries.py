@@ -290,20 +290,7 @@ async def requeue_and_pause_account(
     """
     async with conn.transaction():
         paused_at: datetime | None = await conn.fetchval(
-            """
-            WITH paused AS (
-                UPDATE accounts SET status = 'paused', status_reason = $2, updated_at = now()
-                WHERE id = $1 AND status = 'active'
-                RETURNING id, updated_at
-            )
-            INSERT INTO events (occurred_at, type, account_id, data)
-            SELECT updated_at, 'account-paused', id,
-                   jsonb_build_object('reason', $2::text, 'source', 'sender')
-            FROM paused
-            RETURNING occurred_at
-            """,
-            account_id,
-            reason,
+            "SELECT pause_account($1, $2, 'sender')", account_id, reason
         )
         await conn.execute(
             """
