@@ -3,7 +3,7 @@
 ``tempfailN-...@``: 451 for the first N tries, then accepted. ``reject-...@``: 550.
 ``full-...@``: 552. Any login is accepted except with the password ``wrong`` (535).
 A peer made with ``auth=False`` offers no AUTH; with an ``ssl_context`` it speaks TLS from the
-first byte (``tls="implicit"``) or offers STARTTLS (``tls="starttls"``).
+first byte (``tls="implicit"``) or offers STARTTLS (``tls="starttls"``, and AUTH only after it).
 """
 
 import socket
@@ -134,7 +134,8 @@ class SmtpPeer:
 
         options: dict[str, Any] = {}
         if auth:
-            options = {"authenticator": authenticate, "auth_require_tls": False}
+            # Over STARTTLS, AUTH is offered only once TLS is on, as servers commonly do.
+            options = {"authenticator": authenticate, "auth_require_tls": tls == "starttls"}
         if tls == "implicit":
             options["ssl_context"] = ssl_context
         elif tls == "starttls":

@@ -171,6 +171,36 @@ async def test_an_untrusted_certificate_pauses_the_account(
     assert peer.handler.received == []
 
 
+@pytest.mark.parametrize(("tls", "ehlos"), [("starttls", 2), ("implicit", 1)])
+async def test_an_account_over_tls_logs_in_and_delivers(
+    settings: Settings,
+    db: Any,
+    rabbit_url: str,
+    server_tls: ssl.SSLContext,
+    crypto_keys: str,
+    tls: str,
+    ehlos: int,
+) -> None:
+    peer = SmtpPeer(tls=tls, ssl_context=server_tls).start()
+    # The tests' CA is in no trust store: this checks the TLS and login steps, not the chain.
+    tuned = _tuned(settings, smtp_validate_certs=False)
+    try:
+        async with running_sender(tuned):
+            account = await insert_account(
+                db, peer.port, crypto_keys=crypto_keys, username="u", password="p", tls=tls
+            )
+            campaign = await insert_campaign(db)
+            ids = await insert_messages(db, campaign, account, ["a@example.org", "b@example.org"])
+            await publish_batch(rabbit_url, account, ids)
+            await wait_for(lambda: settled(db, ids))
+    finally:
+        peer.stop()
+
+    assert peer.handler.logins == ["u"]
+    assert peer.handler.ehlos == ehlos  # STARTTLS: EHLO again once TLS is on (RFC 3207)
+    assert len(peer.handler.received) == 2
+
+
 async def test_tls_to_a_server_that_does_not_speak_it_pauses_the_account(
     settings: Settings, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:
