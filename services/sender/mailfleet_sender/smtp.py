@@ -257,10 +257,12 @@ class SmtpConnection:
             CONNECTING.inc()
             try:
                 await self._handshake(client)
-            except Exception as exc:
+            except BaseException as exc:
                 # Every way out closes the socket: a failing account must not leak one per try.
                 client.close()
                 budget.closed(self)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: shutting down
                 result = classify_open_failure(endpoint, exc)
                 CONNECTS.labels(result.verdict).inc()
                 raise SessionError(result) from exc
