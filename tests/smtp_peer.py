@@ -2,9 +2,12 @@
 
 ``tempfailN-...@``: 451 for the first N tries, then accepted. ``reject-...@``: 550.
 ``full-...@``: 552. Any login is accepted except with the password ``wrong`` (535).
+A peer made with ``auth=False`` offers no AUTH; with an ``ssl_context`` it speaks TLS from the
+first byte (``tls="implicit"``) or offers STARTTLS (``tls="starttls"``, and AUTH only after it).
 """
 
 import socket
+import ssl
 import threading
 from dataclasses import dataclass, field
 from email.message import Message
@@ -37,6 +40,7 @@ class Handler:
     received: list[Received] = field(default_factory=list)
     refused: list[tuple[str, int]] = field(default_factory=list)
     logins: list[str] = field(default_factory=list)
+    ehlos: int = 0  # sessions that got as far as EHLO: one per connection of our client
     _tries: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -68,6 +72,19 @@ class Handler:
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
+    async def handle_EHLO(  # noqa: N802 - aiosmtpd hook name
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        with self._lock:
+            self.ehlos += 1
+        session.host_name = hostname  # what aiosmtpd does itself when there is no hook
+        return responses
+
     async def handle_DATA(  # noqa: N802 - aiosmtpd hook name
         self, server: SMTP, session: Session, envelope: Envelope
     ) -> str:
@@ -96,7 +113,14 @@ def _free_port() -> int:
 
 
 class SmtpPeer:
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        auth: bool = True,
+        tls: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        port: int | None = None,
+    ) -> None:
         self.handler = Handler()
 
         def authenticate(
@@ -108,13 +132,20 @@ class SmtpPeer:
                     return AuthResult(success=False, handled=False)
             return AuthResult(success=True)
 
+        options: dict[str, Any] = {}
+        if auth:
+            # Over STARTTLS, AUTH is offered only once TLS is on, as servers commonly do.
+            options = {"authenticator": authenticate, "auth_require_tls": tls == "starttls"}
+        if tls == "implicit":
+            options["ssl_context"] = ssl_context
+        elif tls == "starttls":
+            options["tls_context"] = ssl_context
         self._controller = Controller(
             self.handler,
             hostname="127.0.0.1",
-            port=_free_port(),
-            authenticator=authenticate,
-            auth_require_tls=False,
+            port=port or _free_port(),
             ready_timeout=10,
+            **options,
         )
 
     @property

@@ -126,6 +126,7 @@ async def insert_account(
     from_name: str | None = "Mail Fleet",
     min_gap_ms: int = 0,
     status: str = "active",
+    tls: str = "none",
 ) -> uuid.UUID:
     encrypted = None
     if password is not None and crypto_keys is not None:
@@ -135,7 +136,7 @@ async def insert_account(
         INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, smtp_username,
                               smtp_password_enc, from_email, from_name, daily_limit,
                               min_gap_ms, status)
-        VALUES ('test', '127.0.0.1', $1, 'none', $2, $3, 'news@fleet.example.com', $4, 1000,
+        VALUES ('test', '127.0.0.1', $1, $7, $2, $3, 'news@fleet.example.com', $4, 1000,
                 $5, $6)
         RETURNING id
         """,
@@ -145,6 +146,7 @@ async def insert_account(
         from_name,
         min_gap_ms,
         status,
+        tls,
     )
     return account_id
 

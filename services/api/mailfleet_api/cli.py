@@ -1,4 +1,4 @@
-"""The ``mailfleet`` command: migrate, users and API keys, secret rotation, serve, demo."""
+"""The ``mailfleet`` command: migrate, users and API keys, secrets and keys, serve, demo."""
 
 import asyncio
 from pathlib import Path
@@ -14,6 +14,7 @@ from mailfleet_common.settings import HttpSettings
 
 from mailfleet_api import auth, queries
 from mailfleet_api.demo import DemoOptions, run_demo
+from mailfleet_api.keycheck import KeyCheck, check_secrets, explain
 from mailfleet_api.settings import Settings
 
 app = typer.Typer(help="mailfleet: self-hosted email delivery.", no_args_is_help=True)
@@ -56,7 +57,12 @@ def create_user(
     password_file: Annotated[
         Path | None, typer.Option(exists=True, dir_okay=False, help="Read it from a file.")
     ] = None,
-    if_missing: Annotated[bool, typer.Option(help="Succeed quietly if it exists.")] = False,
+    if_missing: Annotated[
+        bool,
+        typer.Option(
+            help="Succeed quietly if it exists; exit 3 if it has another password than given."
+        ),
+    ] = False,
 ) -> None:
     """Create a user (asks for the password unless given)."""
     if role not in auth.ROLE_RANK:
@@ -67,26 +73,120 @@ def create_user(
         raise _fail(f"invalid email: {exc}") from exc
     settings = _settings()
 
-    async def create() -> bool:
+    async def create() -> str:
         conn = await asyncpg.connect(settings.postgres.dsn)
         try:
-            if await queries.fetch_user_by_email(conn, email) is not None:
-                return False
-            secret = _read_password(password, password_file)
-            if len(secret) < 12:
-                raise _fail("the password needs at least 12 characters")
-            return (
-                await queries.insert_user(conn, email, auth.hash_password(secret), role) is not None
-            )
+            login = await queries.fetch_login(conn, email)
+            if login is not None:
+                if not if_missing or (password is None and password_file is None):
+                    return "exists"
+                given = _read_password(password, password_file)
+                return "exists" if auth.verify_password(login["password_hash"], given) else "other"
+            secret = _new_password(password, password_file)
+            created = await queries.insert_user(conn, email, auth.hash_password(secret), role)
+            return "created" if created is not None else "exists"
         finally:
             await conn.close()
 
-    if asyncio.run(create()):
+    outcome = asyncio.run(create())
+    if outcome == "created":
         typer.echo(f"created {role} {email}")
+    elif outcome == "other":
+        given = f"--password-file {password_file}" if password_file else "--password ..."
+        typer.secho(
+            f"{email} exists already, and the password given ({given}) is not theirs: the "
+            "database was set up from another clone, or the password was changed since. "
+            f"To give {email} this password:\n  mailfleet set-password --email {email} {given}",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+        raise typer.Exit(code=3)
     elif if_missing:
         typer.echo(f"{email} exists already")
     else:
         raise _fail(f"a user with email {email} exists already")
+
+
+def _new_password(password: str | None, password_file: Path | None) -> str:
+    secret = _read_password(password, password_file)
+    if len(secret) < 12:
+        raise _fail("the password needs at least 12 characters")
+    return secret
+
+
+@app.command("set-password")
+def set_password(
+    email: Annotated[str, typer.Option(help="The user's email (their login).")],
+    password: Annotated[str | None, typer.Option(help="Visible to other local users.")] = None,
+    password_file: Annotated[
+        Path | None, typer.Option(exists=True, dir_okay=False, help="Read it from a file.")
+    ] = None,
+) -> None:
+    """Give an existing user a new password (asks for it unless given)."""
+    settings = _settings()
+
+    async def update() -> bool:
+        conn = await asyncpg.connect(settings.postgres.dsn)
+        try:
+            if await queries.fetch_user_by_email(conn, email) is None:
+                return False
+            secret = _new_password(password, password_file)
+            return await queries.set_user_password(conn, email, auth.hash_password(secret))
+        finally:
+            await conn.close()
+
+    if not asyncio.run(update()):
+        raise _fail(f"no user with email {email}")
+    typer.echo(f"password set for {email}")
+
+
+@app.command("check-keys")
+def check_keys(
+    forget: Annotated[
+        bool,
+        typer.Option(
+            "--forget",
+            help="Delete the passwords no key decrypts and pause their accounts.",
+        ),
+    ] = False,
+) -> None:
+    """Check that MAILFLEET_CRYPTO__KEYS decrypts every stored SMTP and IMAP password.
+
+    Exits 2, saying what to do, when some cannot be decrypted (unless --forget).
+    """
+    settings = _settings()
+
+    async def check() -> KeyCheck:
+        conn = await asyncpg.connect(settings.postgres.dsn)
+        try:
+            async with conn.transaction():
+                result = check_secrets(settings.crypto, await queries.fetch_account_secrets(conn))
+                if forget:
+                    for locked in result.locked:
+                        await queries.forget_account_secrets(
+                            conn,
+                            locked.account_id,
+                            locked.smtp,
+                            locked.imap,
+                            locked.forgotten_reason,
+                        )
+                return result
+        finally:
+            await conn.close()
+
+    result = asyncio.run(check())
+    if not result.locked:
+        typer.echo(
+            f"MAILFLEET_CRYPTO__KEYS decrypts every stored password "
+            f"({result.accounts_with_secrets} accounts have one)"
+        )
+    elif forget:
+        for locked in result.locked:
+            typer.echo(f"{locked.name} ({locked.account_id}): {locked.forgotten_reason}")
+        typer.echo(f"deleted the passwords of {len(result.locked)} accounts and paused them")
+    else:
+        typer.secho(f"error: {explain(result)}", err=True, fg=typer.colors.RED)
+        raise typer.Exit(code=2)
 
 
 @app.command("create-api-key")

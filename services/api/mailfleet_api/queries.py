@@ -37,6 +37,16 @@ async def fetch_login(conn: Conn, email: str) -> asyncpg.Record | None:
     )
 
 
+async def set_user_password(conn: Conn, email: str, password_hash: str) -> bool:
+    """Replace a user's password; False if there is no such user."""
+    done = await conn.fetchval(
+        "UPDATE users SET password_hash = $2 WHERE lower(email) = lower($1) RETURNING id",
+        email,
+        password_hash,
+    )
+    return done is not None
+
+
 async def fetch_user_role(conn: Conn, user_id: UUID) -> str | None:
     """The role of an enabled user, or None if the user is gone or disabled."""
     role: str | None = await conn.fetchval(
@@ -372,7 +382,8 @@ async def fetch_account_secrets(conn: Conn) -> list[asyncpg.Record]:
     """Every account's encrypted SMTP and IMAP passwords, row-locked for re-encryption."""
     return await conn.fetch(
         """
-        SELECT id, smtp_password_enc, imap_password_enc FROM accounts
+        SELECT id, name, smtp_password_enc, imap_password_enc, imap_host, imap_username
+        FROM accounts
         WHERE smtp_password_enc IS NOT NULL OR imap_password_enc IS NOT NULL
         ORDER BY id FOR UPDATE
         """
@@ -387,6 +398,35 @@ async def set_account_secrets(
         account_id,
         smtp_password_enc,
         imap_password_enc,
+    )
+
+
+async def forget_account_secrets(
+    conn: Conn, account_id: UUID, smtp: bool, imap: bool, reason: str
+) -> None:
+    """Drop passwords no key can decrypt; an active account is paused until they are given.
+
+    An IMAP setting cannot stand without its password, so the whole setting goes.
+    """
+    await conn.execute(
+        """
+        UPDATE accounts
+        SET smtp_password_enc = CASE WHEN $2 THEN NULL ELSE smtp_password_enc END,
+            imap_host = CASE WHEN $3 THEN NULL ELSE imap_host END,
+            imap_port = CASE WHEN $3 THEN NULL ELSE imap_port END,
+            imap_tls = CASE WHEN $3 THEN NULL ELSE imap_tls END,
+            imap_username = CASE WHEN $3 THEN NULL ELSE imap_username END,
+            imap_password_enc = CASE WHEN $3 THEN NULL ELSE imap_password_enc END,
+            imap_processed_folder = CASE WHEN $3 THEN NULL ELSE imap_processed_folder END,
+            status = CASE WHEN status = 'active' THEN 'paused' ELSE status END,
+            status_reason = CASE WHEN status = 'active' THEN $4 ELSE status_reason END,
+            updated_at = now()
+        WHERE id = $1
+        """,
+        account_id,
+        smtp,
+        imap,
+        reason,
     )
 
 

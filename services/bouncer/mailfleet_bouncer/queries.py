@@ -420,20 +420,7 @@ async def account_rates(conn: Conn, account_id: UUID, window: int) -> Rates:
 async def pause_account(conn: Conn, account_id: UUID, reason: str) -> datetime | None:
     """Pause an active account and record why; when it paused, or None if it was not active."""
     paused_at: datetime | None = await conn.fetchval(
-        """
-        WITH paused AS (
-            UPDATE accounts SET status = 'paused', status_reason = $2, updated_at = now()
-            WHERE id = $1 AND status = 'active'
-            RETURNING id, updated_at
-        )
-        INSERT INTO events (occurred_at, type, account_id, data)
-        SELECT updated_at, 'account-paused', id,
-               jsonb_build_object('reason', $2::text, 'source', 'bouncer')
-        FROM paused
-        RETURNING occurred_at
-        """,
-        account_id,
-        reason,
+        "SELECT pause_account($1, $2, 'bouncer')", account_id, reason
     )
     return paused_at
 

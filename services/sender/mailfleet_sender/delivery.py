@@ -1,9 +1,11 @@
 """Delivering a SendBatch: claim, render, send and record each message, in order."""
 
 import asyncio
+import contextlib
 import logging
 import random
-from collections.abc import Iterator
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
@@ -65,12 +67,18 @@ def _endpoint(row: AccountRow, secrets: SecretBox | None) -> SmtpEndpoint:
     error = None
     if row.smtp_password_enc is not None:
         if secrets is None:
-            error = "no encryption key configured to decrypt the SMTP password"
+            error = (
+                "the SMTP password cannot be decrypted: no key in MAILFLEET_CRYPTO__KEYS; "
+                "configure the key it was stored with, or enter the password again"
+            )
         else:
             try:
                 password = secrets.decrypt(row.smtp_password_enc)
-            except SecretBoxError as exc:
-                error = f"SMTP password unusable: {exc}"
+            except SecretBoxError:
+                error = (
+                    "the SMTP password cannot be decrypted with MAILFLEET_CRYPTO__KEYS: add "
+                    "the key it was stored with, or enter the password again"
+                )
     return SmtpEndpoint(
         host=row.smtp_host,
         port=row.smtp_port,
@@ -110,8 +118,8 @@ def reconfigure_account(account: Account, row: AccountRow, secrets: SecretBox | 
 
 @dataclass
 class _Batch:
-    ids: Iterator[int]
-    halted: bool = False  # the account was paused: leave the rest assigned
+    ids: deque[int]
+    halted: bool = False  # the account was paused: its messages went back to the queue
     interrupted: bool = False  # shutting down: a pulled id was left unprocessed
 
 
@@ -142,7 +150,7 @@ class Deliverer:
         self, account: Account, message_ids: list[int], stopping: asyncio.Event
     ) -> bool:
         """Deliver the messages; False if shutdown interrupted before every one was handled."""
-        batch = _Batch(iter(message_ids))
+        batch = _Batch(deque(message_ids))
         workers = min(account.transport.size, len(message_ids))
         results = await asyncio.gather(
             *(self._work(account, slot, batch, stopping) for slot in range(workers)),
@@ -157,10 +165,11 @@ class Deliverer:
         self, account: Account, slot: int, batch: _Batch, stopping: asyncio.Event
     ) -> None:
         pending: Outcome | None = None
-        for message_id in batch.ids:
+        while batch.ids:
+            message_id = batch.ids.popleft()
             if batch.halted:
                 break
-            if stopping.is_set():
+            if stopping.is_set() or not await self._wait_while_held(account, stopping):
                 batch.interrupted = True
                 break
             delay = account.transport.reserve_turn()
@@ -184,13 +193,57 @@ class Deliverer:
                 log.exception("delivery crashed", extra={"message_id": claimed.id})
                 # Whether anything reached the server is unknown: never retry it blindly.
                 result = SmtpResult("permanent", None, f"internal error: {exc!r}")
-            if result.verdict == "auth":
+            if result.verdict in ("unreachable", "exhausted"):
+                tries = account.transport.hold(
+                    self._settings.sender.connect_backoff_base_s,
+                    self._settings.sender.connect_backoff_cap_s,
+                    counted=result.verdict == "unreachable",
+                )
+                if tries < self._settings.sender.connect_failures_to_pause:
+                    await self._release(account, claimed, result, tries)
+                    batch.ids.appendleft(message_id)  # the same message, once the wait is over
+                    continue
+                result = SmtpResult(
+                    "config",
+                    result.code,
+                    f"SMTP server unreachable ({tries} tries in a row): {result.detail}",
+                )
+            else:
+                account.transport.reachable()
+            if result.verdict == "config":
                 batch.halted = True
                 await self._requeue_and_pause(account, claimed, result)
                 break
             pending = self._outcome(account, claimed, result)
         if pending is not None:
             await self._committer.submit(pending, None)
+
+    async def _wait_while_held(self, account: Account, stopping: asyncio.Event) -> bool:
+        """Wait out the account's hold after a failed connection; False if stopping."""
+        while (left := account.transport.held_until - time.monotonic()) > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), timeout=left)
+            if stopping.is_set():
+                return False
+        return True
+
+    async def _release(
+        self, account: Account, claimed: ClaimedMessage, result: SmtpResult, tries: int
+    ) -> None:
+        """Un-claim a message whose account could not open a session: it stays assigned."""
+        detail = result.detail[:_DETAIL_MAX]
+        async with self._pool.acquire() as conn:
+            await queries.release_claim(conn, claimed.id, result.code, detail)
+        account.count("held")
+        log.warning(
+            "SMTP session not opened; the account waits",
+            extra={
+                "account_id": str(account.id),
+                "verdict": result.verdict,
+                "tries": tries,
+                "error": detail,
+            },
+        )
 
     async def _refresh(self, account: Account) -> None:
         """Adopt an account configuration changed since this replica last polled it."""
@@ -259,34 +312,23 @@ class Deliverer:
     async def _requeue_and_pause(
         self, account: Account, claimed: ClaimedMessage, result: SmtpResult
     ) -> None:
-        reason = f"SMTP authentication failed: {result.detail}"[:_DETAIL_MAX]
+        """Pause the account for a configuration error and give its messages back to the queue.
+
+        Nothing was sent, so no attempt is counted or reported; the pause is an
+        'account-paused' event and an AccountPaused, and its reason is in the account's row.
+        """
+        reason = result.detail[:_DETAIL_MAX]
         async with self._pool.acquire() as conn:
-            paused = await queries.requeue_and_pause_account(
+            paused_at = await queries.requeue_and_pause_account(
                 conn, claimed.id, account.id, result.code, reason
             )
         account.transport.close()
         account.count("requeued")
-        now = datetime.now(UTC)
-        # Nothing was sent: the attempt is reported as deferred while the message is queued.
-        self._reporter.add(
-            [
-                SendAttempt.model_construct(
-                    message_id=claimed.id,
-                    campaign_id=claimed.campaign_id,
-                    account_id=account.id,
-                    attempt=claimed.attempts,
-                    outcome="deferred",
-                    smtp_code=result.code,
-                    detail=reason,
-                    attempted_at=now,
-                )
-            ]
-        )
         log.error("account paused", extra={"account_id": str(account.id), "reason": reason})
-        if paused:
+        if paused_at is not None:
             try:
                 await self._publisher.publish_event(
-                    AccountPaused(account_id=account.id, reason=reason, paused_at=now),
+                    AccountPaused(account_id=account.id, reason=reason, paused_at=paused_at),
                     ACCOUNT_PAUSED_KEY,
                 )
             except Exception:

@@ -14,6 +14,7 @@ from mailfleet_common.serving import serve
 
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import Settings
+from mailfleet_sender.smtp import raise_open_file_limit
 from mailfleet_sender.tracking import TrackingConfigError
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ def run() -> None:
     """Console script: read the environment, log JSON, serve until SIGTERM."""
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-sender")
+    # One SMTP session per account: let the session budget use all the process may open.
+    raise_open_file_limit()
     try:
         app = create_app(settings)
     except TrackingConfigError as exc:

@@ -4,7 +4,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "mailfleet_sender_messages_total",
-    "Delivery attempts by account and outcome (sent, deferred, failed, requeued).",
+    "Delivery attempts by account and outcome (sent, deferred, failed; requeued: the account "
+    "was paused for its configuration; held: its server could not be reached).",
     ["account", "outcome"],
 )
 SKIPPED = Counter(
@@ -34,4 +35,23 @@ ACCOUNTS = Gauge(
     "mailfleet_sender_accounts",
     "Account queues this replica consumes, by role (owned, standby).",
     ["role"],
+)
+CONNECTS = Counter(
+    "mailfleet_sender_smtp_connects_total",
+    "SMTP sessions this replica tried to open, by outcome: ok, unreachable (refused, DNS, "
+    "timeout; the account waits and tries again), config (the account is paused), exhausted "
+    "(this process is out of file descriptors).",
+    ["outcome"],
+)
+CONNECTING = Gauge(
+    "mailfleet_sender_smtp_connecting",
+    "SMTP sessions being opened right now (bounded by MAILFLEET_SENDER__MAX_CONNECTING).",
+)
+SESSIONS = Gauge(
+    "mailfleet_sender_smtp_sessions",
+    "SMTP sessions open or being opened (bounded by MAILFLEET_SENDER__MAX_SESSIONS).",
+)
+SESSIONS_EVICTED = Counter(
+    "mailfleet_sender_smtp_sessions_evicted_total",
+    "Idle SMTP sessions closed to make room for another account's (at MAX_SESSIONS).",
 )

@@ -256,26 +256,61 @@ async def record_outcomes_and_claim(
     return result
 
 
+async def release_claim(conn: Conn, message_id: int, code: int | None, error: str) -> None:
+    """Undo the claim of a message nothing was sent for: back to `assigned`, no attempt counted.
+
+    Its account could not open a session and waits before trying the same message again.
+    """
+    await conn.execute(
+        """
+        UPDATE messages
+        SET status = 'assigned', attempts = attempts - 1, sender_replica = NULL,
+            last_code = $2, last_error = $3, updated_at = now()
+        WHERE id = $1 AND status = 'sending'
+        """,
+        message_id,
+        code,
+        error,
+    )
+
+
 async def requeue_and_pause_account(
     conn: Conn, message_id: int, account_id: UUID, code: int | None, reason: str
-) -> bool:
-    """Return a message nothing was sent for to `queued`, and pause its account.
+) -> datetime | None:
+    """Pause an account whose configuration is wrong, and give its messages back to the queue.
 
-    The message gives its unit of capacity back to the day it was assigned on. Returns
-    whether this call paused the account (False if it was no longer active).
+    The message in hand (`sending`, nothing was sent for it) loses the attempt its claim
+    counted; it and every other message still assigned to the account go back to `queued`
+    and give their units of capacity back to the day they were assigned on. The account is
+    updated first: the dispatcher's assignment locks the account row, so once the pause holds,
+    no new assignment can appear that the second statement would not see. The pause's
+    'account-paused' event is written with it (the dispatcher, receiving the AccountPaused of
+    the same instant, records nothing more). Returns when this call paused the account, or None
+    if it was no longer active.
     """
     async with conn.transaction():
+        paused_at: datetime | None = await conn.fetchval(
+            "SELECT pause_account($1, $2, 'sender')", account_id, reason
+        )
         await conn.execute(
             """
             WITH msg AS (
                 UPDATE messages
-                SET status = 'queued', account_id = NULL, sender_replica = NULL,
-                    last_code = $3, last_error = $4, updated_at = now()
-                WHERE id = $1 AND status = 'sending'
-                RETURNING assigned_at
+                SET status = 'queued', account_id = NULL, assigned_at = NULL,
+                    sender_replica = NULL,
+                    attempts = CASE WHEN id = $1 THEN attempts - 1 ELSE attempts END,
+                    last_code = CASE WHEN id = $1 THEN $3 ELSE last_code END,
+                    last_error = CASE WHEN id = $1 THEN $4 ELSE last_error END,
+                    updated_at = now()
+                FROM (SELECT id AS held_id, assigned_at AS held_at FROM messages
+                      WHERE (id = $1 AND status = 'sending')
+                         OR (account_id = $2 AND status = 'assigned')
+                      FOR NO KEY UPDATE) AS held
+                WHERE messages.id = held.held_id
+                RETURNING held.held_at
             )
             SELECT release_reservations(
-                array_agg($2::uuid), array_agg((assigned_at AT TIME ZONE 'UTC')::date),
+                array_agg($2::uuid), array_agg((held_at AT TIME ZONE 'UTC')::date),
                 array_agg(1)
             )
             FROM msg
@@ -285,13 +320,4 @@ async def requeue_and_pause_account(
             code,
             reason,
         )
-        paused = await conn.fetchval(
-            """
-            UPDATE accounts SET status = 'paused', status_reason = $2, updated_at = now()
-            WHERE id = $1 AND status = 'active'
-            RETURNING id
-            """,
-            account_id,
-            reason,
-        )
-    return paused is not None
+    return paused_at

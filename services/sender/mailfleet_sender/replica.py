@@ -23,7 +23,7 @@ from mailfleet_sender.mime import TemplateCache
 from mailfleet_sender.queries import CampaignRow
 from mailfleet_sender.reporting import AttemptReporter, EventPublisher
 from mailfleet_sender.settings import Settings
-from mailfleet_sender.smtp import SmtpOptions
+from mailfleet_sender.smtp import SessionBudget, SmtpOptions, default_max_sessions
 from mailfleet_sender.subscriptions import AccountSubscription
 from mailfleet_sender.tracking import Tracker
 
@@ -51,6 +51,10 @@ class SenderReplica:
             timeout_s=settings.sender.smtp_timeout_s,
             validate_certs=settings.sender.smtp_validate_certs,
             helo_name=settings.sender.helo_name or socket.gethostname(),
+            sessions=SessionBudget(
+                settings.sender.max_sessions or default_max_sessions(),
+                settings.sender.max_connecting,
+            ),
         )
 
     @property

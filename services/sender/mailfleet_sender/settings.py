@@ -26,6 +26,16 @@ class SenderSettings(BaseModel):
     smtp_timeout_s: float = Field(default=30.0, gt=0)
     smtp_validate_certs: bool = True
     helo_name: str = ""  # empty: this host's name
+    # SMTP sessions this replica keeps open (0: as many as its open-file limit allows, less
+    # a reserve), and opens at once, whatever the number of accounts.
+    max_sessions: int = Field(default=0, ge=0)
+    max_connecting: int = Field(default=32, ge=1)
+    # An account whose server cannot be reached waits (base doubling up to cap) between
+    # tries, with its messages left as they are; after this many failures in a row (about 8
+    # minutes with the defaults) it is paused.
+    connect_backoff_base_s: float = Field(default=2.0, gt=0)
+    connect_backoff_cap_s: float = Field(default=120.0, gt=0)
+    connect_failures_to_pause: int = Field(default=10, ge=1)
     # Retries of temporary failures.
     retry_base_s: float = Field(default=60.0, ge=0)
     retry_cap_s: float = Field(default=3600.0, ge=0)

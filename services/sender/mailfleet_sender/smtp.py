@@ -2,23 +2,41 @@
 
 Classification follows Mailman: 2xx delivered; 4xx, timeouts and dropped connections mean
 nothing was delivered and a retry may work; 5xx is permanent, except 552 (mailbox full) which
-is treated as temporary; 535 or any authentication failure is the account's problem, not the
-message's.
+is treated as temporary. A session that cannot be opened is the account's problem, not the
+message's: either its configuration is wrong (credentials refused or unusable, AUTH or STARTTLS
+not offered, a TLS failure) and only an operator can fix it, or its server cannot be reached
+(refused, DNS, timeout) and the account waits before it tries again.
 """
 
+import asyncio
 import contextlib
+import errno
 import logging
+import random
+import resource
+import socket
+import ssl
 import time
-from dataclasses import dataclass
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Literal
 
 import aiosmtplib
 
-from mailfleet_sender.metrics import SMTP_SECONDS
+from mailfleet_sender.metrics import (
+    CONNECTING,
+    CONNECTS,
+    SESSIONS,
+    SESSIONS_EVICTED,
+    SMTP_SECONDS,
+)
 
 log = logging.getLogger(__name__)
 
-Verdict = Literal["sent", "temporary", "permanent", "auth"]
+# config: the account's settings are wrong, pause it; unreachable: its server cannot be
+# reached, hold it; exhausted: this process is out of file descriptors, which says nothing
+# about the account, so it only waits. In all three, nothing was sent.
+Verdict = Literal["sent", "temporary", "permanent", "config", "unreachable", "exhausted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,11 +59,84 @@ class SmtpEndpoint:
     password_error: str | None = None
 
 
+# File descriptors left to everything but SMTP sessions: the database pool, the broker, the
+# HTTP endpoints, logs.
+_RESERVED_FDS = 256
+
+
+def default_max_sessions() -> int:
+    """SMTP sessions that fit in this process's open-file limit, beside everything else."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 100_000
+    return max(16, soft - _RESERVED_FDS)
+
+
+def raise_open_file_limit() -> int:
+    """Raise this process's soft open-file limit to its hard limit; returns the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class SessionBudget:
+    """The replica's SMTP sessions, open or being opened, under two bounds.
+
+    However many accounts a replica serves, and however many of their servers fail, it holds
+    at most `max_open` sessions (an idle one, least recently used first, is closed to make room
+    for another) and opens at most `max_connecting` at once: file descriptors cannot run out.
+    """
+
+    def __init__(self, max_open: int, max_connecting: int) -> None:
+        self.max_open = max_open
+        self.connecting = asyncio.Semaphore(max_connecting)
+        self._open: set[SmtpConnection] = set()
+        self._idle: OrderedDict[SmtpConnection, None] = OrderedDict()
+        self._changed = asyncio.Event()
+
+    @property
+    def open(self) -> int:
+        return len(self._open)
+
+    async def admit(self, connection: "SmtpConnection") -> None:
+        """Count a session about to open, once there is room for it."""
+        while len(self._open) >= self.max_open:
+            if self._idle:
+                victim = next(iter(self._idle))
+                victim.close()  # calls closed(), making room
+                SESSIONS_EVICTED.inc()
+                continue
+            self._changed.clear()
+            await self._changed.wait()
+        self._open.add(connection)
+        SESSIONS.set(len(self._open))
+
+    def busy(self, connection: "SmtpConnection") -> None:
+        self._idle.pop(connection, None)
+
+    def idle(self, connection: "SmtpConnection") -> None:
+        if connection in self._open:
+            self._idle[connection] = None
+            self._idle.move_to_end(connection)
+            self._changed.set()
+
+    def closed(self, connection: "SmtpConnection") -> None:
+        self._idle.pop(connection, None)
+        if connection in self._open:
+            self._open.discard(connection)
+            SESSIONS.set(len(self._open))
+            self._changed.set()
+
+
 @dataclass(frozen=True, slots=True)
 class SmtpOptions:
     timeout_s: float
     validate_certs: bool
     helo_name: str
+    # Shared by every account of the replica.
+    sessions: SessionBudget = field(default_factory=lambda: SessionBudget(1000, 32))
 
 
 def classify_reply(code: int, message: str) -> SmtpResult:
@@ -54,7 +145,7 @@ def classify_reply(code: int, message: str) -> SmtpResult:
     if 200 <= code < 300:
         return SmtpResult("sent", code, detail)
     if code in (530, 535):  # authentication required / credentials refused
-        return SmtpResult("auth", code, detail)
+        return SmtpResult("config", code, f"SMTP authentication failed: {detail}")
     if code >= 500 and code != 552:
         return SmtpResult("permanent", code, detail)
     return SmtpResult("temporary", code, detail)
@@ -85,13 +176,54 @@ async def _transaction(
         raise
 
 
-class LoginRefusedError(Exception):
-    """The server refused the account's credentials (or they cannot be used)."""
+class SessionError(Exception):
+    """A session could not be opened; `result` says whose problem it is."""
 
-    def __init__(self, code: int | None, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+    def __init__(self, result: SmtpResult) -> None:
+        super().__init__(result.detail)
+        self.result = result
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    found: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in found:
+        found.append(current)
+        current = current.__cause__ or current.__context__
+    return found
+
+
+def classify_open_failure(endpoint: SmtpEndpoint, exc: Exception) -> SmtpResult:
+    """What a failure to open a session means: the account's configuration, or its server."""
+    where = f"{endpoint.host}:{endpoint.port}"
+    if isinstance(exc, SessionError):
+        return exc.result
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        return SmtpResult(
+            "config", exc.code, f"SMTP authentication failed: {exc.code} {exc.message}"
+        )
+    chain = _chain(exc)
+    if any(isinstance(e, OSError) and e.errno in (errno.EMFILE, errno.ENFILE) for e in chain):
+        return SmtpResult("exhausted", None, f"cannot connect to {where}: {exc}")
+    tls_error = next((e for e in chain if isinstance(e, ssl.SSLError)), None)
+    if tls_error is not None:
+        what = (
+            "certificate not trusted"
+            if isinstance(tls_error, ssl.SSLCertVerificationError)
+            else "handshake failed"
+        )
+        return SmtpResult("config", None, f"TLS with {where} ({endpoint.tls}): {what}: {tls_error}")
+    if any(isinstance(e, socket.gaierror) for e in chain):
+        return SmtpResult("unreachable", None, f"cannot connect to {where}: DNS lookup: {exc}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):  # a 4xx/5xx greeting or EHLO reply
+        return SmtpResult(
+            "unreachable", exc.code, f"cannot connect to {where}: {exc.code} {exc.message}"
+        )
+    if isinstance(exc, (OSError, TimeoutError, aiosmtplib.SMTPServerDisconnected)):
+        return SmtpResult("unreachable", None, f"cannot connect to {where}: {exc}")
+    # Anything else aiosmtplib refuses while opening (no AUTH method in common, ...) is
+    # about the settings: trying again would fail the same way.
+    return SmtpResult("config", None, f"SMTP session with {where} impossible: {exc}")
 
 
 class SmtpConnection:
@@ -106,63 +238,95 @@ class SmtpConnection:
         self.sessions = 0  # how many times a session was opened, for tests and logs
 
     async def _open(self) -> aiosmtplib.SMTP:
+        """A logged-in session; raises SessionError, classified, for any failure."""
         endpoint = self._endpoint
         if endpoint.password_error is not None:
-            raise LoginRefusedError(None, endpoint.password_error)
+            raise SessionError(SmtpResult("config", None, endpoint.password_error))
         client = aiosmtplib.SMTP(
             hostname=endpoint.host,
             port=endpoint.port,
             use_tls=endpoint.tls == "implicit",
-            start_tls=endpoint.tls == "starttls",
+            start_tls=False,  # done below, where its absence can be told apart
             timeout=self._options.timeout_s,
             validate_certs=self._options.validate_certs,
             local_hostname=self._options.helo_name,
         )
-        await client.connect()
-        if client.last_ehlo_response is None:  # connect() only says EHLO for STARTTLS
-            await client.ehlo()
-        self.sessions += 1
-        if endpoint.username:
+        budget = self._options.sessions
+        await budget.admit(self)
+        async with budget.connecting:
+            CONNECTING.inc()
             try:
-                await client.login(endpoint.username, endpoint.password or "")
-            except aiosmtplib.SMTPAuthenticationError as exc:
+                await self._handshake(client)
+            except BaseException as exc:
+                # Every way out closes the socket: a failing account must not leak one per try.
                 client.close()
-                raise LoginRefusedError(exc.code, f"{exc.code} {exc.message}") from exc
-            except aiosmtplib.SMTPNotSupported as exc:
-                client.close()
-                raise LoginRefusedError(None, f"login impossible: {exc}") from exc
+                budget.closed(self)
+                if not isinstance(exc, Exception):
+                    raise  # cancelled: shutting down
+                result = classify_open_failure(endpoint, exc)
+                CONNECTS.labels(result.verdict).inc()
+                raise SessionError(result) from exc
+            finally:
+                CONNECTING.dec()
+        CONNECTS.labels("ok").inc()
+        self.sessions += 1
         return client
+
+    async def _handshake(self, client: aiosmtplib.SMTP) -> None:
+        endpoint = self._endpoint
+        where = f"{endpoint.host}:{endpoint.port}"
+        await client.connect()
+        await client.ehlo()
+        if endpoint.tls == "starttls":
+            if not client.supports_extension("starttls"):
+                raise SessionError(
+                    SmtpResult("config", None, f"{where} does not offer STARTTLS (tls: starttls)")
+                )
+            await client.starttls()
+            await client.ehlo()  # RFC 3207: what was offered before TLS no longer holds
+        if endpoint.username:
+            if not client.supports_extension("auth"):
+                raise SessionError(
+                    SmtpResult(
+                        "config",
+                        None,
+                        f"{where} does not offer AUTH, but the account has a username: "
+                        "remove the credentials, or use tls starttls/implicit if the server "
+                        "offers AUTH only over TLS",
+                    )
+                )
+            await client.login(endpoint.username, endpoint.password or "")
 
     async def send(self, sender: str, recipient: str, data: bytes) -> SmtpResult:
         """Send one message; every expected failure is a result, not an exception."""
         self._busy = True
+        self._options.sessions.busy(self)
         try:
             return await self._send(sender, recipient, data)
         finally:
             self._busy = False
             if self._retired:
                 self.close()
+            elif self._client is not None:
+                self._options.sessions.idle(self)
 
     async def _send(self, sender: str, recipient: str, data: bytes) -> SmtpResult:
         try:
             if self._client is None or not self._client.is_connected:
+                self.close()  # a session the server dropped still counts until closed here
                 self._client = await self._open()
             started = time.perf_counter()
             result = await _transaction(self._client, sender, recipient, data)
             SMTP_SECONDS.observe(time.perf_counter() - started)
             return result
-        except LoginRefusedError as exc:
-            self.close()
-            return SmtpResult("auth", exc.code, exc.detail)
-        except (aiosmtplib.SMTPHeloError, aiosmtplib.SMTPConnectResponseError) as exc:
-            self.close()
-            return SmtpResult("temporary", exc.code, f"{exc.code} {exc.message}")
+        except SessionError as exc:
+            return exc.result
         except aiosmtplib.SMTPResponseException as exc:  # the reply to DATA or its content
             if exc.code == 421:  # the server is closing the session
                 self.close()
             return classify_reply(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            # Timeouts, refused or dropped connections, TLS trouble: nothing was delivered.
+            # Timeouts, dropped connections mid-transaction: nothing was delivered.
             self.close()
             return SmtpResult("temporary", None, f"{type(exc).__name__}: {exc}")
 
@@ -176,6 +340,7 @@ class SmtpConnection:
         if self._client is not None:
             self._client.close()
             self._client = None
+        self._options.sessions.closed(self)
 
 
 class AccountTransport:
@@ -190,6 +355,9 @@ class AccountTransport:
         self._gap = min_gap_ms / 1000
         self._next_at = 0.0
         self.connections = [SmtpConnection(endpoint, options) for _ in range(max_connections)]
+        # Sessions that could not be opened in a row, and until when the account waits.
+        self.unreachable = 0
+        self.held_until = 0.0
 
     @property
     def size(self) -> int:
@@ -204,8 +372,26 @@ class AccountTransport:
         self._next_at = at + self._gap
         return at - now
 
+    def hold(self, base_s: float, cap_s: float, counted: bool = True) -> int:
+        """Count one more session that could not be opened, and make the account wait.
+
+        The wait doubles with each failure in a row, up to `cap_s`, with a jitter so that
+        accounts of one unreachable provider do not all try again at the same moment. A
+        failure that is not the account's (`counted` false) only makes it wait `base_s`.
+        """
+        self.unreachable += counted
+        delay = min(cap_s, base_s * 2 ** max(self.unreachable - 1, 0)) if counted else base_s
+        jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
+        self.held_until = time.monotonic() + delay * jitter
+        return self.unreachable
+
+    def reachable(self) -> None:
+        self.unreachable = 0
+        self.held_until = 0.0
+
     def reconfigure(self, endpoint: SmtpEndpoint, min_gap_ms: int) -> None:
         """New settings: connections are replaced, each old one closing after its message."""
+        self.reachable()
         self._endpoint = endpoint
         self._gap = min_gap_ms / 1000
         old, self.connections = (
