@@ -44,7 +44,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         pool = await create_pool(settings.postgres)
-        broker = RabbitBroker(settings.rabbit.url.get_secret_value(), logger=log)
+        broker = RabbitBroker(
+            settings.rabbit.url.get_secret_value(),
+            reconnect_interval=settings.rabbit.reconnect_s,
+            logger=log,
+        )
         try:
             await broker.start()
             await broker.declare_exchange(topology.EVENTS)

@@ -73,6 +73,13 @@ class Bus:
         )
         return sum(counts)
 
+    async def commands_waiting(self, account_id: UUID) -> bool:
+        """Whether the account's queue holds commands no sender has taken yet."""
+        await self._declare_send_queue(account_id)
+        queue = await self._broker.declare_queue(topology.send_queue(account_id))
+        declared = await queue.declare()
+        return bool(declared.message_count)
+
     async def publish_uncertain(self, message_ids: Sequence[int]) -> None:
         """Tell whoever listens that these messages may or may not have been delivered."""
         event = MessagesUncertain(message_ids=list(message_ids), found_at=datetime.now(UTC))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from mailfleet_common.crypto import SecretBox, SecretBoxError
-from mailfleet_common.db import Pool
+from mailfleet_common.db import Pool, while_database_away
 from mailfleet_common.messages import AccountPaused, SendAttempt
 from mailfleet_common.messages import Outcome as AttemptOutcome
 from mailfleet_common.templating import InvalidTemplateError
@@ -194,14 +194,21 @@ class Deliverer:
 
     async def _refresh(self, account: Account) -> None:
         """Adopt an account configuration changed since this replica last polled it."""
-        async with self._pool.acquire() as conn:
-            row = await queries.fetch_account(conn, account.id)
+
+        async def fetch() -> AccountRow | None:
+            async with self._pool.acquire() as conn:
+                return await queries.fetch_account(conn, account.id)
+
+        # The message is claimed already: wait for the database rather than drop it.
+        row = await while_database_away(fetch, "account reload")
         if row is not None and row.updated_at > account.row.updated_at:
             reconfigure_account(account, row, self._secrets)
 
     async def _attempt(self, account: Account, slot: int, claimed: ClaimedMessage) -> SmtpResult:
         try:
-            campaign = await self._templates.get(claimed.campaign_id)
+            campaign = await while_database_away(
+                lambda: self._templates.get(claimed.campaign_id), "campaign templates"
+            )
             links = self._tracker.links(claimed.id, account.envelope_from)
             subject, html, text = campaign.templates.render(
                 template_context(
@@ -260,10 +267,14 @@ class Deliverer:
         self, account: Account, claimed: ClaimedMessage, result: SmtpResult
     ) -> None:
         reason = f"SMTP authentication failed: {result.detail}"[:_DETAIL_MAX]
-        async with self._pool.acquire() as conn:
-            paused = await queries.requeue_and_pause_account(
-                conn, claimed.id, account.id, result.code, reason
-            )
+
+        async def requeue_and_pause() -> bool:
+            async with self._pool.acquire() as conn:
+                return await queries.requeue_and_pause_account(
+                    conn, claimed.id, account.id, result.code, reason
+                )
+
+        paused = await while_database_away(requeue_and_pause, "requeue and pause")
         account.transport.close()
         account.count("requeued")
         now = datetime.now(UTC)
