@@ -25,13 +25,25 @@ from mailfleet_api.routes import (
     queue,
     stats,
     suppressions,
+    uncertain,
     users,
 )
 from mailfleet_api.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_ROUTES = (ops, auth, users, accounts, stats, campaigns, queue, suppressions, inbound_reports)
+_ROUTES = (
+    ops,
+    auth,
+    users,
+    accounts,
+    stats,
+    campaigns,
+    queue,
+    suppressions,
+    inbound_reports,
+    uncertain,
+)
 
 
 def create_app(settings: Settings) -> FastAPI:
