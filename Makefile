@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: up down test lint bench bench-tracker bench-bouncer sync
+.PHONY: up down test lint bench bench-tracker bench-bouncer chaos sync
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -40,3 +40,8 @@ bench-tracker: sync
 bench-bouncer: sync
 	@source deploy/local/services.sh && ensure_dovecot
 	$(UV) run --frozen python -m bench.bouncer
+
+# Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
+# PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.
+chaos: sync
+	$(UV) run --frozen python -m bench.chaos $(CHAOS_ARGS)

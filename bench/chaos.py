@@ -209,9 +209,10 @@ async def _wait_settled(dsn: str, total: int, within_s: float) -> dict[str, int]
     try:
         deadline = time.monotonic() + within_s
         while True:
-            statuses = dict(await db.fetch("SELECT status, count(*) FROM messages GROUP BY status"))
+            rows = await db.fetch("SELECT status, count(*) FROM messages GROUP BY status")
+            statuses = {str(r["status"]): int(r["count"]) for r in rows}
             if sum(statuses.get(s, 0) for s in FINAL) >= total or time.monotonic() > deadline:
-                return {str(k): int(v) for k, v in statuses.items()}
+                return statuses
             await asyncio.sleep(0.5)
     finally:
         await db.close()
