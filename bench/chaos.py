@@ -301,6 +301,8 @@ async def _report(
         "lost": lost,
         "uncertain": len(uncertain),
         "uncertain_delivered": sum(1 for m in uncertain if m in delivered),
+        # Delivered but still `sending`: an outcome the database never got.
+        "sending_left": sum(1 for r in rows if r["status"] == "sending"),
         "in_flight_at_kills": in_flight,
         "max_stall_s": stalls,
         "finished_s": round(max(arrivals, default=started) - started, 3),

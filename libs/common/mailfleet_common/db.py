@@ -21,12 +21,15 @@ log = logging.getLogger(__name__)
 # What PostgreSQL restarting, failing over or refusing connections looks like to a client:
 # the statement did not run, or ran in a transaction that rolled back. A restart terminates
 # sessions with AdminShutdownError and refuses new ones with CannotConnectNowError while it
-# starts, both OperatorInterventionError rather than connection errors.
+# starts, both OperatorInterventionError rather than connection errors. A connection cut in
+# the middle of a statement can also be left in a state its next use refuses with
+# InternalClientError ("cannot switch to state 12; another operation is in progress").
 DATABASE_AWAY: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
     asyncpg.PostgresConnectionError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     asyncpg.OperatorInterventionError,
     asyncpg.InsufficientResourcesError,
 )

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
+import asyncpg
 from mailfleet_common.db import Pool, while_database_away
 from mailfleet_common.messages import SendAttempt
 
@@ -199,7 +200,12 @@ class Committer:
         # lands. A repeated statement is safe: every update in it is a compare-and-set.
         async def write() -> FlushResult:
             async with self._pool.acquire() as conn:
-                return await queries.record_outcomes_and_claim(conn, self._replica_id, arrays)
+                try:
+                    return await queries.record_outcomes_and_claim(conn, self._replica_id, arrays)
+                except asyncpg.InternalClientError:
+                    # Its protocol state is broken: the pool must not hand it out again.
+                    conn.terminate()
+                    raise
 
         return await while_database_away(
             write,
