@@ -185,23 +185,22 @@ async def _inject(run: Run, kind: str, options: Options) -> Fault:
 
 
 def stall_after(arrivals: Sequence[float], start: float, end: float) -> float:
-    """The longest gap in `arrivals` (sorted Unix times) between `start` and `end`.
+    """The longest gap in `arrivals` (sorted Unix times) that begins between `start` and `end`.
 
-    The first gap runs from `start` itself to the first arrival after it; with no arrival
-    before `end`, the whole window is a stall.
+    The fault's start counts as an arrival, so the first gap runs from it to the first
+    arrival after it; a gap that begins before `end` counts whole, even if it ends after.
+    With no arrival after `start` at all, the stall lasts to `end`.
     """
     previous = start
     longest = 0.0
     for at in arrivals:
         if at < start:
             continue
-        if at > end:
-            break
         longest = max(longest, at - previous)
         previous = at
-    if previous == start:
-        return end - start
-    return longest
+        if previous >= end:
+            return longest
+    return max(longest, end - previous)
 
 
 async def _wait_settled(dsn: str, total: int, within_s: float) -> dict[str, int]:

@@ -15,12 +15,20 @@ import asyncpg
 import pytest
 from mailfleet_common.crypto import generate_key
 
-from bench.chaos import CHAOS_ENV, Options, run_chaos
+from bench.chaos import CHAOS_ENV, Options, run_chaos, stall_after
 from tests.e2e.conftest import create_account
 from tests.private_servers import PrivatePostgres, PrivateRabbit
 from tests.stack import Stack
 
 pytestmark = pytest.mark.slow
+
+
+def test_a_stall_is_the_longest_gap_from_the_fault_until_arrivals_resume() -> None:
+    arrivals = [9.0, 10.0, 10.5, 13.5, 14.0, 14.2, 19.0, 20.0]
+    assert stall_after(arrivals, 10.2, 14.1) == 3.0  # 10.5 -> 13.5
+    assert stall_after(arrivals, 11.0, 12.0) == 2.5  # from the fault to 13.5, past the window
+    assert stall_after(arrivals, 14.1, 16.0) == pytest.approx(4.8)  # 14.2 -> 19.0 begins in it
+    assert stall_after(arrivals, 20.5, 22.0) == 1.5  # nothing arrived after the fault
 
 
 def assert_exact(report: dict[str, Any]) -> None:
