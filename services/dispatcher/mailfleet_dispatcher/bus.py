@@ -9,6 +9,7 @@ from uuid import UUID
 from faststream.rabbit import RabbitBroker
 from mailfleet_common import topology
 from mailfleet_common.messages import MessagesUncertain, SendBatch
+from mailfleet_common.publishing import BROKER_AWAY
 
 from mailfleet_dispatcher import metrics
 
@@ -58,8 +59,17 @@ class Bus:
                     command, exchange=topology.SEND, routing_key=str(account_id), persist=True
                 )
                 published += 1
+        except BROKER_AWAY as exc:
+            # The messages stay `assigned`; the stall watch commands them again once the
+            # broker is back.
+            metrics.BATCH_PUBLISH_FAILURES.inc()
+            log.warning(
+                "send commands not published: broker unavailable",
+                extra={"account_id": str(account_id), "error": repr(exc)},
+            )
+            return 0
         except Exception:
-            # The messages stay `assigned`; the stranded sweep gives them back to the queue.
+            # The messages stay `assigned`; the stall watch or the stranded sweep recovers them.
             metrics.BATCH_PUBLISH_FAILURES.inc()
             log.exception("could not publish send commands", extra={"account_id": str(account_id)})
             return 0

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
 from mailfleet_common.db import DATABASE_AWAY, Pool
+from mailfleet_common.publishing import BROKER_AWAY
 
 from mailfleet_dispatcher import metrics, queries
 from mailfleet_dispatcher.bus import Bus
@@ -24,14 +25,15 @@ async def repeat(
 ) -> None:
     """Run `step` every `every_s` until `stopping` is set; a failed step is logged and counted.
 
-    A database away is expected now and then (a restart, a failover): a warning, not an error.
+    The database or the broker being away is expected now and then (a restart, a failover):
+    a warning, not an error.
     """
     while not stopping.is_set():
         try:
             await step()
-        except DATABASE_AWAY as exc:
+        except (*DATABASE_AWAY, *BROKER_AWAY) as exc:
             metrics.SWEEP_ERRORS.inc()
-            log.warning(f"{what} failed: database unavailable", extra={"error": repr(exc)})
+            log.warning(f"{what} failed: server unavailable", extra={"error": repr(exc)})
         except Exception:
             metrics.SWEEP_ERRORS.inc()
             log.exception(f"{what} failed")
