@@ -12,7 +12,8 @@ Prints one JSON line:
 - lost: messages that neither reached the server nor ended `failed`/`uncertain`/`cancelled`,
   or are `sent` without having reached it;
 - uncertain, uncertain_delivered: messages left `uncertain`, and how many of those did arrive;
-- in_flight_at_kills: messages `sending` at each sender kill (what `uncertain` may reach);
+- in_flight_at_kills: the messages each killed sender had in an SMTP conversation (`sending`
+  under its replica id right after the kill): what may become `uncertain`;
 - max_stall_s: per fault kind, the longest gap in arrivals at the SMTP server from the fault's
   start until the next fault (the first gap counted from the fault's start);
 - finished_s: from the campaign's start to the last arrival.
@@ -88,7 +89,7 @@ class Options:
 class Fault:
     kind: str
     at: float  # Unix time the fault started
-    in_flight: int = 0  # messages `sending` just before it
+    in_flight: int = 0  # a killed sender's messages in an SMTP conversation
     recovered_s: float = 0.0  # how long the fault itself took (restart included)
 
 
@@ -156,18 +157,45 @@ async def _restart(service: ServiceProcess, delay_s: float) -> None:
     await service.start()
 
 
-async def _inject(run: Run, kind: str, options: Options) -> Fault:
+def _replica_id(sender: ServiceProcess) -> str:
+    """The id the sender process last logged when it started (its current life's)."""
+    found = ""
+    for line in sender.log_path.read_text(errors="replace").splitlines():
+        if '"sender replica started"' in line:
+            found = str(json.loads(line)["replica"])
+    if not found:
+        raise RuntimeError(f"{sender.name} logged no replica id (MAILFLEET_LOG_LEVEL=INFO?)")
+    return found
+
+
+async def _kill_sender(run: Run, options: Options) -> int:
+    """SIGKILL a sender and restart it; returns the messages it had in an SMTP conversation.
+
+    Counted right after the kill: the dead process changes nothing any more, and its
+    `sending` messages stay so until the dispatcher finds its heartbeat too old.
+    """
+    sender = run.senders[run.kills % len(run.senders)]
+    run.kills += 1
+    replica = _replica_id(sender)
+    await sender.kill(signal.SIGKILL)
     db = await asyncpg.connect(run.dsn)
     try:
-        in_flight = await db.fetchval("SELECT count(*) FROM messages WHERE status = 'sending'")
+        in_flight: int = await db.fetchval(
+            "SELECT count(*) FROM messages WHERE status = 'sending' AND sender_replica = $1",
+            replica,
+        )
     finally:
         await db.close()
-    fault = Fault(kind, time.time(), in_flight)
+    await asyncio.sleep(options.restart_delay_s)
+    await sender.start()
+    return in_flight
+
+
+async def _inject(run: Run, kind: str, options: Options) -> Fault:
+    fault = Fault(kind, time.time())
     started = time.monotonic()
     if kind == "sender_kill":
-        sender = run.senders[run.kills % len(run.senders)]
-        run.kills += 1
-        await _restart(sender, options.restart_delay_s)
+        fault.in_flight = await _kill_sender(run, options)
     elif kind == "dispatcher_kill":
         dispatcher = next(s for s in run.stack.services if s.name == "dispatcher")
         await _restart(dispatcher, options.restart_delay_s)
