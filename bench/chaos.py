@@ -314,7 +314,10 @@ async def _report(
         or (r["status"] not in FINAL and r["message_id"] not in delivered)
     )
     stalls: dict[str, float] = {}
-    ends = [f.at for f in run.faults[1:]] + [max(arrivals, default=started)]
+    # Each fault's window ends where the next begins; the last one's at the last arrival.
+    ends = [f.at for f in run.faults[1:]]
+    if run.faults:
+        ends.append(max(arrivals, default=started))
     for fault, end in zip(run.faults, ends, strict=True):
         stall = stall_after(arrivals, fault.at, max(end, fault.at))
         stalls[fault.kind] = round(max(stalls.get(fault.kind, 0.0), stall), 3)
