@@ -486,9 +486,9 @@ async def inflight_ticks(conn: Conn) -> list[InflightTick]:
         SELECT m.account_id, m.status, m.assigned_at, count(*) AS count, a.min_gap_ms
         FROM messages m
         JOIN accounts a ON a.id = m.account_id AND a.status = 'active'
+        JOIN campaigns k ON k.id = m.campaign_id
         WHERE m.status IN ('assigned', 'sending')
-          AND (m.status = 'sending'
-               OR (SELECT k.status FROM campaigns k WHERE k.id = m.campaign_id) = 'running')
+          AND (m.status = 'sending' OR k.status = 'running')
         GROUP BY m.account_id, m.status, m.assigned_at, a.min_gap_ms
         """
     )
