@@ -70,7 +70,7 @@ async def while_database_away(
             delay = min(_RETRY_CAP_S, delay * 2)
             continue
         if failed_at is not None:
-            log.warning(
+            log.info(
                 "database back",
                 extra={"what": what, "away_s": round(time.monotonic() - failed_at, 3)},
             )

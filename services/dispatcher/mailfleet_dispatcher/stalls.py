@@ -18,7 +18,7 @@ compare-and-set from `assigned`, so whatever was handled already is skipped.
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from uuid import UUID
 
@@ -44,10 +44,12 @@ class _Front:
 
 @dataclass
 class _Account:
+    """One account's in-flight work: its oldest assigned tick, and the ticks being sent."""
+
     min_gap_ms: int
     oldest_at: datetime | None = None
     left: int = 0
-    sending: list[datetime] | None = None
+    sending: list[datetime] = field(default_factory=list)
 
 
 class StallWatch:
@@ -78,11 +80,10 @@ class StallWatch:
                 continue
             if now - front.since < self._settings.stall_s + account.min_gap_ms / 1000:
                 continue
-            sending = account.sending or []
-            later = [at for at in sending if at > account.oldest_at]
+            later = [at for at in account.sending if at > account.oldest_at]
             if later:
                 stalled[account_id] = max(later)
-            elif not sending:
+            elif not account.sending:
                 stalled[account_id] = None
             else:
                 continue  # an older message is in an SMTP conversation
@@ -115,8 +116,6 @@ def _by_account(ticks: list[InflightTick]) -> dict[UUID, _Account]:
     for tick in ticks:
         account = accounts.setdefault(tick.account_id, _Account(tick.min_gap_ms))
         if tick.status == "sending":
-            if account.sending is None:
-                account.sending = []
             account.sending.append(tick.assigned_at)
         elif account.oldest_at is None or tick.assigned_at < account.oldest_at:
             account.oldest_at, account.left = tick.assigned_at, tick.count
