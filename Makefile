@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: up down test lint bench bench-tracker bench-bouncer bench-dispatch sync
+.PHONY: up down test lint bench bench-tracker bench-bouncer bench-dispatch chaos sync
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -44,3 +44,8 @@ bench-bouncer: sync
 # The assignment tick at 50, 1,000 and 10,000 accounts (a throwaway database); one JSON line.
 bench-dispatch: sync
 	$(UV) run --frozen python -m bench.dispatch
+
+# Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
+# PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.
+chaos: sync
+	$(UV) run --frozen python -m bench.chaos $(CHAOS_ARGS)

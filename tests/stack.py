@@ -235,10 +235,13 @@ class Sink(ServiceProcess):
         log_path: Path,
         maildir: Path | None = None,
         name: str = "sink",
+        defer_rate: float = 0.0,
     ) -> None:
         argv = [executable("mailfleet-sink"), "--port", str(port), "--record", str(record_path)]
         if maildir is not None:
             argv += ["--maildir", str(maildir)]
+        if defer_rate:
+            argv += ["--defer-rate", str(defer_rate)]
         super().__init__(
             name, argv, env=_base_environment(), port=port, log_path=log_path, ready_path=None
         )
@@ -336,8 +339,11 @@ class Stack:
         self.services.append(service)
         return service
 
-    async def start_sink(self, *, maildir: bool = False) -> Sink:
-        """A capture SMTP server on a free port, recording to a file in the workdir."""
+    async def start_sink(self, *, maildir: bool = False, defer_rate: float = 0.0) -> Sink:
+        """A capture SMTP server on a free port, recording to a file in the workdir.
+
+        With `defer_rate`, that share of messages is answered 451 after DATA, at random.
+        """
         name = self._unique_name("sink")
         sink = Sink(
             name=name,
@@ -345,6 +351,7 @@ class Stack:
             record_path=self.workdir / f"{name}.jsonl",
             log_path=self.workdir / f"{name}.log",
             maildir=self.workdir / f"{name}-mail" if maildir else None,
+            defer_rate=defer_rate,
         )
         self.services.append(sink)
         return await sink.start()

@@ -211,3 +211,22 @@ async def test_sigint_stops_the_command_too(tmp_path: Path) -> None:
     sink = Sink(port=free_port(), record_path=tmp_path / "r.jsonl", log_path=tmp_path / "s.log")
     await sink.start()
     assert await sink.kill(signal.SIGINT) == 0
+
+
+def test_a_defer_rate_answers_that_share_of_messages_451_and_records_only_the_rest() -> None:
+    received: list[Accepted] = []
+    session = SmtpSession("sink.test", received.append, defer_rate=0.5)
+    transport = _Transport()
+    session.connection_made(transport)  # type: ignore[arg-type]
+    session.data_received(b"EHLO c\r\n")
+    for i in range(400):
+        session.data_received(
+            b"MAIL FROM:<a@x.org>\r\nRCPT TO:<b@x.org>\r\nDATA\r\n"
+            b"Message-ID: <%d@x.org>\r\n\r\nhi\r\n.\r\n" % i
+        )
+
+    deferred = transport.written.count(b"451 4.3.0")
+    accepted = transport.written.count(b"250 2.0.0 OK\r\n") - 400 * 2  # MAIL and RCPT say OK too
+    assert deferred + accepted == 400
+    assert 120 < deferred < 280
+    assert len(received) == accepted

@@ -1,7 +1,11 @@
 """PostgreSQL connection pool set-up shared by the services."""
 
+import asyncio
 import json
-from typing import Any, TypeAlias
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 
 import asyncpg
 
@@ -9,6 +13,68 @@ from mailfleet_common.settings import PostgresSettings
 
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record]"
 Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
+
+T = TypeVar("T")
+
+log = logging.getLogger(__name__)
+
+# What PostgreSQL restarting, failing over or refusing connections looks like to a client:
+# the statement did not run, or ran in a transaction that rolled back. A restart terminates
+# sessions with AdminShutdownError and refuses new ones with CannotConnectNowError while it
+# starts, both OperatorInterventionError rather than connection errors. A connection cut in
+# the middle of a statement can also be left in a state its next use refuses with
+# InternalClientError ("cannot switch to state 12; another operation is in progress").
+DATABASE_AWAY: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    asyncpg.OperatorInterventionError,
+    asyncpg.InsufficientResourcesError,
+)
+
+_RETRY_FIRST_S = 0.05
+_RETRY_CAP_S = 0.5
+
+
+async def while_database_away(
+    operation: Callable[[], Awaitable[T]],
+    what: str,
+    give_up_after_s: Callable[[], float | None] = lambda: None,
+) -> T:
+    """Run `operation` until it completes, retrying while the database is away.
+
+    The delay between tries doubles from 50 ms up to 0.5 s, so work resumes within half a
+    second of the database coming back. `give_up_after_s` is asked after each failure: a
+    number of seconds since the first failure after which to raise (None: keep trying), for
+    callers that must stop some day, such as a service shutting down. Only safe for
+    operations that may run twice: each retry is a new transaction.
+    """
+    failed_at: float | None = None
+    delay = _RETRY_FIRST_S
+    while True:
+        try:
+            result = await operation()
+        except DATABASE_AWAY as exc:
+            now = time.monotonic()
+            if failed_at is None:
+                failed_at = now
+                log.warning(
+                    "database unavailable, retrying", extra={"what": what, "error": repr(exc)}
+                )
+            limit = give_up_after_s()
+            if limit is not None and now - failed_at >= limit:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(_RETRY_CAP_S, delay * 2)
+            continue
+        if failed_at is not None:
+            log.info(
+                "database back",
+                extra={"what": what, "away_s": round(time.monotonic() - failed_at, 3)},
+            )
+        return result
 
 
 async def _init_connection(conn: Conn) -> None:

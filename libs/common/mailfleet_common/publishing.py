@@ -1,9 +1,18 @@
 """Publishing domain events on the bus, as the worker services do."""
 
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 from faststream.rabbit import RabbitBroker
 from pydantic import BaseModel
 
 from mailfleet_common import topology
+
+# What RabbitMQ restarting or a cut connection looks like to a publisher: a closed channel,
+# a refused connection, a publish the broker nacked while it went down.
+BROKER_AWAY: tuple[type[BaseException], ...] = (
+    AMQPError,
+    ChannelInvalidStateError,
+    ConnectionError,
+)
 
 
 class BrokerPublisher:

@@ -14,6 +14,9 @@ class PostgresSettings(BaseModel):
 
 class RabbitSettings(BaseModel):
     url: SecretStr = SecretStr("amqp://guest:guest@127.0.0.1:5672/")
+    # Seconds between reconnection attempts after the broker went away (aio-pika's default is
+    # 5 s, which alone would stall delivery for 5 s after every broker restart).
+    reconnect_s: float = Field(default=0.5, gt=0)
 
 
 class CryptoSettings(BaseModel):

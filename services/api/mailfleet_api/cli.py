@@ -1,8 +1,10 @@
 """The ``mailfleet`` command: migrate, users and API keys, secrets and keys, serve, demo."""
 
 import asyncio
+import getpass
 from pathlib import Path
 from typing import Annotated
+from uuid import UUID
 
 import asyncpg
 import typer
@@ -12,7 +14,7 @@ from mailfleet_common.migrate import migrate as apply_migrations
 from mailfleet_common.serving import serve
 from mailfleet_common.settings import HttpSettings
 
-from mailfleet_api import auth, queries
+from mailfleet_api import auth, queries, schemas
 from mailfleet_api.demo import DemoOptions, run_demo
 from mailfleet_api.keycheck import KeyCheck, check_secrets, explain
 from mailfleet_api.settings import Settings
@@ -294,6 +296,82 @@ def demo(
     )  # fmt: skip
     if not run_demo(options):
         raise typer.Exit(code=1)
+
+
+uncertain = typer.Typer(
+    help="Messages left uncertain (their sender died mid-delivery): list and resolve them.",
+    no_args_is_help=True,
+)
+app.add_typer(uncertain, name="uncertain")
+
+CampaignOption = Annotated[UUID | None, typer.Option(help="Only this campaign's messages.")]
+AccountOption = Annotated[UUID | None, typer.Option(help="Only this account's messages.")]
+
+
+@uncertain.command("list")
+def list_uncertain(
+    campaign_id: CampaignOption = None,
+    account_id: AccountOption = None,
+    limit: Annotated[int, typer.Option(min=1, max=100_000)] = 100,
+) -> None:
+    """Show uncertain messages, newest first: one JSON object a line."""
+    filters = schemas.UncertainFilter(campaign_id=campaign_id, account_id=account_id)
+
+    async def fetch() -> list[schemas.UncertainMessage]:
+        conn = await asyncpg.connect(_settings().postgres.dsn)
+        try:
+            items, _ = await queries.list_uncertain(conn, filters, limit, None)
+        finally:
+            await conn.close()
+        return items
+
+    for item in asyncio.run(fetch()):
+        typer.echo(item.model_dump_json())
+
+
+@uncertain.command("resolve")
+def resolve_uncertain(
+    resolution: Annotated[
+        str, typer.Option("--as", help="sent: it did arrive. resend: queue it again.")
+    ],
+    message_id: Annotated[
+        list[int] | None, typer.Option("--id", help="A message's id (repeat for more).")
+    ] = None,
+    campaign_id: CampaignOption = None,
+    account_id: AccountOption = None,
+    every: Annotated[bool, typer.Option("--all", help="Every uncertain message.")] = False,
+    accept_duplicate_risk: Annotated[
+        bool, typer.Option(help="Required to resend: the first attempt may have arrived.")
+    ] = False,
+    note: Annotated[str | None, typer.Option(help="Why, for the record.")] = None,
+) -> None:
+    """Resolve uncertain messages by --id, by --campaign-id/--account-id, or --all."""
+    if resolution not in ("sent", "resend"):
+        raise _fail("--as takes sent or resend")
+    chosen_by_filter = every or campaign_id is not None or account_id is not None
+    if bool(message_id) == chosen_by_filter:
+        raise _fail("choose the messages with --id, or with --campaign-id/--account-id/--all")
+    if resolution == "resend" and not accept_duplicate_risk:
+        raise _fail("resending may deliver a message twice: add --accept-duplicate-risk")
+    filters = schemas.UncertainFilter(campaign_id=campaign_id, account_id=account_id)
+    by = f"cli:{getpass.getuser()}"
+
+    async def resolve() -> list[int]:
+        conn = await asyncpg.connect(_settings().postgres.dsn)
+        try:
+            return await queries.resolve_uncertain(
+                conn,
+                "sent" if resolution == "sent" else "resend",
+                message_id or None,
+                filters,
+                by,
+                note,
+            )
+        finally:
+            await conn.close()
+
+    resolved = asyncio.run(resolve())
+    typer.echo(f"resolved {len(resolved)} uncertain messages as {resolution} (by {by})")
 
 
 def main() -> None:

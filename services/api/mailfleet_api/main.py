@@ -26,6 +26,7 @@ from mailfleet_api.routes import (
     queue,
     stats,
     suppressions,
+    uncertain,
     users,
 )
 from mailfleet_api.settings import Settings
@@ -33,8 +34,18 @@ from mailfleet_api.settings import Settings
 log = logging.getLogger(__name__)
 
 _ROUTES = (
-    ops, auth, users, accounts, pools, stats, campaigns, queue, suppressions, inbound_reports,
-)  # fmt: skip
+    ops,
+    auth,
+    users,
+    accounts,
+    pools,
+    stats,
+    campaigns,
+    queue,
+    suppressions,
+    inbound_reports,
+    uncertain,
+)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -47,7 +58,11 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:
         pool = await create_pool(settings.postgres)
-        broker = RabbitBroker(settings.rabbit.url.get_secret_value(), logger=log)
+        broker = RabbitBroker(
+            settings.rabbit.url.get_secret_value(),
+            reconnect_interval=settings.rabbit.reconnect_s,
+            logger=log,
+        )
         try:
             await broker.start()
             await broker.declare_exchange(topology.EVENTS)

@@ -30,6 +30,7 @@ def create_app(settings: Settings, replica: BouncerReplica | None = None) -> Asg
     """
     broker = RabbitBroker(
         settings.rabbit.url.get_secret_value(),
+        reconnect_interval=settings.rabbit.reconnect_s,
         logger=logging.getLogger("mailfleet_bouncer.broker"),
     )
     bouncer = replica or BouncerReplica(settings)

@@ -9,6 +9,7 @@ from uuid import UUID
 from faststream.rabbit import RabbitBroker
 from mailfleet_common import topology
 from mailfleet_common.messages import MessagesUncertain, SendBatch
+from mailfleet_common.publishing import BROKER_AWAY
 
 from mailfleet_dispatcher import metrics
 
@@ -58,8 +59,17 @@ class Bus:
                     command, exchange=topology.SEND, routing_key=str(account_id), persist=True
                 )
                 published += 1
+        except BROKER_AWAY as exc:
+            # The messages stay `assigned`; the stall watch commands them again once the
+            # broker is back.
+            metrics.BATCH_PUBLISH_FAILURES.inc()
+            log.warning(
+                "send commands not published: broker unavailable",
+                extra={"account_id": str(account_id), "error": repr(exc)},
+            )
+            return 0
         except Exception:
-            # The messages stay `assigned`; the stranded sweep gives them back to the queue.
+            # The messages stay `assigned`; the stall watch or the stranded sweep recovers them.
             metrics.BATCH_PUBLISH_FAILURES.inc()
             log.exception("could not publish send commands", extra={"account_id": str(account_id)})
             return 0
@@ -72,6 +82,13 @@ class Bus:
             *(self._publish_account(account, ids) for account, ids in assignments.items())
         )
         return sum(counts)
+
+    async def commands_waiting(self, account_id: UUID) -> bool:
+        """Whether the account's queue holds commands no sender has taken yet."""
+        await self._declare_send_queue(account_id)
+        queue = await self._broker.declare_queue(topology.send_queue(account_id))
+        declared = await queue.declare()
+        return bool(declared.message_count)
 
     async def publish_uncertain(self, message_ids: Sequence[int]) -> None:
         """Tell whoever listens that these messages may or may not have been delivered."""

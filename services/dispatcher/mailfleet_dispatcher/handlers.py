@@ -7,6 +7,7 @@ import asyncpg
 from faststream.exceptions import NackMessage, RejectMessage
 from faststream.rabbit import RabbitRouter
 from mailfleet_common import topology
+from mailfleet_common.db import DATABASE_AWAY
 from mailfleet_common.messages import (
     AccountPaused,
     RecipientsEnqueued,
@@ -23,13 +24,8 @@ log = logging.getLogger(__name__)
 # is a slow retry rather than a hot loop.
 _REQUEUE_DELAY_S = 1.0
 
-_TRANSIENT = (
-    OSError,
-    asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,
-    asyncpg.InterfaceError,
-    asyncpg.CannotConnectNowError,
-    asyncpg.TooManyConnectionsError,
+_TRANSIENT: tuple[type[BaseException], ...] = (
+    *DATABASE_AWAY,
     asyncpg.DeadlockDetectedError,
     asyncpg.SerializationError,
 )

@@ -20,6 +20,7 @@ def create_app(settings: Settings) -> AsgiFastStream:
     """The dispatcher: subscribers, assignment loop and sweeps, with /metrics, /health, /ready."""
     broker = RabbitBroker(
         settings.rabbit.url.get_secret_value(),
+        reconnect_interval=settings.rabbit.reconnect_s,
         logger=logging.getLogger("mailfleet_dispatcher.broker"),
     )
     runtime = Runtime(settings, broker)

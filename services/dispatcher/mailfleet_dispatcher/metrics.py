@@ -10,7 +10,7 @@ BATCHES_PUBLISHED = Counter(
 )
 BATCH_PUBLISH_FAILURES = Counter(
     "mailfleet_dispatcher_send_batch_failures_total",
-    "SendBatch commands that could not be published (the stranded sweep recovers them).",
+    "SendBatch commands that could not be published (the stall watch issues them again).",
 )
 TICK_SECONDS = Histogram(
     "mailfleet_dispatcher_tick_seconds",

@@ -363,7 +363,11 @@ async def mark_orphans_uncertain(
             SELECT m.id FROM messages m
             LEFT JOIN sender_replicas r ON r.id = m.sender_replica
             WHERE m.status = 'sending'
-              AND (r.id IS NULL OR r.heartbeat_at < now() - make_interval(secs => $1)
+              AND (r.id IS NULL
+                   OR (r.heartbeat_at < now() - make_interval(secs => $1)
+                       -- Right after PostgreSQL restarted, silence says nothing: no replica
+                       -- could beat while it was down. Each gets the timeout to beat again.
+                       AND pg_postmaster_start_time() < now() - make_interval(secs => $1))
                    OR m.updated_at < now() - make_interval(secs => $2))
             FOR NO KEY UPDATE OF m SKIP LOCKED
         ), marked AS (
@@ -568,3 +572,56 @@ async def record_tracking_hits(
     )
     assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
     return TrackingOutcome(int(row["recorded"]), int(row["unknown"]))
+
+
+@dataclass(frozen=True)
+class InflightTick:
+    """How many of an account's messages one assignment tick left `assigned` or `sending`."""
+
+    account_id: UUID
+    status: str  # assigned | sending
+    assigned_at: datetime
+    count: int
+    min_gap_ms: int
+
+
+async def inflight_ticks(conn: Conn) -> list[InflightTick]:
+    """The in-flight messages of active accounts, counted per account, status and tick.
+
+    Only assigned messages of running campaigns count: a sender skips the others, and they
+    wait for the stranded sweep. Every message of one tick shares its `assigned_at`.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT m.account_id, m.status, m.assigned_at, count(*) AS count, a.min_gap_ms
+        FROM messages m
+        JOIN accounts a ON a.id = m.account_id AND a.status = 'active'
+        JOIN campaigns k ON k.id = m.campaign_id
+        WHERE m.status IN ('assigned', 'sending')
+          AND (m.status = 'sending' OR k.status = 'running')
+        GROUP BY m.account_id, m.status, m.assigned_at, a.min_gap_ms
+        """
+    )
+    return [
+        InflightTick(r["account_id"], r["status"], r["assigned_at"], r["count"], r["min_gap_ms"])
+        for r in rows
+    ]
+
+
+async def assigned_before(conn: Conn, account_id: UUID, before: datetime | None) -> list[int]:
+    """The account's assigned messages of running campaigns, in the order they were commanded.
+
+    Only those assigned before `before`, unless it is None.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT m.id FROM messages m
+        WHERE m.account_id = $1 AND m.status = 'assigned'
+          AND ($2::timestamptz IS NULL OR m.assigned_at < $2)
+          AND (SELECT k.status FROM campaigns k WHERE k.id = m.campaign_id) = 'running'
+        ORDER BY m.assigned_at, m.id
+        """,
+        account_id,
+        before,
+    )
+    return [r["id"] for r in rows]

@@ -9,6 +9,7 @@ from mailfleet_common.db import Pool, create_pool
 from mailfleet_dispatcher.assignment import Assigner
 from mailfleet_dispatcher.bus import Bus
 from mailfleet_dispatcher.settings import Settings
+from mailfleet_dispatcher.stalls import StallWatch
 from mailfleet_dispatcher.sweeps import Sweeper
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,9 @@ class Runtime:
         self._tasks = [
             asyncio.create_task(self._assigner.run(self._stopping), name="assignment"),
             asyncio.create_task(sweeper.run(self._stopping), name="sweeps"),
+            asyncio.create_task(
+                StallWatch(self.pool, self.bus, settings).run(self._stopping), name="stalls"
+            ),
         ]
         log.info("dispatcher started", extra={"tick_ms": settings.tick_ms})
 

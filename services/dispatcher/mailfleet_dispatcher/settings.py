@@ -17,6 +17,10 @@ class DispatchSettings(BaseModel):
     # instead of after one long one. A tick that hit the cap is followed by another at once.
     max_per_tick: int = Field(default=2000, ge=1)
     sweep_interval_s: float = Field(default=2.0, gt=0)
+    # An account whose oldest assigned message has not moved for this long (plus its pace),
+    # with nothing older in hand, gets its send commands again: they were lost.
+    stall_s: float = Field(default=1.5, gt=0)
+    stall_check_s: float = Field(default=0.5, gt=0)
     stranded_after_s: float = Field(default=60.0, ge=0)
     # Longer than any SMTP conversation (connect, login and DATA, each within the sender's
     # smtp_timeout_s): a message `sending` this long under a live replica is `uncertain`.

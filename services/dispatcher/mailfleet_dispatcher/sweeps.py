@@ -6,16 +6,42 @@ replicas can sweep at once: each row changes once, and each unit is released onc
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
-from mailfleet_common.db import Pool
+from mailfleet_common.db import DATABASE_AWAY, Pool
+from mailfleet_common.publishing import BROKER_AWAY
 
 from mailfleet_dispatcher import metrics, queries
 from mailfleet_dispatcher.bus import Bus
 from mailfleet_dispatcher.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
+
+
+async def repeat(
+    step: Callable[[], Awaitable[object]], every_s: float, stopping: asyncio.Event, what: str
+) -> None:
+    """Run `step` every `every_s` until `stopping` is set; a failed step is logged and counted.
+
+    The database or the broker being away is expected now and then (a restart, a failover):
+    a warning, not an error.
+    """
+    while not stopping.is_set():
+        try:
+            await step()
+        except (*DATABASE_AWAY, *BROKER_AWAY) as exc:
+            metrics.SWEEP_ERRORS.inc()
+            log.warning(f"{what} failed: server unavailable", extra={"error": repr(exc)})
+        except Exception:
+            metrics.SWEEP_ERRORS.inc()
+            log.exception(f"{what} failed")
+        try:
+            async with asyncio.timeout(every_s):
+                await stopping.wait()
+        except TimeoutError:
+            pass
 
 
 @dataclass(frozen=True)
@@ -40,18 +66,11 @@ class Sweeper:
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Sweep until `stopping` is set; a sweep in progress always finishes."""
-        while not stopping.is_set():
-            try:
-                await self.ensure_partitions()
-                await self.sweep()
-            except Exception:
-                metrics.SWEEP_ERRORS.inc()
-                log.exception("sweep failed")
-            try:
-                async with asyncio.timeout(self._settings.sweep_interval_s):
-                    await stopping.wait()
-            except TimeoutError:
-                pass
+        await repeat(self._sweep_once, self._settings.sweep_interval_s, stopping, "sweep")
+
+    async def _sweep_once(self) -> None:
+        await self.ensure_partitions()
+        await self.sweep()
 
     async def ensure_partitions(self) -> None:
         """Create this and next month's events partitions, at most once per UTC day."""

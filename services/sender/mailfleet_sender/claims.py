@@ -4,6 +4,10 @@ A connection hands in the outcome of its previous message together with the clai
 next one. Both land in the same statement, so a connection never holds a claimed message
 while an earlier outcome of its own is still only in memory: a crash leaves at most one
 `sending` message per open SMTP connection.
+
+While the database is away (a restart, a failover) a group is held and written again until
+it lands: an outcome the SMTP server accepted is recorded once the database is back, and the
+connection that handed it in waits meanwhile instead of claiming anything.
 """
 
 import asyncio
@@ -16,7 +20,7 @@ from datetime import datetime
 from uuid import UUID
 
 import asyncpg
-from mailfleet_common.db import Pool
+from mailfleet_common.db import Pool, while_database_away
 from mailfleet_common.messages import SendAttempt
 
 from mailfleet_sender import queries
@@ -25,7 +29,9 @@ from mailfleet_sender.queries import ClaimedMessage, FlushArrays, FlushResult
 
 log = logging.getLogger(__name__)
 
-_RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+# A replica shutting down holds its last outcomes this long for the database, then gives up
+# (its `sending` messages then become `uncertain`, as after a crash).
+_CLOSING_HOLD_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,15 +196,19 @@ class Committer:
             self._report(attempts)
 
     async def _write(self, arrays: FlushArrays) -> FlushResult:
-        # Outcomes must not be lost to a database blip: retry a few times before giving up.
-        # A retried statement is safe: every update in it is a compare-and-set.
-        for delay in (*_RETRY_DELAYS, None):
-            try:
-                async with self._pool.acquire() as conn:
+        # Outcomes must not be lost to a database outage: the group is written again until it
+        # lands. A repeated statement is safe: every update in it is a compare-and-set.
+        async def write() -> FlushResult:
+            async with self._pool.acquire() as conn:
+                try:
                     return await queries.record_outcomes_and_claim(conn, self._replica_id, arrays)
-            except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, OSError) as exc:
-                if delay is None:
+                except asyncpg.InternalClientError:
+                    # Its protocol state is broken: the pool must not hand it out again.
+                    conn.terminate()
                     raise
-                log.warning("group commit failed, retrying", extra={"error": repr(exc)})
-                await asyncio.sleep(delay)
-        raise AssertionError("unreachable")
+
+        return await while_database_away(
+            write,
+            "group commit",
+            lambda: _CLOSING_HOLD_S if self._closing else None,
+        )

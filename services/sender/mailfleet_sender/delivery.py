@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 from mailfleet_common.crypto import SecretBox, SecretBoxError
-from mailfleet_common.db import Pool
+from mailfleet_common.db import Pool, while_database_away
 from mailfleet_common.messages import AccountPaused, SendAttempt
 from mailfleet_common.messages import Outcome as AttemptOutcome
 from mailfleet_common.templating import InvalidTemplateError
@@ -232,8 +232,13 @@ class Deliverer:
     ) -> None:
         """Un-claim a message whose account could not open a session: it stays assigned."""
         detail = result.detail[:_DETAIL_MAX]
-        async with self._pool.acquire() as conn:
-            await queries.release_claim(conn, claimed.id, result.code, detail)
+
+        async def release() -> None:
+            async with self._pool.acquire() as conn:
+                await queries.release_claim(conn, claimed.id, result.code, detail)
+
+        # The message is claimed: wait for the database rather than leave it `sending`.
+        await while_database_away(release, "release claim")
         account.count("held")
         log.warning(
             "SMTP session not opened; the account waits",
@@ -247,14 +252,21 @@ class Deliverer:
 
     async def _refresh(self, account: Account) -> None:
         """Adopt an account configuration changed since this replica last polled it."""
-        async with self._pool.acquire() as conn:
-            row = await queries.fetch_account(conn, account.id)
+
+        async def fetch() -> AccountRow | None:
+            async with self._pool.acquire() as conn:
+                return await queries.fetch_account(conn, account.id)
+
+        # The message is claimed already: wait for the database rather than drop it.
+        row = await while_database_away(fetch, "account reload")
         if row is not None and row.updated_at > account.row.updated_at:
             reconfigure_account(account, row, self._secrets)
 
     async def _attempt(self, account: Account, slot: int, claimed: ClaimedMessage) -> SmtpResult:
         try:
-            campaign = await self._templates.get(claimed.campaign_id)
+            campaign = await while_database_away(
+                lambda: self._templates.get(claimed.campaign_id), "campaign templates"
+            )
             links = self._tracker.links(claimed.id, account.envelope_from)
             subject, html, text = campaign.templates.render(
                 template_context(
@@ -318,10 +330,15 @@ class Deliverer:
         'account-paused' event and an AccountPaused, and its reason is in the account's row.
         """
         reason = result.detail[:_DETAIL_MAX]
-        async with self._pool.acquire() as conn:
-            paused_at = await queries.requeue_and_pause_account(
-                conn, claimed.id, account.id, result.code, reason
-            )
+
+        async def requeue_and_pause() -> datetime | None:
+            async with self._pool.acquire() as conn:
+                return await queries.requeue_and_pause_account(
+                    conn, claimed.id, account.id, result.code, reason
+                )
+
+        # The message is claimed: wait for the database rather than leave it `sending`.
+        paused_at = await while_database_away(requeue_and_pause, "requeue and pause")
         account.transport.close()
         account.count("requeued")
         log.error("account paused", extra={"account_id": str(account.id), "reason": reason})

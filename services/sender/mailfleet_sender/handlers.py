@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 from aio_pika.abc import AbstractIncomingMessage
+from mailfleet_common.db import DATABASE_AWAY
 from mailfleet_common.messages import SendBatch
 from pydantic import ValidationError
 
@@ -37,6 +38,15 @@ async def deliver_send_batch(
         return
     try:
         settled = await deliverer.deliver_batch(account, batch.message_ids, stopping)
+    except DATABASE_AWAY as exc:
+        # Only a replica shutting down gives up waiting for the database. The command goes
+        # back to the queue whole: what it handled is no longer `assigned` and is skipped.
+        log.warning(
+            "send command requeued: database unavailable",
+            extra={"account_id": str(account.id), "error": repr(exc)},
+        )
+        await _settle(message, "requeue")
+        return
     except Exception:
         # Messages not yet claimed stay `assigned`; the dispatcher's stranded sweep returns
         # them. Dead-lettering (not requeueing) keeps a persistent fault from looping.

@@ -28,6 +28,7 @@ def create_app(settings: Settings, replica: SenderReplica | None = None) -> Asgi
     # FastStream's own loggers go through the JSON handler too, not its coloured default.
     broker = RabbitBroker(
         settings.rabbit.url.get_secret_value(),
+        reconnect_interval=settings.rabbit.reconnect_s,
         logger=logging.getLogger("mailfleet_sender.broker"),
     )
     sender = replica or SenderReplica(settings)

@@ -68,11 +68,16 @@ async def beat_heart(conn: Conn, replica_id: str) -> None:
 
 
 async def list_live_replicas(conn: Conn, timeout_s: float) -> list[str]:
-    """Replicas whose heartbeat is younger than the timeout."""
+    """Replicas whose heartbeat is younger than the timeout.
+
+    Right after PostgreSQL restarted, every registered replica counts as live until the
+    timeout has passed: none could beat while it was down.
+    """
     rows = await conn.fetch(
         """
         SELECT id FROM sender_replicas
         WHERE heartbeat_at > now() - make_interval(secs => $1)
+           OR pg_postmaster_start_time() > now() - make_interval(secs => $1)
         """,
         timeout_s,
     )

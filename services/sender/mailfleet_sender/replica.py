@@ -70,7 +70,7 @@ class SenderReplica:
             settings.postgres, server_settings={"plan_cache_mode": "force_generic_plan"}
         )
         self._connection: AbstractRobustConnection = await aio_pika.connect_robust(
-            settings.rabbit.url.get_secret_value()
+            settings.rabbit.url.get_secret_value(), reconnect_interval=settings.rabbit.reconnect_s
         )
         await self._declare_topology()
         self._reporter = AttemptReporter(

@@ -8,6 +8,7 @@ credentials are accepted: the sink stands in for a provider, it guards nothing.
 import asyncio
 import base64
 import binascii
+import random
 import re
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ _MESSAGE_ID = re.compile(rb"^message-id:[ \t]*([^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
 _END_OF_DATA = b"\r\n.\r\n"
 
 OK = b"250 2.0.0 OK\r\n"
+DEFERRED = b"451 4.3.0 temporary failure, try again later\r\n"
 CANCELLED = b"501 5.7.0 authentication cancelled\r\n"
 UNDECODABLE = b"501 5.5.2 cannot decode response\r\n"
 
@@ -61,9 +63,14 @@ class SmtpSession(asyncio.BufferedProtocol):
 
     _received = memoryview(bytearray(RECEIVE_SIZE))
 
-    def __init__(self, hostname: str, on_message: Callable[[Accepted], None]) -> None:
+    def __init__(
+        self, hostname: str, on_message: Callable[[Accepted], None], defer_rate: float = 0.0
+    ) -> None:
         self._hostname = hostname.encode()
         self._on_message = on_message
+        # This fraction of messages, chosen at random, is answered 451 after DATA instead of
+        # accepted: a provider's temporary failures, for tests of the retries.
+        self._defer_rate = defer_rate
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._in_data = False
@@ -126,6 +133,9 @@ class SmtpSession(asyncio.BufferedProtocol):
         stuffed = bytes(self._buffer[: end + 2])
         del self._buffer[: end + len(_END_OF_DATA)]
         self._in_data = False
+        if self._defer_rate and random.random() < self._defer_rate:  # noqa: S311 - not a secret
+            self._reset()
+            return DEFERRED
         self._on_message(
             Accepted(
                 message_id=message_id_of(stuffed),

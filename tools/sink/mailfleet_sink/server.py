@@ -36,17 +36,21 @@ class Capture:
             self.record.close()
 
 
-async def start_server(host: str, port: int, capture: Capture) -> asyncio.Server:
+async def start_server(
+    host: str, port: int, capture: Capture, defer_rate: float = 0.0
+) -> asyncio.Server:
     """A listening SMTP server handing what it accepts to `capture` (port 0: any free one)."""
     hostname = socket.gethostname()
     return await asyncio.get_running_loop().create_server(
-        lambda: SmtpSession(hostname, capture), host, port, reuse_address=True
+        lambda: SmtpSession(hostname, capture, defer_rate), host, port, reuse_address=True
     )
 
 
-async def serve(host: str, port: int, capture: Capture, stop: asyncio.Event) -> None:
+async def serve(
+    host: str, port: int, capture: Capture, stop: asyncio.Event, defer_rate: float = 0.0
+) -> None:
     """Accept SMTP sessions on host:port until `stop` is set."""
-    server = await start_server(host, port, capture)
+    server = await start_server(host, port, capture, defer_rate)
     bound = ", ".join("{}:{}".format(*sock.getsockname()[:2]) for sock in server.sockets)
     log.info("listening on %s", bound)
     async with server:
@@ -66,6 +70,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--flush-interval", type=float, default=0.5, help="seconds between record writes"
     )
+    parser.add_argument(
+        "--defer-rate",
+        type=float,
+        default=0.0,
+        help="answer 451 after DATA to this fraction of messages, at random (default 0)",
+    )
     return parser.parse_args(argv)
 
 
@@ -78,7 +88,7 @@ async def _run(args: argparse.Namespace) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        await serve(args.host, args.port, capture, stop)
+        await serve(args.host, args.port, capture, stop, args.defer_rate)
     finally:
         capture.close()
 

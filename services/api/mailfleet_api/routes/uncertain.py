@@ -1,0 +1,72 @@
+"""Messages left `uncertain`: the operator's list, and resolving them as sent or to resend."""
+
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+
+from mailfleet_api import pages, queries, schemas
+from mailfleet_api.deps import Cursor, DbConn, Limit, Operator, Principal, Viewer
+
+router = APIRouter(prefix="/api/messages/uncertain", tags=["uncertain messages"])
+
+_RESOLVED_IDS_SHOWN = 10_000
+
+
+def resolver(principal: Principal) -> str:
+    """Who resolved, as recorded: api:user:<id> or api:key:<id>."""
+    return f"api:{principal.key}"
+
+
+@router.get("")
+async def list_uncertain_messages(
+    conn: DbConn,
+    _: Viewer,
+    filters: Annotated[schemas.UncertainFilter, Query()],
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> schemas.UncertainPage:
+    """List messages that may or may not have been delivered, newest first, a page at a time."""
+    after = None if cursor is None else pages.decode_cursor(cursor)
+    items, more = await queries.list_uncertain(conn, filters, limit, after)
+    next_cursor = pages.encode_cursor(items[-1].flagged_at, items[-1].id) if more else None
+    return schemas.UncertainPage(items=items, limit=limit, next_cursor=next_cursor)
+
+
+@router.post("/resolve")
+async def resolve_uncertain_messages(
+    body: schemas.UncertainResolve, conn: DbConn, principal: Operator
+) -> schemas.UncertainResolved:
+    """Resolve uncertain messages by ids or by filter: mark them sent, or queue them again.
+
+    Resending needs `accept_duplicate_risk: true`. Each resolution is recorded with who made
+    it and when, and as an `uncertain-resolved` event.
+    """
+    by = resolver(principal)
+    resolved = await queries.resolve_uncertain(
+        conn, body.resolution, body.message_ids, body.filter, by, body.note
+    )
+    done = set(resolved)
+    return schemas.UncertainResolved(
+        resolution=body.resolution,
+        resolved=len(resolved),
+        message_ids=resolved[:_RESOLVED_IDS_SHOWN],
+        not_uncertain=[i for i in body.message_ids or () if i not in done],
+        resolved_by=by,
+        resolved_at=datetime.now(UTC),
+    )
+
+
+@router.get("/resolutions")
+async def list_uncertain_resolutions(
+    conn: DbConn,
+    _: Viewer,
+    message_id: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    limit: Limit = 50,
+    cursor: Cursor = None,
+) -> schemas.UncertainResolutionPage:
+    """List how uncertain messages were resolved, by whom and when, newest first."""
+    after = None if cursor is None else pages.decode_cursor(cursor)
+    items, more = await queries.list_uncertain_resolutions(conn, message_id, limit, after)
+    next_cursor = pages.encode_cursor(items[-1].resolved_at, items[-1].id) if more else None
+    return schemas.UncertainResolutionPage(items=items, limit=limit, next_cursor=next_cursor)
