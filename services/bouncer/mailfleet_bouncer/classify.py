@@ -36,8 +36,8 @@ from email.message import Message
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from mailfleet_bouncer import arf, autoreply, dsn, mime
-from mailfleet_bouncer.dsn import BounceType
+from mailfleet_bouncer import arf, autoreply, dsn, mime, plaintext, ses
+from mailfleet_bouncer.verdict import BounceType, judge
 
 __all__ = ["BounceType", "Classified", "Kind", "Recipient", "References", "classify"]
 
@@ -53,7 +53,8 @@ class Recipient:
     the returned message's To. `action` is the DSN Action (for flufl.bounce's findings:
     "failed" for its permanent failures, "delayed" for its temporary ones); `status` the RFC
     3463 code; `diagnostic` the unfolded Diagnostic-Code, at most 1000 characters; `bounce`
-    hard, soft, or None for a complaint or an entry that is not a failure.
+    hard, soft, or None for a complaint or an entry that is not a failure; `reason` why it is
+    hard or soft (see `mailfleet_bouncer.verdict`).
     """
 
     address: str | None
@@ -61,6 +62,7 @@ class Recipient:
     status: str | None
     diagnostic: str | None
     bounce: BounceType | None
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,18 +118,26 @@ _UNSUBSCRIBE_SUBJECT = re.compile(
     r"\s*unsubscribe(?:\s+|%20)([A-Za-z0-9_-]{16,200})\s*", re.IGNORECASE
 )
 _INLINE_ID = re.compile(r"^[ \t>]*message-id[ \t]*:[ \t]*\r?\n?[ \t]*(<[^<>\s]+>)", re.I | re.M)
-# Where a bounce that is not RFC 3464 copies the original into its text.
-_INLINE_ORIGINAL = re.compile(
-    r"^[ \t>-]*(?:below this line is a copy of the message|this is a copy of the message"
-    r"|original message (?:follows|headers?)|returned (?:mail|message) follows"
-    r"|message headers? follows?|undelivered message headers)[^\n]*\n",
-    re.I | re.M,
-)
 # A returned part whose MIME structure the parser missed (a boundary that does not match).
 _INLINE_PART = re.compile(
     r"^content-type:[ \t]*(?:message/(?:rfc822|global|global-headers)|text/rfc822-headers)\b"
     r".*?\r?\n[ \t]*\r?\n",
     re.I | re.M | re.S,
+)
+_DELAYED = re.compile(
+    r"delay|warning|not yet (?:been )?delivered|will (?:keep )?(?:try|retry)|still trying"
+    r"|temporar",
+    re.IGNORECASE,
+)
+# A transcript where the server refused the DATA command or the message after it: sendmail's
+# ">>> DATA" then "<<< 550 ...", mFILTER's "SMTP command" section. With PIPELINING the
+# replies to RCPT TO come after ">>> DATA" too, and then a "503" (no valid recipients)
+# answers the DATA itself: that is a refusal at RCPT TO.
+_REFUSED_AFTER_DATA = re.compile(
+    r"^[ \t]*>>>[ \t]*data[ \t]*\r?\n(?:[ \t]*<<<[ \t]*[23]\d\d[^\n]*\n)*[ \t]*<<<[ \t]*5\d\d"
+    r"(?![^\n]*\n(?:[^\n]*\n)?[ \t]*<<<[ \t]*503)"
+    r"|^-+ ?smtp command\s*\n\s*data\b",
+    re.IGNORECASE | re.MULTILINE,
 )
 _FEEDBACK_LINE = re.compile(r"^feedback-type[ \t]*:", re.I | re.M)
 _RECIPIENT_LINE = re.compile(r"^(?:final|original)-recipient[ \t]*:", re.I | re.M)
@@ -186,6 +196,7 @@ class _Run:
         self._texts: list[str] | None = None
         self._returned: Message | None = None
         self._returned_done = False
+        self._own_addresses: set[str] | None = None
 
     def classify(self) -> Classified:
         if not self.raw.strip():
@@ -228,15 +239,36 @@ class _Run:
             complaint := self._complaint(feedback)
         ):
             return complaint
+        if complaint := self._complaint_without_report():
+            return complaint
         markers = self._bounce_markers(report_type)
         if (status or report_type in _DSN_REPORTS or markers) and (bounce := self._dsn(status)):
             return bounce
+        if notice := self._ses():
+            return notice
         if receipts or report_type == "disposition-notification":
             return self._receipt(receipts)
+        if self._apple_unsubscribe():
+            token = _UNSUBSCRIBE_SUBJECT.fullmatch(self.subject or "")
+            reason = "Apple Mail one-click unsubscribe (X-Apple-Unsubscribe)"
+            return self.result(
+                "unsubscribe",
+                "apple",
+                token=token.group(1) if token else None,
+                reason=reason,
+                own_first=True,
+            )
         auto = autoreply.header_reason(self.headers)
         null_sender = any(v.strip() in {"", "<>"} for v in self.headers.get("return-path", []))
-        if (markers or (null_sender and auto is None)) and (bounce := self._flufl()):
-            return bounce
+        if markers or (null_sender and auto is None):
+            if bounce := self._flufl():
+                return bounce
+            # A subject alone is not enough to read a message's text for addresses: a person
+            # may write "not delivered"; a returned original or a null sender makes it a notice.
+            if (markers != [_SUBJECT_MARKER] or null_sender or self.returned() is not None) and (
+                bounce := self._plain()
+            ):
+                return bounce
         if markers and markers != [_SUBJECT_MARKER]:
             # A subject alone is not enough to stop a person's reply being one.
             reason = f"looks like a bounce ({', '.join(markers)}) but no failed recipient was found"
@@ -288,22 +320,29 @@ class _Run:
 
     def _dsn(self, parts: list[Message]) -> Classified | None:
         blocks = [b for part in parts for b in mime.field_blocks(part, self.notes, merge=True)]
-        found = dsn.entries(blocks)
+        after_data = self._after_data()
+        found = dsn.entries(blocks, after_data=after_data)
         if not found:
             for text in self.texts():
-                if _RECIPIENT_LINE.search(text) and (found := dsn.entries(dsn.parse_blocks(text))):
+                if _RECIPIENT_LINE.search(text) and (
+                    found := dsn.entries(dsn.parse_blocks(text), after_data=after_data)
+                ):
                     break
         if not found:
             if parts:
                 self.notes.add("malformed delivery report: no per-recipient fields")
             return None
-        failures = [entry for entry in found if entry.bounce is not None]
+        valid = [e for e in found if e.address is None or self._is_recipient(e.address)]
+        if not valid:
+            self.notes.add("delivery report naming no valid recipient address")
+            return None
+        failures = [entry for entry in valid if entry.bounce is not None]
         reason = None
         if not failures:
             reason = "delivery report without failures: no recipient failed or was delayed"
         recipients = tuple(
-            Recipient(e.address, e.action, e.status, e.diagnostic, e.bounce)
-            for e in (failures or found)[:_MAX_ADDRESSES]
+            Recipient(e.address, e.action, e.status, e.diagnostic, e.bounce, e.reason)
+            for e in (failures or valid)[:_MAX_ADDRESSES]
         )
         return self.result("bounce", "rfc3464", recipients=recipients, reason=reason)
 
@@ -331,12 +370,104 @@ class _Run:
         for address, action in [(a, "failed") for a in permanent] + [
             (a, "delayed") for a in temporary
         ]:
-            status, diagnostic = dsn.status_near(text, address)
-            bounce = dsn.bounce_type(action, status, diagnostic)
-            recipients.append(Recipient(address, action, status, diagnostic, bounce))
+            if self._is_recipient(address):
+                recipients.append(_near(text, address, action, self._after_data()))
+        if not recipients:
+            self.notes.add("flufl.bounce named no valid recipient address")
+            return None
         # In the order the notification names them; any it does not name, last.
         recipients.sort(key=lambda r: (_position(lowered, r.address or ""), r.address or ""))
         return self.result("bounce", "flufl", recipients=tuple(recipients[:_MAX_ADDRESSES]))
+
+    def _plain(self) -> Classified | None:
+        """A notification written for people: the addresses its text names (`plaintext`)."""
+        text = plaintext.notification("\n\n".join(self.texts()))
+        found = plaintext.candidates(text, self._own())
+        if not found:
+            return None
+        delayed = _DELAYED.search(self.subject or "") or _DELAYED.search(text[:2000])
+        action = "delayed" if delayed else "failed"
+        after_data = self._after_data()
+        recipients = tuple(
+            _near(text, address, action, after_data) for address in found[:_MAX_ADDRESSES]
+        )
+        return self.result("bounce", "text", recipients=recipients)
+
+    def _ses(self) -> Classified | None:
+        """An Amazon SES notification mailed through SNS (`mailfleet_bouncer.ses`)."""
+        texts = [t for t in self.texts() if '"notificationType"' in t]
+        notice = ses.parse(texts[0]) if texts else None
+        if notice is None:
+            return None
+        recipients: list[Recipient] = []
+        for address, action, status, diagnostic in notice.recipients:
+            bare = dsn.recipient_address(address)
+            if bare is None or not self._is_recipient(bare):
+                continue
+            if notice.kind == "complaint":
+                recipients.append(Recipient(bare, None, None, None, None))
+                continue
+            code = dsn.status_code(status, diagnostic)
+            recipients.append(
+                Recipient(bare, action, code, diagnostic, *judge(action, code, diagnostic))
+            )
+        if not recipients:
+            return None
+        ids = [i for v in notice.headers.get("message-id", []) for i in mime.message_ids(v)]
+        if notice.kind == "complaint":
+            return self.result(
+                "complaint",
+                "ses",
+                recipients=tuple(recipients),
+                feedback_type=notice.feedback_type,
+                extra_ids=ids,
+            )
+        reason = None
+        if notice.kind == "delivery":
+            reason = "delivery report without failures: no recipient failed or was delayed"
+        return self.result(
+            "bounce", "ses", recipients=tuple(recipients), reason=reason, extra_ids=ids
+        )
+
+    def _complaint_without_report(self) -> Classified | None:
+        """Hotmail's older JMRP: the complained-of message returned whole, with no report part.
+
+        It is recognised by the header Hotmail adds to the returned copy, naming the recipient.
+        """
+        returned = self.returned()
+        if returned is None:
+            return None
+        headers = mime.headers(returned, self.notes)
+        named = headers.get("x-hmxmroriginalrecipient")
+        if not named:
+            return None
+        found = [a for v in named for a in mime.addresses(v) if not arf.redacted(a)]
+        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:_MAX_ADDRESSES])
+        reason = "feedback loop report without a feedback-report part (X-HmXmrOriginalRecipient)"
+        return self.result(
+            "complaint", "arf", recipients=recipients, feedback_type="abuse", reason=reason
+        )
+
+    def _apple_unsubscribe(self) -> bool:
+        flags = self.headers.get("x-apple-unsubscribe", [])
+        return any(v.strip().lower() in {"true", "yes", "1"} for v in flags)
+
+    def _own(self) -> set[str]:
+        """The addresses that are never this bounce's failed recipient (`plaintext`)."""
+        if self._own_addresses is None:
+            returned = self.returned()
+            headers = {} if returned is None else mime.headers(returned, self.notes)
+            ids = [i for v in headers.get("message-id", []) for i in mime.message_ids(v)]
+            ids += [i for v in self.headers.get("message-id", []) for i in mime.message_ids(v)]
+            self._own_addresses = plaintext.own_addresses(self.headers, headers, ids)
+        return self._own_addresses
+
+    def _after_data(self) -> bool:
+        """Whether the notification's transcript shows the refusal answering DATA."""
+        return any(_REFUSED_AFTER_DATA.search(text) for text in self.texts())
+
+    def _is_recipient(self, address: str) -> bool:
+        return plaintext.valid_address(address) and address.lower() not in self._own()
 
     def _bounce_markers(self, report_type: str) -> list[str]:
         markers: list[str] = []
@@ -398,7 +529,7 @@ class _Run:
             elif (text := mime.part_text(part.message, self.notes)).strip():
                 return mime.header_block(text)
         for text in self.texts():
-            for pattern in (_INLINE_PART, _INLINE_ORIGINAL):
+            for pattern in (_INLINE_PART, plaintext.ORIGINAL):
                 for match in itertools.islice(pattern.finditer(text), _INLINE_TRIES):
                     headers = mime.header_block(text[match.end() :])
                     if {name.lower() for name in headers} & {
@@ -484,6 +615,13 @@ def _unsubscribe_tokens(values: list[str]) -> list[str]:
                 ):
                     tokens.append(match.group(1))
     return tokens
+
+
+def _near(text: str, address: str, action: str, after_data: bool) -> Recipient:
+    """A recipient of a free-text bounce, with the code and diagnostic found near it."""
+    status, diagnostic = dsn.status_near(text, address)
+    verdict = judge(action, status, diagnostic, after_data=after_data)
+    return Recipient(address, action, status, diagnostic, *verdict)
 
 
 def _position(text: str, needle: str) -> int:

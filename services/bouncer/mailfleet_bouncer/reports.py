@@ -162,6 +162,7 @@ class ReportProcessor:
             detail = {
                 "address": address,
                 "bounce": recipient.bounce if recipient else None,
+                "reason": recipient.reason if recipient else None,
                 "status": recipient.status if recipient else None,
                 "diagnostic": diagnostic[:_DIAGNOSTIC_MAX] if diagnostic else None,
                 "action_field": recipient.action if recipient else None,
@@ -215,12 +216,18 @@ class ReportProcessor:
                 if found is not None:
                     by_token.append(found)
         if classified.kind == "unsubscribe":
-            # Only the signed token counts, and it is proof enough, as on the web page: it may
-            # arrive in any account's mailbox (MAILFLEET_TRACKING__UNSUBSCRIBE_MAILTO can name
-            # one mailbox for all of them).
-            if not by_token:
-                return [(None, None, None)]
-            return [(None, by_token[0], "token")]
+            # The signed token is proof enough, as on the web page: it may arrive in any
+            # account's mailbox (MAILFLEET_TRACKING__UNSUBSCRIBE_MAILTO can name one mailbox
+            # for all of them).
+            if by_token:
+                return [(None, by_token[0], "token")]
+            # Apple Mail's one-click unsubscribe may drop our subject: like a reply, it is
+            # from the recipient, so it acts on this account's last message to the sender.
+            if classified.parser == "apple" and classified.sender is not None:
+                found = await queries.latest_message_to(conn, account_id, classified.sender)
+                if found is not None:
+                    return [(None, found, "sender")]
+            return [(None, None, None)]
         # A message of another account is not this mailbox's business (a report forwarded to
         # the wrong mailbox): it is recorded, not acted on.
         candidates = [
