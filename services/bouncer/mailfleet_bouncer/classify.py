@@ -155,7 +155,8 @@ _BOUNCE_SUBJECT = re.compile(
     r"|delivery (?:has )?fail|could not be delivered|not (?:been )?delivered|delivery problem"
     r"|delivery notification|delivery report|delayed mail|delivery delayed|non remis"
     r"|unzustellbar|nicht zustellbar|no se pudo entregar|non recapitabile|mail system error"
-    r"|returned to sender|warning: could not send",
+    r"|returned to sender|warning: could not send|メールエラー|エラー通知|配信エラー"
+    r"|送信エラー|不達|配信不能",
     re.IGNORECASE,
 )
 
@@ -408,9 +409,8 @@ class _Run:
                 recipients.append(Recipient(bare, None, None, None, None))
                 continue
             code = dsn.status_code(status, diagnostic)
-            recipients.append(
-                Recipient(bare, action, code, diagnostic, *judge(action, code, diagnostic))
-            )
+            verdict = judge(action, code, diagnostic, address=bare)
+            recipients.append(Recipient(bare, action, code, diagnostic, *verdict))
         if not recipients:
             return None
         ids = [i for v in notice.headers.get("message-id", []) for i in mime.message_ids(v)]
@@ -467,7 +467,11 @@ class _Run:
         return any(_REFUSED_AFTER_DATA.search(text) for text in self.texts())
 
     def _is_recipient(self, address: str) -> bool:
-        return plaintext.valid_address(address) and address.lower() not in self._own()
+        return (
+            plaintext.valid_address(address)
+            and address.lower() not in self._own()
+            and not plaintext.reporting_postmaster(address.lower(), self.sender)
+        )
 
     def _bounce_markers(self, report_type: str) -> list[str]:
         markers: list[str] = []
@@ -620,7 +624,7 @@ def _unsubscribe_tokens(values: list[str]) -> list[str]:
 def _near(text: str, address: str, action: str, after_data: bool) -> Recipient:
     """A recipient of a free-text bounce, with the code and diagnostic found near it."""
     status, diagnostic = dsn.status_near(text, address)
-    verdict = judge(action, status, diagnostic, after_data=after_data)
+    verdict = judge(action, status, diagnostic, after_data=after_data, address=address)
     return Recipient(address, action, status, diagnostic, *verdict)
 
 

@@ -130,7 +130,7 @@ def _entry(fields: dict[str, str], after_data: bool) -> Entry:
     action = (fields.get("action") or "").strip().lower().split(" ", 1)[0].rstrip(";") or None
     diagnostic = unfold(fields.get("diagnostic-code", ""))[:_DIAGNOSTIC_MAX] or None
     status = status_code(fields.get("status"), diagnostic)
-    verdict = judge(action, status, diagnostic, after_data=after_data)
+    verdict = judge(action, status, diagnostic, after_data=after_data, address=address)
     return Entry(address, action, status, diagnostic, *verdict)
 
 

@@ -9,8 +9,8 @@ addresses in it, each near the server's reply when there is one, then a copy of 
 So: the notification is cut where the copy of the original starts; the addresses it names are
 the candidates; an address is dropped when it is not a recipient at all: the notice's own
 addresses (From, To, Reply-To...), the original's sender (its From, Sender, Return-Path, the
-MAIL FROM of a transcript), the daemons' mailboxes (MAILER-DAEMON, postmaster), Message-IDs, and
-anything that is not a mail address (a file path, a host name).
+MAIL FROM of a transcript), daemons (MAILER-DAEMON, the reporting side's postmaster),
+Message-IDs, and anything that is not a mail address (a file path, a host name).
 
 `valid_address` and `own_addresses` are the checks every recipient the classifier returns goes
 through, whichever parser found it.
@@ -31,7 +31,7 @@ _VALID = re.compile(
 )
 _CANDIDATE = re.compile(r"[\w!#$%&'*+=?^`{|}~./-]+@[\w.\[\]:-]+", re.IGNORECASE)
 _DAEMON = re.compile(
-    r"(?:mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|double-bounce)(?:[+=-].*)?",
+    r"(?:mailer[-_.]?daemon|mail[-_.]?daemon|mdaemon|double-bounce)(?:[+=-].*)?",
     re.IGNORECASE,
 )
 # Lines that name the sender, not a recipient: a transcript's MAIL FROM, "From:" headers,
@@ -53,10 +53,12 @@ ORIGINAL = re.compile(
     r"|-+ ?message text|\s*content-type: message/rfc822)[^\n]*\n",
     re.IGNORECASE | re.MULTILINE,
 )
-# A header block that starts a copy of the original without announcing it.
+# A header block that starts a copy of the original without announcing it: three header
+# fields in a row, the first one that a message starts with.
+_HEADER = r"[\w-]+:[^\n]*\n(?:[ \t][^\n]*\n)*"
 _HEADER_START = re.compile(
-    r"\n\n(?=(?:Received|Return-Path|Message-ID|Date|From|To|Subject|MIME-Version"
-    r"|Delivered-To|DKIM-Signature):[^\n]*\n(?:[ \t][^\n]*\n)*(?:[\w-]+:[^\n]*\n))",
+    r"\n\n(?=(?:Received|Return-Path|Message-ID|Delivered-To|DKIM-Signature|X-[\w-]+):"
+    rf"[^\n]*\n(?:[ \t][^\n]*\n)*{_HEADER}{_HEADER})",
     re.IGNORECASE,
 )
 _TRAILING = ".,;:>)]}'\""
@@ -95,7 +97,7 @@ def candidates(text: str, excluded: Iterable[str]) -> list[str]:
 def valid_address(address: str | None) -> bool:
     """Whether a found "recipient" is a mail address that may belong to a person.
 
-    Not a daemon's (MAILER-DAEMON, postmaster), not a path or a host name,
+    Not a daemon's (MAILER-DAEMON), not a path or a host name,
     not something with "@" in the middle of a Message-ID's random part.
     """
     if not address or len(address) > 254 or "/" in address or ".." in address:
@@ -104,6 +106,22 @@ def valid_address(address: str | None) -> bool:
         return False
     local = address.rpartition("@")[0]
     return not _DAEMON.fullmatch(local)
+
+
+def reporting_postmaster(address: str, sender: str | None) -> bool:
+    """Whether the address is the postmaster of the notice's own side (its sender's domain).
+
+    Detectors pick up the "send mail to postmaster@..." of the notice's text; a postmaster of
+    another domain may well be the recipient we wrote to.
+    """
+    local, _, domain = address.rpartition("@")
+    if local != "postmaster" or not sender:
+        return False
+    own = sender.rpartition("@")[2]
+    if not own:
+        return True
+    base = ".".join(own.split(".")[-2:])
+    return domain in (own, base) or domain.endswith(("." + own, "." + base))
 
 
 def own_addresses(

@@ -52,6 +52,20 @@ _SOFT_SUBJECTS = {
     "6": "the message's content or media",
     "7": "policy or security, about the sender",
 }
+# The Japanese mobile carriers' mail domains.
+_CARRIER_DOMAINS = (
+    "docomo.ne.jp",
+    "ezweb.ne.jp",
+    "au.com",
+    "softbank.ne.jp",
+    "i.softbank.jp",
+    "disney.ne.jp",
+    "vodafone.ne.jp",
+    "pdx.ne.jp",
+    "willcom.com",
+    "ymobile.ne.jp",
+    "emobile.ne.jp",
+)
 _AFTER_DATA = re.compile(r"in reply to (?:the )?(?:end of )?data\b", re.IGNORECASE)
 _LEADING_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;)?\s*([245])\d\d(?![\d.])")
 
@@ -163,18 +177,33 @@ _ADDRESS_TEXT = re.compile(
 
 
 def judge(
-    action: str | None, status: str | None, diagnostic: str | None, *, after_data: bool = False
+    action: str | None,
+    status: str | None,
+    diagnostic: str | None,
+    *,
+    after_data: bool = False,
+    address: str | None = None,
 ) -> Verdict:
     """Hard, soft or None (not a failure), with the reason; see the module docstring.
 
     `after_data`: the refusal answered the DATA command, when the address had been accepted at
-    RCPT TO; a recipient's filter that refuses our sender often says "user unknown" then
-    (docomo, au), so no refusal after DATA is hard.
+    RCPT TO; a recipient's filter that refuses our sender often says "user unknown" then, so
+    no refusal after DATA is hard. The Japanese mobile carriers (docomo, au, SoftBank) answer
+    "user unknown" to a sender their user's filter refuses, at any stage: for an `address` of
+    theirs, only a specific code (5.1.1...) is hard.
     """
     bounce, reason = _judge(action, status, diagnostic)
     if bounce == "hard" and (after_data or (diagnostic and _AFTER_DATA.search(diagnostic))):
         return "soft", f"refused after DATA, the address having been accepted: {reason}"
+    code = tuple(status.split(".")[1:]) if status else ()
+    if bounce == "hard" and code not in _ADDRESS_CODES and _carrier(address):
+        return "soft", f"a mobile carrier's refusal, also its answer to a filtered sender: {reason}"
     return bounce, reason
+
+
+def _carrier(address: str | None) -> bool:
+    domain = (address or "").rpartition("@")[2]
+    return any(domain == d or domain.endswith("." + d) for d in _CARRIER_DOMAINS)
 
 
 def _judge(action: str | None, status: str | None, diagnostic: str | None) -> Verdict:
@@ -182,7 +211,8 @@ def _judge(action: str | None, status: str | None, diagnostic: str | None) -> Ve
         return None, None
     if action == "delayed":
         return "soft", "delayed: the MTA is still trying"
-    failed = action is not None and action.startswith(("fail", "error"))
+    # "expired" is not an RFC 3464 Action, but some ESPs write it for a message they gave up on.
+    failed = action is not None and action.startswith(("fail", "error", "expired"))
     if status is None or status[0] == "2":
         if not failed:
             return None, None
