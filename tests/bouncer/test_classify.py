@@ -89,6 +89,42 @@ def test_corpus(name: str) -> None:
         assert [r.action for r in result.recipients] == [expected["action"]]
 
 
+# Each bounce sample names the cause of each failure; only "address" (the message says the
+# address itself is bad: unknown, disabled, moved, no such domain, null MX) may be hard.
+CAUSES = {name: e["causes"] for name, e in EXPECTED.items() if e["kind"] == "bounce"}
+
+
+def test_every_bounce_sample_names_its_causes() -> None:
+    assert all(len(CAUSES[n]) == len(EXPECTED[n]["recipients"]) for n in CAUSES)
+    assert len(CAUSES) >= 70
+
+
+def test_recognition_over_the_corpus() -> None:
+    results = {name: classify((CORPUS / name).read_bytes()) for name in CAUSES}
+    recognised = [
+        name
+        for name, result in results.items()
+        if result.kind == "bounce" and any(r.bounce for r in result.recipients)
+    ]
+    assert len(recognised) / len(results) >= 0.95, sorted(set(results) - set(recognised))
+
+
+def test_no_hard_verdict_against_the_policy() -> None:
+    against: list[tuple[str, str | None, str]] = []
+    missed: list[tuple[str, str | None, str]] = []
+    for name, causes in CAUSES.items():
+        result = classify((CORPUS / name).read_bytes())
+        for recipient, cause in zip(result.recipients, causes, strict=False):
+            if recipient.bounce == "hard" and cause != "address":
+                against.append((name, recipient.address, cause))
+            if recipient.bounce != "hard" and cause == "address":
+                missed.append((name, recipient.address, cause))
+            if recipient.bounce is not None:
+                assert recipient.reason, (name, recipient.address)
+    assert against == []
+    assert missed == []
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_corpus_with_crlf_line_endings(name: str) -> None:
     raw = (CORPUS / name).read_bytes()

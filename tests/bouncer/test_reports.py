@@ -338,3 +338,45 @@ async def test_mail_unsubscribe_counts_in_any_accounts_mailbox(
     outcome = await Feed(pool, processor, central)(rows.mail_unsubscribe("bye@example.com", token))
     assert outcome.feedback[0].message_id == sent[0][0]
     assert (await suppressions(db))["bye@example.com"][0] == "unsubscribe"
+
+
+async def test_a_bounce_records_why_it_is_soft(
+    db: Conn, pool: Pool, processor: ReportProcessor
+) -> None:
+    _, _, sent, feed = await setup(db, pool, processor, ["careful@example.org"])
+    diagnostic = "smtp; 550 Message rejected: SPF check failed for fleet.test"
+    outcome = await feed(
+        rows.dsn("careful@example.org", sent[0][1], status="5.0.0", diagnostic=diagnostic)
+    )
+    assert outcome.feedback[0].bounce == "soft"
+    assert await suppressions(db) == {}
+    details = await db.fetchval("SELECT details FROM inbound_reports")
+    assert '"reason": "sender authentication (SPF, DKIM, DMARC)' in details
+    assert '"action": "soft-bounce:1"' in details
+
+
+async def test_apple_one_click_unsubscribe_acts_by_its_sender(
+    db: Conn, pool: Pool, processor: ReportProcessor
+) -> None:
+    _, _, sent, feed = await setup(db, pool, processor, ["leaving@example.com"])
+    raw = (
+        b"From: Leaving <leaving@example.com>\r\nTo: unsubscribe@fleet.test\r\n"
+        b"Subject: unsubscribe\r\nAuto-Submitted: auto-replied\r\nX-Apple-Unsubscribe: true\r\n"
+        b"Message-ID: <1D2C3B4A-0000-4000-8000-000000000001@example.com>\r\n\r\n"
+        b"Apple Mail sent this email to unsubscribe from the message.\r\n"
+    )
+    outcome = await feed(raw)
+    assert (outcome.kind, outcome.feedback[0].message_id) == ("unsubscribe", sent[0][0])
+    reason, scope, _, _ = (await suppressions(db))["leaving@example.com"]
+    assert (reason, scope) == ("unsubscribe", None)
+    assert '"matched_by": "sender"' in await db.fetchval("SELECT details FROM inbound_reports")
+
+
+async def test_a_bounce_naming_only_our_own_address_suppresses_nothing(
+    db: Conn, pool: Pool, processor: ReportProcessor
+) -> None:
+    # The account wrote to its own address once: a notice about it must not suppress it.
+    _, _, sent, feed = await setup(db, pool, processor, ["sender1@fleet.test"])
+    outcome = await feed(rows.dsn("sender1@fleet.test", sent[0][1]))
+    assert await suppressions(db) == {}
+    assert all(item.bounce is None for item in outcome.feedback)

@@ -36,7 +36,7 @@ from email.message import Message
 from typing import Literal
 from urllib.parse import unquote, urlsplit
 
-from mailfleet_bouncer import arf, autoreply, dsn, mime, plaintext, ses
+from mailfleet_bouncer import arf, autoreply, dsn, mime, plaintext, ses, verdict
 from mailfleet_bouncer.verdict import BounceType, judge
 
 __all__ = ["BounceType", "Classified", "Kind", "Recipient", "References", "classify"]
@@ -134,7 +134,8 @@ _DELAYED = re.compile(
 # replies to RCPT TO come after ">>> DATA" too, and then a "503" (no valid recipients)
 # answers the DATA itself: that is a refusal at RCPT TO.
 _REFUSED_AFTER_DATA = re.compile(
-    r"^[ \t]*>>>[ \t]*data[ \t]*\r?\n(?:[ \t]*<<<[ \t]*[23]\d\d[^\n]*\n)*[ \t]*<<<[ \t]*5\d\d"
+    r"^[ \t]*>>>[ \t]*data[ \t]*\r?\n(?:[ \t]*(?:<<<[ \t]*[23]\d\d|>>>[ \t]*\.)[^\n]*\n)*"
+    r"[ \t]*<<<[ \t]*5\d\d"
     r"(?![^\n]*\n(?:[^\n]*\n)?[ \t]*<<<[ \t]*503)"
     r"|^-+ ?smtp command\s*\n\s*data\b",
     re.IGNORECASE | re.MULTILINE,
@@ -321,14 +322,16 @@ class _Run:
 
     def _dsn(self, parts: list[Message]) -> Classified | None:
         blocks = [b for part in parts for b in mime.field_blocks(part, self.notes, merge=True)]
-        after_data = self._after_data()
-        found = dsn.entries(blocks, after_data=after_data)
+        found = dsn.entries(blocks)
         if not found:
             for text in self.texts():
-                if _RECIPIENT_LINE.search(text) and (
-                    found := dsn.entries(dsn.parse_blocks(text), after_data=after_data)
-                ):
+                if _RECIPIENT_LINE.search(text) and (found := dsn.entries(dsn.parse_blocks(text))):
                     break
+        notice = "\n\n".join(self.texts())
+        found = [
+            dsn.refused_after_data(e) if e.address and self._after_data(notice, e.address) else e
+            for e in found
+        ]
         if not found:
             if parts:
                 self.notes.add("malformed delivery report: no per-recipient fields")
@@ -372,7 +375,9 @@ class _Run:
             (a, "delayed") for a in temporary
         ]:
             if self._is_recipient(address):
-                recipients.append(_near(text, address, action, self._after_data()))
+                after_data = self._after_data(text, address)
+                only = len(permanent) + len(temporary) == 1
+                recipients.append(_near(text, address, action, after_data, only=only))
         if not recipients:
             self.notes.add("flufl.bounce named no valid recipient address")
             return None
@@ -383,14 +388,19 @@ class _Run:
     def _plain(self) -> Classified | None:
         """A notification written for people: the addresses its text names (`plaintext`)."""
         text = plaintext.notification("\n\n".join(self.texts()))
-        found = plaintext.candidates(text, self._own())
+        found = plaintext.candidates(text, self._is_recipient)
         if not found:
-            return None
+            # Some notices name no address (v5 sendmail's deferrals, Verizon's "no valid
+            # recipients"): the returned original's only recipient is the one it is about.
+            returned = self.references(False, []).original_recipients
+            found = [a for a in returned if self._is_recipient(a)]
+            if len(found) != 1:
+                return None
         delayed = _DELAYED.search(self.subject or "") or _DELAYED.search(text[:2000])
         action = "delayed" if delayed else "failed"
-        after_data = self._after_data()
         recipients = tuple(
-            _near(text, address, action, after_data) for address in found[:_MAX_ADDRESSES]
+            _near(text, address, action, self._after_data(text, address), only=len(found) == 1)
+            for address in found[:_MAX_ADDRESSES]
         )
         return self.result("bounce", "text", recipients=recipients)
 
@@ -459,12 +469,20 @@ class _Run:
             headers = {} if returned is None else mime.headers(returned, self.notes)
             ids = [i for v in headers.get("message-id", []) for i in mime.message_ids(v)]
             ids += [i for v in self.headers.get("message-id", []) for i in mime.message_ids(v)]
+            # Message-IDs quoted in the text too: detectors take them for addresses.
+            ids += [m.group(1) for t in self.texts() for m in _INLINE_ID.finditer(t)]
             self._own_addresses = plaintext.own_addresses(self.headers, headers, ids)
         return self._own_addresses
 
-    def _after_data(self) -> bool:
-        """Whether the notification's transcript shows the refusal answering DATA."""
-        return any(_REFUSED_AFTER_DATA.search(text) for text in self.texts())
+    def _after_data(self, text: str, address: str) -> bool:
+        """Whether the notification says the refusal of `address` answered DATA.
+
+        A transcript showing it (sendmail, mFILTER), or Postfix's "(in reply to end of DATA
+        command)" in the address's paragraph.
+        """
+        if any(_REFUSED_AFTER_DATA.search(t) for t in self.texts()):
+            return True
+        return bool(verdict.AFTER_DATA.search(dsn.paragraph(text, address)))
 
     def _is_recipient(self, address: str) -> bool:
         return (
@@ -621,9 +639,9 @@ def _unsubscribe_tokens(values: list[str]) -> list[str]:
     return tokens
 
 
-def _near(text: str, address: str, action: str, after_data: bool) -> Recipient:
+def _near(text: str, address: str, action: str, after_data: bool, *, only: bool) -> Recipient:
     """A recipient of a free-text bounce, with the code and diagnostic found near it."""
-    status, diagnostic = dsn.status_near(text, address)
+    status, diagnostic = dsn.status_near(text, address, only=only)
     verdict = judge(action, status, diagnostic, after_data=after_data, address=address)
     return Recipient(address, action, status, diagnostic, *verdict)
 

@@ -10,7 +10,7 @@ are found.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
 
 from flufl.bounce import all_failures
@@ -37,7 +37,7 @@ _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 # The SMTP reply code at the start of a Diagnostic-Code ("smtp; 550 ..." or "550-...").
 _LEADING_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;)?\s*([245])\d\d(?![\d.])")
 # A reply code anywhere in free text, followed by what SMTP puts after one.
-_ANY_CODE = re.compile(r"(?<![\w.])([45])\d\d(?=[ :-]|$)", re.MULTILINE)
+_ANY_CODE = re.compile(r"(?<![\w.])([45])\d\d(?=[ :,-]|$)", re.MULTILINE)
 _ADDRESS = re.compile(r"[^\s<>()\[\];,\"']+@[^\s<>()\[\];,\"']+")
 _UNITEXT = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 _DIAGNOSTIC_MAX = 1000
@@ -86,15 +86,14 @@ def parse_blocks(text: str) -> list[Fields]:
     return blocks
 
 
-def entries(blocks: list[Fields], *, after_data: bool = False) -> list[Entry]:
+def entries(blocks: list[Fields]) -> list[Entry]:
     """The per-recipient entries of a DSN's field blocks, in order.
 
     A block with a recipient field is a per-recipient block; the per-message block has none and
     is skipped. Broken DSNs are tolerated: blocks run together without the blank line are split
     where a recipient field repeats, and a per-recipient field written before the block's
     recipient field still belongs to it. A block with an Action but no recipient field at all
-    gives an entry without an address. `after_data`: the notification says the refusal
-    answered the DATA command (see `mailfleet_bouncer.verdict.judge`).
+    gives an entry without an address.
     """
     found: list[dict[str, str]] = []
     for block in blocks:
@@ -118,10 +117,10 @@ def entries(blocks: list[Fields], *, after_data: bool = False) -> list[Entry]:
                 first.setdefault(key, value)
         elif "action" in pending:
             found.append(pending)
-    return [_entry(fields, after_data) for fields in found]
+    return [_entry(fields) for fields in found]
 
 
-def _entry(fields: dict[str, str], after_data: bool) -> Entry:
+def _entry(fields: dict[str, str]) -> Entry:
     # The Original-Recipient is the address as we gave it (ORCPT); the Final-Recipient may be
     # where a forward or an alias led. Ours is the one to act on, when the report has it.
     address = recipient_address(fields.get("original-recipient")) or recipient_address(
@@ -130,8 +129,16 @@ def _entry(fields: dict[str, str], after_data: bool) -> Entry:
     action = (fields.get("action") or "").strip().lower().split(" ", 1)[0].rstrip(";") or None
     diagnostic = unfold(fields.get("diagnostic-code", ""))[:_DIAGNOSTIC_MAX] or None
     status = status_code(fields.get("status"), diagnostic)
-    verdict = judge(action, status, diagnostic, after_data=after_data, address=address)
+    verdict = judge(action, status, diagnostic, address=address)
     return Entry(address, action, status, diagnostic, *verdict)
+
+
+def refused_after_data(entry: Entry) -> Entry:
+    """The entry judged again, knowing that the refusal answered the DATA command."""
+    verdict = judge(
+        entry.action, entry.status, entry.diagnostic, after_data=True, address=entry.address
+    )
+    return replace(entry, bounce=verdict[0], reason=verdict[1])
 
 
 def recipient_address(value: str | None) -> str | None:
@@ -176,14 +183,16 @@ def status_code(status: str | None, diagnostic: str | None) -> str | None:
     return code
 
 
-def status_near(text: str, address: str) -> tuple[str | None, str | None]:
+def status_near(text: str, address: str, *, only: bool = False) -> tuple[str | None, str | None]:
     """The status code and diagnostic a free-text bounce gives near an address.
 
     In the paragraph where the address is named (qmail's "Remote host said: 550 5.1.1 ...",
-    Exim's indented SMTP error, Yahoo's "554: delivery error"), the first enhanced status
-    code, else the first SMTP reply code, with its line. Without a code anywhere near, no
-    status, and the paragraph after the first mention as the diagnostic: its words may still
-    say what went wrong ("As their mailbox is full").
+    Exim's indented SMTP error, Yahoo's "554: delivery error"), from the start of its line,
+    the first enhanced status code, else the first SMTP reply code, with its line. Without a
+    code anywhere near, no status, and the paragraph after the first mention as the
+    diagnostic: its words may still say what went wrong ("As their mailbox is full").
+    `only`: the notice names no other recipient, so what follows the first mention, blank
+    lines and all, is about this one (DragonFly names it, then gives the reply below).
     """
     text = text.replace("\r\n", "\n")
     lowered = text.lower()
@@ -193,10 +202,13 @@ def status_near(text: str, address: str) -> tuple[str | None, str | None]:
         index = lowered.find(address, start)
         if index < 0:
             break
-        end = lowered.find("\n\n", index + len(address))
-        window = text[index : min(index + _WINDOW, end if end >= 0 else len(text))]
+        # From the start of the line: a reply code often comes before the address in it.
+        line_start = text.rfind("\n", 0, index) + 1
+        end = -1 if only else lowered.find("\n\n", index + len(address))
+        window = text[line_start : min(index + _WINDOW, end if end >= 0 else len(text))]
         if first is None:
-            first = unfold(window[len(address) :].lstrip(">:;,. \t"))[:_DIAGNOSTIC_MAX] or None
+            after = window[index - line_start + len(address) :]
+            first = unfold(after.lstrip(">:;,. \t"))[:_DIAGNOSTIC_MAX] or None
         match = _ENHANCED.search(window) or _ANY_CODE.search(window)
         if match is not None:
             line_start = window.rfind("\n", 0, match.start()) + 1
@@ -208,6 +220,17 @@ def status_near(text: str, address: str) -> tuple[str | None, str | None]:
             return f"{match.group(1)}.0.0", diagnostic
         start = index + len(address)
     return None, first
+
+
+def paragraph(text: str, address: str) -> str:
+    """The paragraph where `text` first names `address` (empty if it does not)."""
+    text = text.replace("\r\n", "\n")
+    index = text.lower().find(address)
+    if index < 0:
+        return ""
+    start = text.rfind("\n\n", 0, index) + 1
+    end = text.find("\n\n", index)
+    return text[start : min(end if end >= 0 else len(text), index + _WINDOW)]
 
 
 def flufl_failures(message: Message) -> tuple[list[str], list[str]]:

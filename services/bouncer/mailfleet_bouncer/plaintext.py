@@ -17,7 +17,7 @@ through, whichever parser found it.
 """
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from mailfleet_bouncer import mime
 
@@ -75,9 +75,11 @@ def notification(text: str) -> str:
     return text[:cut]
 
 
-def candidates(text: str, excluded: Iterable[str]) -> list[str]:
-    """The addresses a notification names as recipients, in order, lower-cased, each once."""
-    skip = {address.lower() for address in excluded}
+def candidates(text: str, accept: Callable[[str], bool]) -> list[str]:
+    """The addresses a notification names as recipients, in order, lower-cased, each once.
+
+    `accept` says whether an address may be a recipient (see `valid_address`).
+    """
     found: list[str] = []
     for line in text.split("\n"):
         if "@" not in line or _SENDER_LINE.search(line):
@@ -86,7 +88,7 @@ def candidates(text: str, excluded: Iterable[str]) -> list[str]:
             address = match.group(0).strip(_TRAILING).lstrip(".").lower()
             if address.startswith(("mailto:", "rfc822;")):
                 address = address.split(":", 1)[1].split(";", 1)[-1]
-            if address in skip or address in found or not valid_address(address):
+            if address in found or not accept(address):
                 continue
             found.append(address)
             if len(found) >= _MAX_CANDIDATES:

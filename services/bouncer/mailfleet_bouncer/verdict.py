@@ -66,7 +66,7 @@ _CARRIER_DOMAINS = (
     "ymobile.ne.jp",
     "emobile.ne.jp",
 )
-_AFTER_DATA = re.compile(r"in reply to (?:the )?(?:end of )?data\b", re.IGNORECASE)
+AFTER_DATA = re.compile(r"in reply to (?:the )?(?:end of )?data\b", re.IGNORECASE)
 _LEADING_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;)?\s*([245])\d\d(?![\d.])")
 
 # Text that names a cause other than the address. Checked in this order; the first wins.
@@ -104,7 +104,8 @@ _SOFT_TEXT: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ),
         (
             "blocklisted or blocked sender",
-            r"black ?list|block ?list|blocked|spamhaus|spamcop|\brbl\b|dnsbl|\blisted (?:at|on|in)"
+            r"black ?list|block ?list|blocked|spamhaus|spamcop|\brbl\b|dnsbl"
+            r"|(?<!not )\blisted (?:at|on|in|by)"
             r"|reputation|banned|access denied|denied by policy|rejected by policy"
             r"|poor reputation|not accepted from|your ip|ip address .{0,40}(?:rejected|refused)"
             r"|messages from \S+ (?:weren't|were not|are not) sent",
@@ -119,9 +120,10 @@ _SOFT_TEXT: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         (
             "rate or recipient limits",
             r"too many (?:recipients|connections|messages|rcpt|concurrent)|rate limit"
-            r"|at a rate|throttl|try (?:again|later)|(?:sending|connection|rate|daily) limit"
+            r"|at a rate|throttl|(?:sending|connection|rate|daily) limit"
             r"|limit (?:exceeded|reached)|exceeded (?:the )?(?:rate|sending|connection|limit)",
         ),
+        ("the remote server said to try again", r"try (?:again|later)"),
         (
             "relaying refused",
             r"relay(?:ing)? (?:access )?(?:is )?(?:denied|not (?:permitted|allowed)|prohibited"
@@ -137,7 +139,8 @@ _SOFT_TEXT: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         (
             "network or connection failure",
             r"connection (?:refused|reset|timed out|lost|closed|dropped)|network"
-            r"|no route to host|unreachable|name server|dns query failed"
+            r"|no route to host|unreachable|name server (?:timeout|failure|error)"
+            r"|unexpected name server reply|dns query failed"
             r"|temporary failure in name resolution|servfail|lost connection",
         ),
         (
@@ -164,7 +167,8 @@ _ADDRESS_TEXT = re.compile(
     r"|(?:mailbox|user|recipient|account) (?:is )?(?:unknown|not found|invalid)"
     r"|no mailbox|mailbox not found|not a valid (?:user|mailbox|recipient)"
     r"|unrouteable address|domain (?:not found|does not exist|is unknown|unknown)"
-    r"|host (?:or domain name )?not found|host unknown|unknown host|nxdomain|null mx"
+    r"|host (?:or domain name )?not found|host \S+ not found|host unknown|unknown host"
+    r"|nxdomain|null ?mx|not listed in (?:the )?(?:domino |public )?(?:directory|address book)"
     r"|(?:does not|doesn't) accept (?:any )?(?:e-?)?mail|accepts no mail"
     r"|account (?:has been |is )?(?:disabled|deactivated|closed|terminated|deleted|removed"
     r"|inactive|expired|discontinued)|mailbox (?:has been |is )?(?:disabled|inactive|closed"
@@ -193,7 +197,7 @@ def judge(
     theirs, only a specific code (5.1.1...) is hard.
     """
     bounce, reason = _judge(action, status, diagnostic)
-    if bounce == "hard" and (after_data or (diagnostic and _AFTER_DATA.search(diagnostic))):
+    if bounce == "hard" and (after_data or (diagnostic and AFTER_DATA.search(diagnostic))):
         return "soft", f"refused after DATA, the address having been accepted: {reason}"
     code = tuple(status.split(".")[1:]) if status else ()
     if bounce == "hard" and code not in _ADDRESS_CODES and _carrier(address):
