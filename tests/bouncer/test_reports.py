@@ -182,6 +182,19 @@ async def test_complaint_suppresses(db: Conn, pool: Pool, processor: ReportProce
     assert await db.fetchval("SELECT complained_at IS NOT NULL FROM messages")
 
 
+async def test_an_opt_out_report_unsubscribes_without_a_complaint(
+    db: Conn, pool: Pool, processor: ReportProcessor
+) -> None:
+    _, _, sent, feed = await setup(db, pool, processor, ["done@example.org"])
+    raw = rows.arf("done@example.org", sent[0][1]).replace(
+        b"Feedback-Type: abuse", b"Feedback-Type: opt-out"
+    )
+    outcome = await feed(raw)
+    assert (outcome.kind, outcome.feedback[0].message_id) == ("unsubscribe", sent[0][0])
+    assert (await suppressions(db))["done@example.org"][0] == "unsubscribe"
+    assert not await db.fetchval("SELECT complained_at IS NOT NULL FROM messages")
+
+
 async def test_human_reply_stops_only_that_campaign(
     db: Conn, pool: Pool, processor: ReportProcessor
 ) -> None:

@@ -316,6 +316,15 @@ class _Run:
                 if found:
                     break
         recipients = tuple(Recipient(a, None, None, None, None) for a in found[:_MAX_ADDRESSES])
+        if arf.is_opt_out(report.feedback_type):
+            reason = f"feedback report of type {report.feedback_type}: a request to unsubscribe"
+            return self.result(
+                "unsubscribe",
+                "arf",
+                recipients=recipients,
+                feedback_type=report.feedback_type,
+                reason=reason,
+            )
         return self.result(
             "complaint", "arf", recipients=recipients, feedback_type=report.feedback_type
         )

@@ -221,6 +221,13 @@ class ReportProcessor:
             # for all of them).
             if by_token:
                 return [(None, by_token[0], "token")]
+            # A feedback loop's opt-out report returns our message: its Message-ID, checked
+            # against this account's sends as for a complaint.
+            own = [m for m in by_header if m.account_id == account_id]
+            if classified.parser == "arf" and own:
+                named = classified.recipients[0].address if classified.recipients else None
+                hit = _pick([(m, "message-id") for m in own], named)
+                return [(None, hit[0], hit[1])] if hit else [(None, None, None)]
             # Apple Mail's one-click unsubscribe may drop our subject: like a reply, it is
             # from the recipient, so it acts on this account's last message to the sender.
             if classified.parser == "apple" and classified.sender is not None:
