@@ -2,41 +2,55 @@
 
 Decision order (the first that applies wins):
 
-1. Parse (`mailfleet_bouncer.mime`): the stdlib parser with the compat32 policy, which never
-   raises on bad headers and keeps raw 8-bit bytes; headers and parts are decoded leniently;
-   a huge message is parsed from its beginning only, where what identifies a report always is.
+1. Parse (`mailfleet_bouncer.reading`, `mailfleet_bouncer.mime`): the stdlib parser with the
+   compat32 policy, which never raises on bad headers and keeps raw 8-bit bytes; headers and
+   parts are decoded leniently; a huge message is parsed from its beginning only, where what
+   identifies a report always is.
 2. Feedback report (RFC 5965 ARF): a message/feedback-report part, or report-type
-   feedback-report -> "complaint", parser "arf" (not-spam and auth-failure reports:
-   "unrecognized", see `mailfleet_bouncer.arf`).
+   feedback-report -> "complaint", parser "arf" (opt-out reports: "unsubscribe"; not-spam and
+   auth-failure reports: "unrecognized", see `mailfleet_bouncer.arf`). Hotmail's JMRP without
+   a report part (the returned original carries X-HmXmrOriginalRecipient) -> "complaint".
 3. Delivery status notification (RFC 3464): a message/delivery-status part (or its fields
    sent as text, when the MIME structure is broken) -> "bounce", parser "rfc3464". A report
    whose entries are all successes (delivered, relayed, expanded) is still a "bounce", with
    recipients whose bounce is None and a problem saying so: it is a delivery report, and
    nothing is to be done about it.
    These two come before the auto-reply checks: reports carry Auto-Submitted too.
-4. Read receipt (message/disposition-notification) -> "auto-reply".
-5. Other bounces: only a message that looks like one (from MAILER-DAEMON, postmaster or a Mail
+4. An Amazon SES notification mailed through SNS (JSON) -> "bounce" or "complaint", "ses".
+5. Read receipt (message/disposition-notification) -> "auto-reply".
+6. Apple Mail's one-click unsubscribe (X-Apple-Unsubscribe) -> "unsubscribe", "apple".
+7. Other bounces: only a message that looks like one (from MAILER-DAEMON, postmaster or a Mail
    Delivery System, X-Failed-Recipients, a bounce subject, or an empty Return-Path with no
-   auto-reply header) goes to flufl.bounce -> "bounce", parser "flufl", so that a human reply
-   quoting an address is never scanned. One that looks like a bounce but names no failed
-   recipient is "unrecognized", unless all it had was an empty Return-Path (RFC 3834
-   auto-replies use one too) or a bounce subject (a person may write "not delivered").
-6. Subject "unsubscribe <token>" (our mailto: List-Unsubscribe) -> "unsubscribe", "mailto";
+   auto-reply header) goes to flufl.bounce -> "bounce", parser "flufl", and failing that to
+   the addresses its notification names (`mailfleet_bouncer.plaintext`) -> "bounce", "text"
+   (not on a bounce subject alone, unless it returns an original or has an empty
+   Return-Path), so that a human reply quoting an address is never scanned. One that looks
+   like a bounce but names no failed recipient is "unrecognized", unless all it had was an
+   empty Return-Path (RFC 3834 auto-replies use one too) or a bounce subject (a person may
+   write "not delivered").
+8. Subject "unsubscribe <token>" (our mailto: List-Unsubscribe) -> "unsubscribe", "mailto";
    before the auto-reply checks, as some clients mark the message they send as generated.
-7. Auto-reply by its headers (Auto-Submitted and kin) -> "auto-reply", "rfc3834"; by its
+9. Auto-reply by its headers (Auto-Submitted and kin) -> "auto-reply", "rfc3834"; by its
    subject only (out of office...) -> "auto-reply", "heuristic".
-8. In-Reply-To, References or a reply subject -> "reply".
-9. Anything else -> "unrecognized", parser "none", with the reason in `problem`.
+10. In-Reply-To, References or a reply subject -> "reply".
+11. Anything else -> "unrecognized", parser "none", with the reason in `problem`.
+
+Every failed recipient, whichever parser found it, is checked (`Reading.is_recipient`) and
+judged hard or soft with its reason (`mailfleet_bouncer.verdict`).
 """
 
-import itertools
 import re
 from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 
-from mailfleet_bouncer import arf, autoreply, dsn, mime, plaintext, ses, verdict
+from mailfleet_bouncer import arf, autoreply, dsn, mime, plaintext, ses
+from mailfleet_bouncer.reading import (
+    MAX_ADDRESSES,
+    UNSUBSCRIBE_SUBJECT,
+    Reading,
+    References,
+)
 from mailfleet_bouncer.verdict import BounceType, judge
 
 __all__ = ["BounceType", "Classified", "Kind", "Recipient", "References", "classify"]
@@ -66,23 +80,6 @@ class Recipient:
 
 
 @dataclass(frozen=True, slots=True)
-class References:
-    """What ties a message to one we sent.
-
-    `message_ids` ("<local@domain>", case kept): for reports, the returned original's first,
-    then the report's own In-Reply-To and References; for everything else the other way round;
-    References nearest first; "Message-ID:" lines in the text when nothing else gave one.
-    `unsubscribe_tokens`: from the returned List-Unsubscribe header (the last path segment
-    after "/unsubscribe/" of a web URL, the token of a mailto: "subject=unsubscribe%20<token>").
-    `original_recipients`: the returned original's To addresses, lower-cased.
-    """
-
-    message_ids: tuple[str, ...]
-    unsubscribe_tokens: tuple[str, ...]
-    original_recipients: tuple[str, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class Classified:
     """What a message is, what recognised it, and what it refers to."""
 
@@ -97,11 +94,7 @@ class Classified:
     problem: str | None = None
 
 
-_SUBJECT_MAX = 500
 _PROBLEM_MAX = 1000
-_MAX_IDS = 20
-_MAX_ADDRESSES = 20
-_INLINE_TRIES = 5
 _NO_REFERENCES = References((), (), ())
 _SUBJECT_MARKER = "bounce subject"
 
@@ -110,39 +103,13 @@ _DSN_REPORTS = frozenset({"delivery-status", "global-delivery-status"})
 _MDN_TYPES = frozenset(
     {"message/disposition-notification", "message/global-disposition-notification"}
 )
-_RETURNED_TYPES = frozenset(
-    {"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"}
-)
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,200}")
-_UNSUBSCRIBE_SUBJECT = re.compile(
-    r"\s*unsubscribe(?:\s+|%20)([A-Za-z0-9_-]{16,200})\s*", re.IGNORECASE
-)
-_INLINE_ID = re.compile(r"^[ \t>]*message-id[ \t]*:[ \t]*\r?\n?[ \t]*(<[^<>\s]+>)", re.I | re.M)
-# A returned part whose MIME structure the parser missed (a boundary that does not match).
-_INLINE_PART = re.compile(
-    r"^content-type:[ \t]*(?:message/(?:rfc822|global|global-headers)|text/rfc822-headers)\b"
-    r".*?\r?\n[ \t]*\r?\n",
-    re.I | re.M | re.S,
-)
 _DELAYED = re.compile(
     r"delay|warning|not yet (?:been )?delivered|will (?:keep )?(?:try|retry)|still trying"
     r"|temporar",
     re.IGNORECASE,
 )
-# A transcript where the server refused the DATA command or the message after it: sendmail's
-# ">>> DATA" then "<<< 550 ...", mFILTER's "SMTP command" section. With PIPELINING the
-# replies to RCPT TO come after ">>> DATA" too, and then a "503" (no valid recipients)
-# answers the DATA itself: that is a refusal at RCPT TO.
-_REFUSED_AFTER_DATA = re.compile(
-    r"^[ \t]*>>>[ \t]*data[ \t]*\r?\n(?:[ \t]*(?:<<<[ \t]*[23]\d\d|>>>[ \t]*\.)[^\n]*\n)*"
-    r"[ \t]*<<<[ \t]*5\d\d"
-    r"(?![^\n]*\n(?:[^\n]*\n)?[ \t]*<<<[ \t]*503)"
-    r"|^-+ ?smtp command\s*\n\s*data\b",
-    re.IGNORECASE | re.MULTILINE,
-)
 _FEEDBACK_LINE = re.compile(r"^feedback-type[ \t]*:", re.I | re.M)
 _RECIPIENT_LINE = re.compile(r"^(?:final|original)-recipient[ \t]*:", re.I | re.M)
-_TAG = re.compile(r"<[^<>]*>")
 _DAEMON_LOCAL = re.compile(
     r"mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|microsoftexchange[0-9a-f]{32}",
     re.IGNORECASE,
@@ -180,25 +147,8 @@ def classify(raw: bytes, *, truncated: bool = False) -> Classified:
         return Classified("unrecognized", "none", (), _NO_REFERENCES, None, None, problem=problem)
 
 
-class _Run:
-    """One classification: the parsed message and what was noticed along the way."""
-
-    message: Message
-    parts: list[mime.Part]
-    headers: dict[str, list[str]]
-    sender: str | None
-    subject: str | None
-
-    def __init__(self, raw: bytes, truncated: bool) -> None:
-        self.raw = raw
-        self.notes = mime.Notes()
-        self.cut = truncated
-        if truncated:
-            self.notes.add(f"truncated: classified from the first {len(raw)} bytes fetched")
-        self._texts: list[str] | None = None
-        self._returned: Message | None = None
-        self._returned_done = False
-        self._own_addresses: set[str] | None = None
+class _Run(Reading):
+    """One classification: what the message is, from what `Reading` found in it."""
 
     def classify(self) -> Classified:
         if not self.raw.strip():
@@ -206,18 +156,7 @@ class _Run:
             return Classified(
                 "unrecognized", "none", (), _NO_REFERENCES, None, None, problem=problem
             )
-        self.message, cut = mime.parse(self.raw, self.notes)
-        self.cut = self.cut or cut
-        self.parts = mime.walk(self.message)
-        mime.prune(self.parts)
-        self.headers = mime.headers(self.message, self.notes)
-        self.sender = next(iter(mime.addresses(", ".join(self.headers.get("from", [])))), None)
-        subject = self.headers.get("subject")
-        self.subject = (
-            " ".join(mime.decode_words(subject[0], self.notes).split())[:_SUBJECT_MAX]
-            if subject
-            else None
-        )
+        self.parse()
         return self._decide()
 
     def _decide(self) -> Classified:
@@ -251,7 +190,7 @@ class _Run:
         if receipts or report_type == "disposition-notification":
             return self._receipt(receipts)
         if self._apple_unsubscribe():
-            token = _UNSUBSCRIBE_SUBJECT.fullmatch(self.subject or "")
+            token = UNSUBSCRIBE_SUBJECT.fullmatch(self.subject or "")
             reason = "Apple Mail one-click unsubscribe (X-Apple-Unsubscribe)"
             return self.result(
                 "unsubscribe",
@@ -275,7 +214,7 @@ class _Run:
             # A subject alone is not enough to stop a person's reply being one.
             reason = f"looks like a bounce ({', '.join(markers)}) but no failed recipient was found"
             return self.result("unrecognized", "none", reason=reason)
-        if self.subject and (match := _UNSUBSCRIBE_SUBJECT.fullmatch(self.subject)):
+        if self.subject and (match := UNSUBSCRIBE_SUBJECT.fullmatch(self.subject)):
             return self.result("unsubscribe", "mailto", token=match.group(1), own_first=True)
         if auto is not None:
             return self.result("auto-reply", "rfc3834", own_first=True)
@@ -315,7 +254,7 @@ class _Run:
                 found = [a for v in values for a in mime.addresses(v) if not arf.redacted(a)]
                 if found:
                     break
-        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:_MAX_ADDRESSES])
+        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:MAX_ADDRESSES])
         if arf.is_opt_out(report.feedback_type):
             reason = f"feedback report of type {report.feedback_type}: a request to unsubscribe"
             return self.result(
@@ -338,14 +277,14 @@ class _Run:
                     break
         notice = "\n\n".join(self.texts())
         found = [
-            dsn.refused_after_data(e) if e.address and self._after_data(notice, e.address) else e
+            dsn.refused_after_data(e) if e.address and self.after_data(notice, e.address) else e
             for e in found
         ]
         if not found:
             if parts:
                 self.notes.add("malformed delivery report: no per-recipient fields")
             return None
-        valid = [e for e in found if e.address is None or self._is_recipient(e.address)]
+        valid = [e for e in found if e.address is None or self.is_recipient(e.address)]
         if not valid:
             self.notes.add("delivery report naming no valid recipient address")
             return None
@@ -355,7 +294,7 @@ class _Run:
             reason = "delivery report without failures: no recipient failed or was delayed"
         recipients = tuple(
             Recipient(e.address, e.action, e.status, e.diagnostic, e.bounce, e.reason)
-            for e in (failures or valid)[:_MAX_ADDRESSES]
+            for e in (failures or valid)[:MAX_ADDRESSES]
         )
         return self.result("bounce", "rfc3464", recipients=recipients, reason=reason)
 
@@ -383,8 +322,8 @@ class _Run:
         for address, action in [(a, "failed") for a in permanent] + [
             (a, "delayed") for a in temporary
         ]:
-            if self._is_recipient(address):
-                after_data = self._after_data(text, address)
+            if self.is_recipient(address):
+                after_data = self.after_data(text, address)
                 only = len(permanent) + len(temporary) == 1
                 recipients.append(_near(text, address, action, after_data, only=only))
         if not recipients:
@@ -392,24 +331,24 @@ class _Run:
             return None
         # In the order the notification names them; any it does not name, last.
         recipients.sort(key=lambda r: (_position(lowered, r.address or ""), r.address or ""))
-        return self.result("bounce", "flufl", recipients=tuple(recipients[:_MAX_ADDRESSES]))
+        return self.result("bounce", "flufl", recipients=tuple(recipients[:MAX_ADDRESSES]))
 
     def _plain(self) -> Classified | None:
         """A notification written for people: the addresses its text names (`plaintext`)."""
         text = plaintext.notification("\n\n".join(self.texts()))
-        found = plaintext.candidates(text, self._is_recipient)
+        found = plaintext.candidates(text, self.is_recipient)
         if not found:
             # Some notices name no address (v5 sendmail's deferrals, Verizon's "no valid
             # recipients"): the returned original's only recipient is the one it is about.
             returned = self.references(False, []).original_recipients
-            found = [a for a in returned if self._is_recipient(a)]
+            found = [a for a in returned if self.is_recipient(a)]
             if len(found) != 1:
                 return None
         delayed = _DELAYED.search(self.subject or "") or _DELAYED.search(text[:2000])
         action = "delayed" if delayed else "failed"
         recipients = tuple(
-            _near(text, address, action, self._after_data(text, address), only=len(found) == 1)
-            for address in found[:_MAX_ADDRESSES]
+            _near(text, address, action, self.after_data(text, address), only=len(found) == 1)
+            for address in found[:MAX_ADDRESSES]
         )
         return self.result("bounce", "text", recipients=recipients)
 
@@ -422,7 +361,7 @@ class _Run:
         recipients: list[Recipient] = []
         for address, action, status, diagnostic in notice.recipients:
             bare = dsn.recipient_address(address)
-            if bare is None or not self._is_recipient(bare):
+            if bare is None or not self.is_recipient(bare):
                 continue
             if notice.kind == "complaint":
                 recipients.append(Recipient(bare, None, None, None, None))
@@ -461,7 +400,7 @@ class _Run:
         if not named:
             return None
         found = [a for v in named for a in mime.addresses(v) if not arf.redacted(a)]
-        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:_MAX_ADDRESSES])
+        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:MAX_ADDRESSES])
         reason = "feedback loop report without a feedback-report part (X-HmXmrOriginalRecipient)"
         return self.result(
             "complaint", "arf", recipients=recipients, feedback_type="abuse", reason=reason
@@ -470,35 +409,6 @@ class _Run:
     def _apple_unsubscribe(self) -> bool:
         flags = self.headers.get("x-apple-unsubscribe", [])
         return any(v.strip().lower() in {"true", "yes", "1"} for v in flags)
-
-    def _own(self) -> set[str]:
-        """The addresses that are never this bounce's failed recipient (`plaintext`)."""
-        if self._own_addresses is None:
-            returned = self.returned()
-            headers = {} if returned is None else mime.headers(returned, self.notes)
-            ids = [i for v in headers.get("message-id", []) for i in mime.message_ids(v)]
-            ids += [i for v in self.headers.get("message-id", []) for i in mime.message_ids(v)]
-            # Message-IDs quoted in the text too: detectors take them for addresses.
-            ids += [m.group(1) for t in self.texts() for m in _INLINE_ID.finditer(t)]
-            self._own_addresses = plaintext.own_addresses(self.headers, headers, ids)
-        return self._own_addresses
-
-    def _after_data(self, text: str, address: str) -> bool:
-        """Whether the notification says the refusal of `address` answered DATA.
-
-        A transcript showing it (sendmail, mFILTER), or Postfix's "(in reply to end of DATA
-        command)" in the address's paragraph.
-        """
-        if any(_REFUSED_AFTER_DATA.search(t) for t in self.texts()):
-            return True
-        return bool(verdict.AFTER_DATA.search(dsn.paragraph(text, address)))
-
-    def _is_recipient(self, address: str) -> bool:
-        return (
-            plaintext.valid_address(address)
-            and address.lower() not in self._own()
-            and not plaintext.reporting_postmaster(address.lower(), self.sender)
-        )
 
     def _bounce_markers(self, report_type: str) -> list[str]:
         markers: list[str] = []
@@ -518,81 +428,6 @@ class _Run:
         ):
             markers.append(_SUBJECT_MARKER)
         return markers
-
-    def texts(self) -> list[str]:
-        """The texts of the message's own leaf parts, not a returned message's.
-
-        Plain text first, then HTML with its tags dropped.
-        """
-        if self._texts is None:
-            plain: list[str] = []
-            html: list[str] = []
-            for part in self.parts:
-                if part.inside or part.content_type in mime.FIELD_TYPES:
-                    continue
-                if part.content_type.split("/", 1)[0] in mime.BINARY:
-                    continue
-                if isinstance(mime.payload(part.message), list):
-                    continue
-                text = mime.part_text(part.message, self.notes)
-                if part.content_type == "text/html":
-                    html.append(_TAG.sub(" ", text))
-                else:
-                    plain.append(text)
-            self._texts = plain + html
-        return self._texts
-
-    def returned(self) -> Message | None:
-        """The returned original (or its headers): a report part, else a copy in the text."""
-        if not self._returned_done:
-            self._returned_done = True
-            self._returned = self._find_returned()
-        return self._returned
-
-    def _find_returned(self) -> Message | None:
-        for part in self.parts:
-            if part.inside or part.content_type not in _RETURNED_TYPES:
-                continue
-            body = mime.payload(part.message)
-            if isinstance(body, list):
-                if body and isinstance(body[0], Message):
-                    return body[0]
-            elif (text := mime.part_text(part.message, self.notes)).strip():
-                return mime.header_block(text)
-        for text in self.texts():
-            for pattern in (_INLINE_PART, plaintext.ORIGINAL):
-                for match in itertools.islice(pattern.finditer(text), _INLINE_TRIES):
-                    headers = mime.header_block(text[match.end() :])
-                    if {name.lower() for name in headers} & {
-                        "message-id",
-                        "to",
-                        "list-unsubscribe",
-                    }:
-                        return headers
-        return None
-
-    def references(self, own_first: bool, extra_ids: list[str]) -> References:
-        returned_ids: list[str] = []
-        tokens: list[str] = []
-        recipients: list[str] = []
-        returned = self.returned()
-        if returned is not None:
-            headers = mime.headers(returned, self.notes)
-            returned_ids = [i for v in headers.get("message-id", []) for i in mime.message_ids(v)]
-            tokens = _unsubscribe_tokens(headers.get("list-unsubscribe", []))
-            recipients = [a for v in headers.get("to", []) for a in mime.addresses(v)]
-        own = [i for v in self.headers.get("in-reply-to", []) for i in mime.message_ids(v)]
-        for value in reversed(self.headers.get("references", [])):
-            own.extend(reversed(mime.message_ids(value)))
-        ids = extra_ids + (own + returned_ids if own_first else returned_ids + own)
-        if not ids:
-            found = [m.group(1) for text in self.texts() for m in _INLINE_ID.finditer(text)]
-            ids = [i for value in found for i in mime.message_ids(value)]
-        return References(
-            tuple(mime.unique(ids)[:_MAX_IDS]),
-            tuple(mime.unique(tokens)),
-            tuple(mime.unique(recipients)[:_MAX_ADDRESSES]),
-        )
 
     def result(
         self,
@@ -620,32 +455,6 @@ class _Run:
             token,
             "; ".join(problems)[:_PROBLEM_MAX] or None,
         )
-
-
-def _unsubscribe_tokens(values: list[str]) -> list[str]:
-    """Our tokens in List-Unsubscribe values.
-
-    From https://.../unsubscribe/<token> and mailto:...?subject=unsubscribe%20<token>.
-    """
-    tokens: list[str] = []
-    for uri in (uri for value in values for uri in mime.bracketed(value)):
-        try:
-            parts = urlsplit(uri)
-        except ValueError:
-            continue
-        scheme = parts.scheme.lower()
-        if scheme in {"http", "https"} and "/unsubscribe/" in parts.path:
-            segment = parts.path.split("/unsubscribe/", 1)[1].strip("/").rsplit("/", 1)[-1]
-            if _TOKEN.fullmatch(token := unquote(segment)):
-                tokens.append(token)
-        elif scheme == "mailto":
-            for pair in parts.query.split("&"):
-                key, _, text = pair.partition("=")
-                if key.lower() == "subject" and (
-                    match := _UNSUBSCRIBE_SUBJECT.fullmatch(unquote(text))
-                ):
-                    tokens.append(match.group(1))
-    return tokens
 
 
 def _near(text: str, address: str, action: str, after_data: bool, *, only: bool) -> Recipient:
