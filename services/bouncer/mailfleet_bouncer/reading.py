@@ -28,17 +28,13 @@ _INLINE_PART = re.compile(
     r".*?\r?\n[ \t]*\r?\n",
     re.I | re.M | re.S,
 )
-# A transcript where the server refused the DATA command or the message after it: sendmail's
-# ">>> DATA" then "<<< 550 ...", mFILTER's "SMTP command" section. With PIPELINING the
-# replies to RCPT TO come after ">>> DATA" too, and then a "503" (no valid recipients)
-# answers the DATA itself: that is a refusal at RCPT TO.
-_REFUSED_AFTER_DATA = re.compile(
-    r"^[ \t]*>>>[ \t]*data[ \t]*\r?\n(?:[ \t]*(?:<<<[ \t]*[23]\d\d|>>>[ \t]*\.)[^\n]*\n)*"
-    r"[ \t]*<<<[ \t]*5\d\d"
-    r"(?![^\n]*\n(?:[^\n]*\n)?[ \t]*<<<[ \t]*503)"
-    r"|^-+ ?smtp command\s*\n\s*data\b",
-    re.IGNORECASE | re.MULTILINE,
-)
+# A transcript's DATA command and the replies that follow it (sendmail's ">>> DATA", then
+# "<<< ..." lines and its own comments), and mFILTER's "SMTP command" section naming DATA.
+_DATA_COMMAND = re.compile(r"^[ \t]*>>>[ \t]*data[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
+_MFILTER_DATA = re.compile(r"^-+ ?smtp command\s*\n\s*data\b", re.IGNORECASE | re.MULTILINE)
+_REPLY = re.compile(r"^[ \t]*<<<[ \t]*([2-5])\d\d")
+# What answers DATA when no recipient was accepted: the refusals before it were at RCPT TO.
+_NO_RECIPIENTS = re.compile(r"^[ \t]*<<<[ \t]*(?:503|554[ -].*no valid recipients)", re.I)
 _TAG = re.compile(r"<[^<>]*>")
 _RETURNED_TYPES = frozenset(
     {"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"}
@@ -199,9 +195,32 @@ class Reading:
         A transcript showing it (sendmail, mFILTER), or Postfix's "(in reply to end of DATA
         command)" in the address's paragraph.
         """
-        if any(_REFUSED_AFTER_DATA.search(t) for t in self.texts()):
+        if any(_refused_after_data(t) for t in self.texts()):
             return True
         return bool(verdict.AFTER_DATA.search(dsn.paragraph(text, address)))
+
+
+def _refused_after_data(text: str) -> bool:
+    """Whether a transcript shows a refusal answering DATA or the message after it.
+
+    With PIPELINING the replies to RCPT TO come after ">>> DATA" too, and then a 503 ("need
+    RCPT") or "554 no valid recipients" answers the DATA itself: the refusals were at RCPT TO.
+    """
+    if _MFILTER_DATA.search(text):
+        return True
+    for match in _DATA_COMMAND.finditer(text):
+        refused = False
+        for line in text[match.end() :].lstrip("\r\n").splitlines()[:20]:
+            if not line.strip() or (line.lstrip().startswith(">>>") and line.strip() != ">>> ."):
+                break
+            if _NO_RECIPIENTS.match(line):
+                refused = False
+                break
+            if (reply := _REPLY.match(line)) and reply.group(1) == "5":
+                refused = True
+        if refused:
+            return True
+    return False
 
 
 def _unsubscribe_tokens(values: list[str]) -> list[str]:

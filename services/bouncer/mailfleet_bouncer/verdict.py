@@ -66,6 +66,7 @@ _CARRIER_DOMAINS = (
     "ymobile.ne.jp",
     "emobile.ne.jp",
 )
+_RCPT_STAGE = re.compile(r"recipient address rejected|in reply to rcpt to", re.IGNORECASE)
 AFTER_DATA = re.compile(r"in reply to (?:the )?(?:end of )?data\b", re.IGNORECASE)
 _LEADING_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;)?\s*([245])\d\d(?![\d.])")
 
@@ -197,7 +198,12 @@ def judge(
     theirs, only a specific code (5.1.1...) is hard.
     """
     bounce, reason = _judge(action, status, diagnostic)
-    if bounce == "hard" and (after_data or (diagnostic and AFTER_DATA.search(diagnostic))):
+    after_data = after_data or bool(diagnostic and AFTER_DATA.search(diagnostic))
+    # Postfix's RCPT TO restrictions say "Recipient address rejected": a reply to RCPT TO that
+    # a pipelining client reads after sending DATA.
+    if after_data and diagnostic and _RCPT_STAGE.search(diagnostic):
+        after_data = False
+    if bounce == "hard" and after_data:
         return "soft", f"refused after DATA, the address having been accepted: {reason}"
     code = tuple(status.split(".")[1:]) if status else ()
     if bounce == "hard" and code not in _ADDRESS_CODES and _carrier(address):
