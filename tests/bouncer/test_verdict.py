@@ -80,7 +80,9 @@ from mailfleet_bouncer.verdict import judge
         ("failed", None, "The users mailfolder is full.", "soft", "full"),
         ("failed", None, "ERROR_CODE :421", "soft", "system"),
         ("failed", None, "550 : User unknown", "hard", "address is bad"),
-        ("expired", None, "Connection timed out", "soft", "expired"),
+        ("expired", None, "Connection timed out", "soft", "connection"),
+        ("failed", None, "Host not found, try again", "soft", "try again"),
+        ("failed", None, "No such user here; if you think this is wrong, try again", "hard", "bad"),
         # A temporary reply stays temporary, whatever the relay's Status says.
         ("failed", "5.0.0", "smtp; 421 4.7.0 try again later", "soft", "temporary"),
         ("failed", "4.4.1", None, "soft", "temporary"),

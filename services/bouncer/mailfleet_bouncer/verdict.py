@@ -168,7 +168,7 @@ _ADDRESS_TEXT = re.compile(
     r"|(?:mailbox|user|recipient|account) (?:is )?(?:unknown|not found|invalid)"
     r"|no mailbox|mailbox not found|not a valid (?:user|mailbox|recipient)"
     r"|unrouteable address|domain (?:not found|does not exist|is unknown|unknown)"
-    r"|host (?:or domain name )?not found|host \S+ not found|host unknown|unknown host"
+    r"|(?:host (?:or domain name )?|host \S+ )not found(?!, try again)|host unknown|unknown host"
     r"|nxdomain|null ?mx|not listed in (?:the )?(?:domino |public )?(?:directory|address book)"
     r"|(?:does not|doesn't) accept (?:any )?(?:e-?)?mail|accepts no mail"
     r"|account (?:has been |is )?(?:disabled|deactivated|closed|terminated|deleted|removed"
@@ -176,7 +176,11 @@ _ADDRESS_TEXT = re.compile(
     r"|deactivated|removed|deleted)|(?:is|was) disabled|no longer (?:active|available|in use"
     r"|valid|exists?)|has moved|address (?:has )?changed|unknown or illegal alias"
     r"|not a known user|is not a valid|bad (?:destination )?(?:mailbox|address)"
-    r"|address unknown|no account|dd sorry your message|(?:doesn't|does not) have an? \S+ account",
+    r"|address unknown|no account|dd sorry your message"
+    r"|(?:doesn't|does not) have an? \S+ account"
+    r"|(?:user|mailbox|recipient|address|account) not exists?"
+    r"|invalid (?:recipient )?domain\b(?! name)"
+    r"|no smtp service|couldn't find a mail exchanger or ip address",
     re.IGNORECASE,
 )
 
@@ -226,7 +230,7 @@ def _judge(action: str | None, status: str | None, diagnostic: str | None) -> Ve
     if status is None or status[0] == "2":
         if not failed:
             return None, None
-        return _by_text(diagnostic, "a permanent failure without a status code")
+        return _by_text(diagnostic, "a permanent failure without a status code", first_wins=True)
     where = f" ({status})"
     if status[0] == "4":
         return "soft", f"temporary failure{where}"
@@ -251,9 +255,18 @@ def _judge(action: str | None, status: str | None, diagnostic: str | None) -> Ve
     return _by_text(diagnostic, f"a non-specific failure{where}")
 
 
-def _by_text(diagnostic: str | None, what: str) -> Verdict:
-    """A failure whose code does not decide: hard only if the text names a bad address."""
-    soft_cause = _soft_cause(diagnostic)
+def _by_text(diagnostic: str | None, what: str, *, first_wins: bool = False) -> Verdict:
+    """A failure whose code does not decide: hard only if the text names a bad address.
+
+    `first_wins`: the text is a notice's paragraph rather than a server's reply (no code was
+    found), so the cause it names first is the one; boilerplate further on ("if you think
+    this was sent in error, check the sender's address") says nothing about this failure.
+    """
+    soft_cause = _soft_cause(diagnostic, first=first_wins)
+    if diagnostic and first_wins and (bad := _ADDRESS_TEXT.search(diagnostic)):
+        soft_at = min((p.search(diagnostic) for _, p in _SOFT_TEXT), key=_start, default=None)
+        if soft_at is None or bad.start() < soft_at.start():
+            return "hard", f"the text says the address is bad, in {what}"
     if soft_cause:
         return "soft", f"{soft_cause}, said in the text of {what}"
     if _names_bad_address(diagnostic):
@@ -261,13 +274,23 @@ def _by_text(diagnostic: str | None, what: str) -> Verdict:
     return "soft", f"ambiguous: {what} that does not say the address is bad"
 
 
-def _soft_cause(text: str | None) -> str | None:
+def _start(match: re.Match[str] | None) -> int:
+    return match.start() if match else 1 << 30
+
+
+def _soft_cause(text: str | None, *, first: bool = False) -> str | None:
+    """The label of the cause other than the address that the text names.
+
+    The first in `_SOFT_TEXT`'s order, or with `first`, the one named first in the text.
+    """
     if not text:
         return None
-    for label, pattern in _SOFT_TEXT:
-        if pattern.search(text):
-            return label
-    return None
+    found = [(_start(p.search(text)), index) for index, (_, p) in enumerate(_SOFT_TEXT)]
+    hits = sorted(hit for hit in found if hit[0] < 1 << 30)
+    if not hits:
+        return None
+    index = hits[0][1] if first else min(index for _, index in hits)
+    return _SOFT_TEXT[index][0]
 
 
 def _names_bad_address(text: str | None) -> bool:
