@@ -393,3 +393,10 @@ async def test_a_bounce_naming_only_our_own_address_suppresses_nothing(
     outcome = await feed(rows.dsn("sender1@fleet.test", sent[0][1]))
     assert await suppressions(db) == {}
     assert all(item.bounce is None for item in outcome.feedback)
+    # Sent from another address, the notice does not show ours as the sender's: the
+    # account's own addresses are never suppressed all the same.
+    outcome = await feed(rows.dsn("sender1@fleet.test", sent[0][1], sender="bulk@fleet.test"))
+    assert outcome.feedback[0].bounce == "hard"
+    assert await suppressions(db) == {}
+    details = await db.fetchval("SELECT details FROM inbound_reports ORDER BY id DESC LIMIT 1")
+    assert '"action": "none:own-address"' in details

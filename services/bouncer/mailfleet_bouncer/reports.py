@@ -272,6 +272,13 @@ class ReportProcessor:
     ) -> str:
         kind = classified.kind
         source = f"bouncer:report:{report_id}"
+        if (
+            kind in ("bounce", "complaint")
+            and message.account_id is not None
+            and await queries.is_account_address(conn, message.account_id, address)
+        ):
+            # The classifier drops the notice's own addresses; this holds whatever it missed.
+            return "none:own-address"
         if kind == "bounce":
             bounce = recipient.bounce if recipient else None
             if bounce is None:
