@@ -132,6 +132,13 @@ def test_corpus_with_crlf_line_endings(name: str) -> None:
     assert _summary(classify(crlf)) == _summary(classify(raw))
 
 
+@pytest.mark.parametrize("name", sorted(CAUSES))
+def test_corpus_with_cr_line_endings(name: str) -> None:
+    raw = (CORPUS / name).read_bytes()
+    cr = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r")
+    assert _summary(classify(cr)) == _summary(classify(raw))
+
+
 # Decisions ---------------------------------------------------------------------------------
 
 

@@ -99,6 +99,9 @@ class Part:
 def parse(raw: bytes, notes: Notes) -> tuple[Message, bool]:
     """The parsed message, and whether it was cut to the parsing bounds."""
     data, cut = _bounded(raw)
+    if b"\r" in data and b"\n" not in data:
+        # CR alone ends the lines (old Mac clients): the parser copes, the text readers do not.
+        data = data.replace(b"\r", b"\n")
     if cut:
         notes.add(f"truncated for parsing: the first {len(data)} of {len(raw)} bytes were read")
     containers = [match.start() for match in _CONTAINER.finditer(data)]
