@@ -495,6 +495,30 @@ def test_twenty_megabytes_of_nonsense_is_fast(raw: bytes) -> None:
     assert _timed(raw) < 1.0
 
 
+_NOTICE = b"From: MAILER-DAEMON@example.net\nSubject: Undelivered Mail\nReturn-Path: <>\n\n"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"a" * 60_000 + b"@\n",
+        b"a@" * 30_000 + b"\n",
+        b"x@" + b"a." * 30_000 + b"\n",
+        b"-" * 60_000 + b"\n",
+        b" " * 60_000 + b"x\n",
+        b" -" * 30_000 + b"\n",
+        b">>> DATA\n<<< 550 x\n" * 3_000,
+        b">>> RCPT To:<a@example.com>\n" * 3_000,
+        b"".join(b"u%d@example.com: 550 no such user\n" % i for i in range(5_000)),
+    ],
+    ids=["local-part", "ats", "dots", "dashes", "spaces", "space-dash", "data", "rcpt", "lines"],
+)
+def test_a_hostile_notice_text_is_fast(body: bytes) -> None:
+    # The text readers run regular expressions over a notice's lines: none may backtrack
+    # quadratically over a long run of the characters it accepts.
+    assert _timed(_NOTICE + body) < 1.0
+
+
 def _timed(raw: bytes) -> float:
     started = time.perf_counter()
     classify(raw)

@@ -38,7 +38,9 @@ _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 _LEADING_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;)?\s*([245])\d\d(?![\d.])")
 # A reply code anywhere in free text, followed by what SMTP puts after one.
 _ANY_CODE = re.compile(r"(?<![\w.])([45])\d\d(?=[ :,-]|$)", re.MULTILINE)
-_ADDRESS = re.compile(r"[^\s<>()\[\];,\"']+@[^\s<>()\[\];,\"']+")
+# Each match starts at the start of a run (the lookbehind), so a long run without an "@" costs
+# one scan, not one per character.
+_ADDRESS = re.compile(r"(?<![^\s<>()\[\];,\"'])[^\s<>()\[\];,\"']+@[^\s<>()\[\];,\"']+")
 _UNITEXT = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 _DIAGNOSTIC_MAX = 1000
 _WINDOW = 1200

@@ -71,7 +71,8 @@ _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _COMMENT = re.compile(r"\([^()]*\)")
 _ANGLE = re.compile(r"<\s*([^<>\s]+@[^<>\s]+?)\s*>")
-_BARE = re.compile(r"[^\s<>()\[\];:,\"']+@[^\s<>()\[\];:,\"']+")
+# Matches start at the start of a run (the lookbehind): a long run costs one scan.
+_BARE = re.compile(r"(?<![^\s<>()\[\];:,\"'])[^\s<>()\[\];:,\"']+@[^\s<>()\[\];:,\"']+")
 _BRACKETED = re.compile(r"<([^<>]*)>")
 
 

@@ -29,7 +29,10 @@ _VALID = re.compile(
     r"@(?:(?:[^\W_](?:[\w-]{0,61}[^\W_])?\.)+[^\W\d_][\w-]*[^\W_]|\[[\d.:a-f]+\])",
     re.IGNORECASE,
 )
-_CANDIDATE = re.compile(r"[\w!#$%&'*+=?^`{|}~./-]+@[\w.\[\]:-]+", re.IGNORECASE)
+# Matches start at the start of a run (the lookbehind): a long run without "@" costs one scan.
+_CANDIDATE = re.compile(
+    r"(?<![\w!#$%&'*+=?^`{|}~./-])[\w!#$%&'*+=?^`{|}~./-]+@[\w.\[\]:-]+", re.IGNORECASE
+)
 _DAEMON = re.compile(
     r"(?:mailer[-_.]?daemon|mail[-_.]?daemon|mdaemon|double-bounce)(?:[+=-].*)?",
     re.IGNORECASE,
@@ -44,13 +47,14 @@ _SENDER_LINE = re.compile(
 # Where a notification's copy of the original starts (the classifier looks for the returned
 # headers there too).
 ORIGINAL = re.compile(
+    # Every alternative starts with a letter: the leading run of dashes, spaces and ">" is the
+    # prefix's alone, so a long such line is scanned once.
     r"^[ \t>-]*(?:below (?:this line )?is a copy of (?:the|your) (?:original )?message"
     r"|this is a copy of the message|a copy of the original message"
-    r"|original message (?:follows|headers?|below)|-+ ?original message ?-+"
+    r"|original message (?:follows|headers?|below)"
     r"|(?:returned|unsent|undelivered|original) (?:mail|message|message headers?)"
     r"(?: follows?)?\b|message headers? follows?|headers? of (?:the )?(?:original|returned)"
-    r"|-+ ?returned message ?-+|-+ ?original message|-+ ?the header of original message"
-    r"|-+ ?message text|\s*content-type: message/rfc822)[^\n]*\n",
+    r"|the header of original message|content-type: message/rfc822)[^\n]*\n",
     re.IGNORECASE | re.MULTILINE,
 )
 # A header block that starts a copy of the original without announcing it: three header
