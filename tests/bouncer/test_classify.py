@@ -265,6 +265,16 @@ def test_a_bounce_subject_alone_does_not_stop_a_reply() -> None:
     assert (classify(raw).kind, classify(raw).recipients) == ("reply", ())
 
 
+def test_an_empty_return_path_alone_does_not_make_a_text_a_bounce() -> None:
+    # RFC 3834 auto-replies use an empty Return-Path too; this one names a colleague.
+    raw = _message(
+        f"From: Pat <pat@example.com>\nReturn-Path: <>\nSubject: Away\nIn-Reply-To: {OURS}",
+        "I am away until Monday; for urgent matters write to colleague@example.com.\n",
+    )
+    result = classify(raw)
+    assert (result.kind, result.recipients) == ("reply", ())
+
+
 def test_bounce_looking_message_without_recipients_is_unrecognized() -> None:
     raw = _message("From: MAILER-DAEMON@example.net\nSubject: Undeliverable mail", "Sorry.\n")
     result = classify(raw)

@@ -204,11 +204,14 @@ class _Run(Reading):
         if markers or (null_sender and auto is None):
             if bounce := self._flufl():
                 return bounce
-            # A subject alone is not enough to read a message's text for addresses: a person
-            # may write "not delivered"; a returned original or a null sender makes it a notice.
-            if (markers != [_SUBJECT_MARKER] or null_sender or self.returned() is not None) and (
-                bounce := self._plain()
-            ):
+            # Reading a text for addresses takes a sign of a notice: an empty Return-Path alone
+            # is also an auto-reply's (RFC 3834), a subject alone may be a person's "not
+            # delivered"; either of them with a returned original, or both, will do.
+            returned = self.returned() is not None
+            other = [m for m in markers if m != _SUBJECT_MARKER]
+            subject = _SUBJECT_MARKER in markers
+            signs = bool(other) or (null_sender and (subject or returned)) or (subject and returned)
+            if signs and (bounce := self._plain()):
                 return bounce
         if markers and markers != [_SUBJECT_MARKER]:
             # A subject alone is not enough to stop a person's reply being one.
