@@ -248,9 +248,8 @@ class _Run(Reading):
         if report.feedback_type is None:
             self.notes.add("malformed feedback report: no Feedback-Type")
         found = list(report.original_rcpt_to)
-        returned = self.returned()
-        if not found and returned is not None:
-            headers = mime.headers(returned, self.notes)
+        if not found and self.returned() is not None:
+            headers = self.returned_headers()
             # Hotmail's JMRP names the recipient in a header of its own when it redacts To.
             for name in ("x-hmxmroriginalrecipient", "to"):
                 values = headers.get(name, [])
@@ -395,11 +394,7 @@ class _Run(Reading):
 
         It is recognised by the header Hotmail adds to the returned copy, naming the recipient.
         """
-        returned = self.returned()
-        if returned is None:
-            return None
-        headers = mime.headers(returned, self.notes)
-        named = headers.get("x-hmxmroriginalrecipient")
+        named = self.returned_headers().get("x-hmxmroriginalrecipient")
         if not named:
             return None
         found = [a for v in named for a in mime.addresses(v) if not arf.redacted(a)]

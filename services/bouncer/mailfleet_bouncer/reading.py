@@ -79,6 +79,7 @@ class Reading:
         self._returned: Message | None = None
         self._returned_done = False
         self._own_addresses: set[str] | None = None
+        self._returned_headers: dict[str, list[str]] | None = None
 
     def parse(self) -> None:
         """Parse the message and read its headers, sender and subject."""
@@ -125,6 +126,13 @@ class Reading:
             self._returned = self._find_returned()
         return self._returned
 
+    def returned_headers(self) -> dict[str, list[str]]:
+        """The returned original's headers (see `mime.headers`); empty without one."""
+        if self._returned_headers is None:
+            returned = self.returned()
+            self._returned_headers = {} if returned is None else mime.headers(returned, self.notes)
+        return self._returned_headers
+
     def _find_returned(self) -> Message | None:
         for part in self.parts:
             if part.inside or part.content_type not in _RETURNED_TYPES:
@@ -151,9 +159,8 @@ class Reading:
         returned_ids: list[str] = []
         tokens: list[str] = []
         recipients: list[str] = []
-        returned = self.returned()
-        if returned is not None:
-            headers = mime.headers(returned, self.notes)
+        if self.returned() is not None:
+            headers = self.returned_headers()
             returned_ids = [i for v in headers.get("message-id", []) for i in mime.message_ids(v)]
             tokens = _unsubscribe_tokens(headers.get("list-unsubscribe", []))
             recipients = [a for v in headers.get("to", []) for a in mime.addresses(v)]
@@ -173,8 +180,7 @@ class Reading:
     def own(self) -> set[str]:
         """The addresses that are never this bounce's failed recipient (`plaintext`)."""
         if self._own_addresses is None:
-            returned = self.returned()
-            headers = {} if returned is None else mime.headers(returned, self.notes)
+            headers = self.returned_headers()
             ids = [i for v in headers.get("message-id", []) for i in mime.message_ids(v)]
             ids += [i for v in self.headers.get("message-id", []) for i in mime.message_ids(v)]
             # Message-IDs quoted in the text too: detectors take them for addresses.

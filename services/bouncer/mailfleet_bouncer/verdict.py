@@ -72,7 +72,7 @@ _LEADING_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;)?\s*([245])\d\d(?![\d.])"
 
 # Text that names a cause other than the address. Checked in this order; the first wins.
 _SOFT_TEXT: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
-    (label, re.compile(pattern, re.IGNORECASE))
+    (label, re.compile(pattern))
     for label, pattern in (
         (
             "mailbox full",
@@ -158,7 +158,8 @@ _SOFT_TEXT: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
         ),
     )
 )
-# Text that says the address itself is bad.
+# Text that says the address itself is bad. These patterns and the ones above are matched
+# against the lower-cased text, which is several times faster than IGNORECASE.
 _ADDRESS_TEXT = re.compile(
     r"user unknown|unknown (?:user|recipient|mailbox|address|local[- ]?part|account|alias)"
     r"|no such (?:user|mailbox|recipient|account|address|local user|person|domain|host)"
@@ -181,7 +182,6 @@ _ADDRESS_TEXT = re.compile(
     r"|(?:user|mailbox|recipient|address|account) not exists?"
     r"|invalid (?:recipient )?domain\b(?! name)"
     r"|no smtp service|couldn't find a mail exchanger or ip address",
-    re.IGNORECASE,
 )
 
 
@@ -201,11 +201,12 @@ def judge(
     "user unknown" to a sender their user's filter refuses, at any stage: for an `address` of
     theirs, only a specific code (5.1.1...) is hard.
     """
-    bounce, reason = _judge(action, status, diagnostic)
-    after_data = after_data or bool(diagnostic and AFTER_DATA.search(diagnostic))
+    text = diagnostic.lower() if diagnostic else None
+    bounce, reason = _judge(action, status, text)
+    after_data = after_data or bool(text and AFTER_DATA.search(text))
     # Postfix's RCPT TO restrictions say "Recipient address rejected": a reply to RCPT TO that
     # a pipelining client reads after sending DATA.
-    if after_data and diagnostic and _RCPT_STAGE.search(diagnostic):
+    if after_data and text and _RCPT_STAGE.search(text):
         after_data = False
     if bounce == "hard" and after_data:
         return "soft", f"refused after DATA, the address having been accepted: {reason}"
