@@ -182,6 +182,19 @@ async def test_complaint_suppresses(db: Conn, pool: Pool, processor: ReportProce
     assert await db.fetchval("SELECT complained_at IS NOT NULL FROM messages")
 
 
+async def test_an_opt_out_report_unsubscribes_without_a_complaint(
+    db: Conn, pool: Pool, processor: ReportProcessor
+) -> None:
+    _, _, sent, feed = await setup(db, pool, processor, ["done@example.org"])
+    raw = rows.arf("done@example.org", sent[0][1]).replace(
+        b"Feedback-Type: abuse", b"Feedback-Type: opt-out"
+    )
+    outcome = await feed(raw)
+    assert (outcome.kind, outcome.feedback[0].message_id) == ("unsubscribe", sent[0][0])
+    assert (await suppressions(db))["done@example.org"][0] == "unsubscribe"
+    assert not await db.fetchval("SELECT complained_at IS NOT NULL FROM messages")
+
+
 async def test_human_reply_stops_only_that_campaign(
     db: Conn, pool: Pool, processor: ReportProcessor
 ) -> None:
@@ -338,3 +351,52 @@ async def test_mail_unsubscribe_counts_in_any_accounts_mailbox(
     outcome = await Feed(pool, processor, central)(rows.mail_unsubscribe("bye@example.com", token))
     assert outcome.feedback[0].message_id == sent[0][0]
     assert (await suppressions(db))["bye@example.com"][0] == "unsubscribe"
+
+
+async def test_a_bounce_records_why_it_is_soft(
+    db: Conn, pool: Pool, processor: ReportProcessor
+) -> None:
+    _, _, sent, feed = await setup(db, pool, processor, ["careful@example.org"])
+    diagnostic = "smtp; 550 Message rejected: SPF check failed for fleet.test"
+    outcome = await feed(
+        rows.dsn("careful@example.org", sent[0][1], status="5.0.0", diagnostic=diagnostic)
+    )
+    assert outcome.feedback[0].bounce == "soft"
+    assert await suppressions(db) == {}
+    details = await db.fetchval("SELECT details FROM inbound_reports")
+    assert '"reason": "sender authentication (SPF, DKIM, DMARC)' in details
+    assert '"action": "soft-bounce:1"' in details
+
+
+async def test_apple_one_click_unsubscribe_acts_by_its_sender(
+    db: Conn, pool: Pool, processor: ReportProcessor
+) -> None:
+    _, _, sent, feed = await setup(db, pool, processor, ["leaving@example.com"])
+    raw = (
+        b"From: Leaving <leaving@example.com>\r\nTo: unsubscribe@fleet.test\r\n"
+        b"Subject: unsubscribe\r\nAuto-Submitted: auto-replied\r\nX-Apple-Unsubscribe: true\r\n"
+        b"Message-ID: <1D2C3B4A-0000-4000-8000-000000000001@example.com>\r\n\r\n"
+        b"Apple Mail sent this email to unsubscribe from the message.\r\n"
+    )
+    outcome = await feed(raw)
+    assert (outcome.kind, outcome.feedback[0].message_id) == ("unsubscribe", sent[0][0])
+    reason, scope, _, _ = (await suppressions(db))["leaving@example.com"]
+    assert (reason, scope) == ("unsubscribe", None)
+    assert '"matched_by": "sender"' in await db.fetchval("SELECT details FROM inbound_reports")
+
+
+async def test_a_bounce_naming_only_our_own_address_suppresses_nothing(
+    db: Conn, pool: Pool, processor: ReportProcessor
+) -> None:
+    # The account wrote to its own address once: a notice about it must not suppress it.
+    _, _, sent, feed = await setup(db, pool, processor, ["sender1@fleet.test"])
+    outcome = await feed(rows.dsn("sender1@fleet.test", sent[0][1]))
+    assert await suppressions(db) == {}
+    assert all(item.bounce is None for item in outcome.feedback)
+    # Sent from another address, the notice does not show ours as the sender's: the
+    # account's own addresses are never suppressed all the same.
+    outcome = await feed(rows.dsn("sender1@fleet.test", sent[0][1], sender="bulk@fleet.test"))
+    assert outcome.feedback[0].bounce == "hard"
+    assert await suppressions(db) == {}
+    details = await db.fetchval("SELECT details FROM inbound_reports ORDER BY id DESC LIMIT 1")
+    assert '"action": "none:own-address"' in details

@@ -2,12 +2,14 @@
 
 Like `mailfleet_bouncer.dsn`, this works on field blocks; the classifier finds them.
 
-Feedback-Type decides: abuse, fraud, virus, other, the pre-RFC opt-out and any type we do not
-know are complaints (a feedback loop sends reports about a recipient who objected). Two are
-not: not-spam (RFC 6650, the recipient took the message *out* of the spam folder) and
-auth-failure (RFC 6591, a DMARC/SPF/DKIM failure sample, about our authentication rather than
-about a recipient). Those are classified "unrecognized" with the parser still "arf", so they are
-kept and counted, and never suppress anyone.
+Feedback-Type decides: abuse, fraud, virus, other and any type we do not know are complaints
+(a feedback loop sends reports about a recipient who objected). The pre-RFC opt-out (and
+"unsubscribe") is a recipient's request to be removed, an unsubscribe, not a complaint: it
+names the recipient in Removal-Recipient or Original-Rcpt-To. Two are not complaints either:
+not-spam (RFC 6650, the recipient took the message *out* of the spam folder) and auth-failure
+(RFC 6591, a DMARC/SPF/DKIM failure sample, about our authentication rather than about a
+recipient). Those are classified "unrecognized" with the parser still "arf", so they are kept
+and counted, and never suppress anyone.
 """
 
 import re
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 from mailfleet_bouncer.dsn import Fields, recipient_address
 
+_OPT_OUT = frozenset({"opt-out", "opt_out", "optout", "unsubscribe"})
 _NOT_COMPLAINTS = {
     "not-spam": "feedback report of type not-spam: the recipient marked the message as not spam",
     "auth-failure": "feedback report of type auth-failure: an authentication failure sample",
@@ -43,7 +46,7 @@ def parse_report(blocks: list[Fields]) -> FeedbackReport:
         for name, value in block:
             key = name.lower()
             first.setdefault(key, value.strip())
-            if key == "original-rcpt-to":
+            if key in {"original-rcpt-to", "removal-recipient"}:
                 address = recipient_address(value)
                 if address and not redacted(address) and address not in recipients:
                     recipients.append(address)
@@ -61,6 +64,11 @@ def parse_report(blocks: list[Fields]) -> FeedbackReport:
 def not_a_complaint(feedback_type: str | None) -> str | None:
     """Why a report of this Feedback-Type is not a complaint, or None when it is one."""
     return _NOT_COMPLAINTS.get(feedback_type or "")
+
+
+def is_opt_out(feedback_type: str | None) -> bool:
+    """Whether a report of this Feedback-Type is a request to unsubscribe."""
+    return feedback_type in _OPT_OUT
 
 
 def redacted(address: str) -> bool:

@@ -2,42 +2,56 @@
 
 Decision order (the first that applies wins):
 
-1. Parse (`mailfleet_bouncer.mime`): the stdlib parser with the compat32 policy, which never
-   raises on bad headers and keeps raw 8-bit bytes; headers and parts are decoded leniently;
-   a huge message is parsed from its beginning only, where what identifies a report always is.
+1. Parse (`mailfleet_bouncer.reading`, `mailfleet_bouncer.mime`): the stdlib parser with the
+   compat32 policy, which never raises on bad headers and keeps raw 8-bit bytes; headers and
+   parts are decoded leniently; a huge message is parsed from its beginning only, where what
+   identifies a report always is.
 2. Feedback report (RFC 5965 ARF): a message/feedback-report part, or report-type
-   feedback-report -> "complaint", parser "arf" (not-spam and auth-failure reports:
-   "unrecognized", see `mailfleet_bouncer.arf`).
+   feedback-report -> "complaint", parser "arf" (opt-out reports: "unsubscribe"; not-spam and
+   auth-failure reports: "unrecognized", see `mailfleet_bouncer.arf`). Hotmail's JMRP without
+   a report part (the returned original carries X-HmXmrOriginalRecipient) -> "complaint".
 3. Delivery status notification (RFC 3464): a message/delivery-status part (or its fields
    sent as text, when the MIME structure is broken) -> "bounce", parser "rfc3464". A report
    whose entries are all successes (delivered, relayed, expanded) is still a "bounce", with
    recipients whose bounce is None and a problem saying so: it is a delivery report, and
    nothing is to be done about it.
    These two come before the auto-reply checks: reports carry Auto-Submitted too.
-4. Read receipt (message/disposition-notification) -> "auto-reply".
-5. Other bounces: only a message that looks like one (from MAILER-DAEMON, postmaster or a Mail
+4. An Amazon SES notification mailed through SNS (JSON) -> "bounce" or "complaint", "ses".
+5. Read receipt (message/disposition-notification) -> "auto-reply".
+6. Apple Mail's one-click unsubscribe (X-Apple-Unsubscribe) -> "unsubscribe", "apple".
+7. Other bounces: only a message that looks like one (from MAILER-DAEMON, postmaster or a Mail
    Delivery System, X-Failed-Recipients, a bounce subject, or an empty Return-Path with no
-   auto-reply header) goes to flufl.bounce -> "bounce", parser "flufl", so that a human reply
-   quoting an address is never scanned. One that looks like a bounce but names no failed
-   recipient is "unrecognized", unless all it had was an empty Return-Path (RFC 3834
-   auto-replies use one too) or a bounce subject (a person may write "not delivered").
-6. Subject "unsubscribe <token>" (our mailto: List-Unsubscribe) -> "unsubscribe", "mailto";
+   auto-reply header) goes to flufl.bounce -> "bounce", parser "flufl", and failing that to
+   the addresses its notification names (`mailfleet_bouncer.plaintext`) -> "bounce", "text"
+   (not on a bounce subject alone, unless it returns an original or has an empty
+   Return-Path), so that a human reply quoting an address is never scanned. One that looks
+   like a bounce but names no failed recipient is "unrecognized", unless all it had was an
+   empty Return-Path (RFC 3834 auto-replies use one too) or a bounce subject (a person may
+   write "not delivered").
+8. Subject "unsubscribe <token>" (our mailto: List-Unsubscribe) -> "unsubscribe", "mailto";
    before the auto-reply checks, as some clients mark the message they send as generated.
-7. Auto-reply by its headers (Auto-Submitted and kin) -> "auto-reply", "rfc3834"; by its
+9. Auto-reply by its headers (Auto-Submitted and kin) -> "auto-reply", "rfc3834"; by its
    subject only (out of office...) -> "auto-reply", "heuristic".
-8. In-Reply-To, References or a reply subject -> "reply".
-9. Anything else -> "unrecognized", parser "none", with the reason in `problem`.
+10. In-Reply-To, References or a reply subject -> "reply".
+11. Anything else -> "unrecognized", parser "none", with the reason in `problem`.
+
+Every failed recipient, whichever parser found it, is checked (`Reading.is_recipient`) and
+judged hard or soft with its reason (`mailfleet_bouncer.verdict`).
 """
 
-import itertools
 import re
 from dataclasses import dataclass
 from email.message import Message
 from typing import Literal
-from urllib.parse import unquote, urlsplit
 
-from mailfleet_bouncer import arf, autoreply, dsn, mime
-from mailfleet_bouncer.dsn import BounceType
+from mailfleet_bouncer import arf, autoreply, dsn, mime, plaintext, ses
+from mailfleet_bouncer.reading import (
+    MAX_ADDRESSES,
+    UNSUBSCRIBE_SUBJECT,
+    Reading,
+    References,
+)
+from mailfleet_bouncer.verdict import BounceType, judge
 
 __all__ = ["BounceType", "Classified", "Kind", "Recipient", "References", "classify"]
 
@@ -53,7 +67,8 @@ class Recipient:
     the returned message's To. `action` is the DSN Action (for flufl.bounce's findings:
     "failed" for its permanent failures, "delayed" for its temporary ones); `status` the RFC
     3463 code; `diagnostic` the unfolded Diagnostic-Code, at most 1000 characters; `bounce`
-    hard, soft, or None for a complaint or an entry that is not a failure.
+    hard, soft, or None for a complaint or an entry that is not a failure; `reason` why it is
+    hard or soft (see `mailfleet_bouncer.verdict`).
     """
 
     address: str | None
@@ -61,23 +76,7 @@ class Recipient:
     status: str | None
     diagnostic: str | None
     bounce: BounceType | None
-
-
-@dataclass(frozen=True, slots=True)
-class References:
-    """What ties a message to one we sent.
-
-    `message_ids` ("<local@domain>", case kept): for reports, the returned original's first,
-    then the report's own In-Reply-To and References; for everything else the other way round;
-    References nearest first; "Message-ID:" lines in the text when nothing else gave one.
-    `unsubscribe_tokens`: from the returned List-Unsubscribe header (the last path segment
-    after "/unsubscribe/" of a web URL, the token of a mailto: "subject=unsubscribe%20<token>").
-    `original_recipients`: the returned original's To addresses, lower-cased.
-    """
-
-    message_ids: tuple[str, ...]
-    unsubscribe_tokens: tuple[str, ...]
-    original_recipients: tuple[str, ...]
+    reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,11 +94,7 @@ class Classified:
     problem: str | None = None
 
 
-_SUBJECT_MAX = 500
 _PROBLEM_MAX = 1000
-_MAX_IDS = 20
-_MAX_ADDRESSES = 20
-_INLINE_TRIES = 5
 _NO_REFERENCES = References((), (), ())
 _SUBJECT_MARKER = "bounce subject"
 
@@ -108,30 +103,13 @@ _DSN_REPORTS = frozenset({"delivery-status", "global-delivery-status"})
 _MDN_TYPES = frozenset(
     {"message/disposition-notification", "message/global-disposition-notification"}
 )
-_RETURNED_TYPES = frozenset(
-    {"message/rfc822", "message/global", "text/rfc822-headers", "message/global-headers"}
-)
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,200}")
-_UNSUBSCRIBE_SUBJECT = re.compile(
-    r"\s*unsubscribe(?:\s+|%20)([A-Za-z0-9_-]{16,200})\s*", re.IGNORECASE
-)
-_INLINE_ID = re.compile(r"^[ \t>]*message-id[ \t]*:[ \t]*\r?\n?[ \t]*(<[^<>\s]+>)", re.I | re.M)
-# Where a bounce that is not RFC 3464 copies the original into its text.
-_INLINE_ORIGINAL = re.compile(
-    r"^[ \t>-]*(?:below this line is a copy of the message|this is a copy of the message"
-    r"|original message (?:follows|headers?)|returned (?:mail|message) follows"
-    r"|message headers? follows?|undelivered message headers)[^\n]*\n",
-    re.I | re.M,
-)
-# A returned part whose MIME structure the parser missed (a boundary that does not match).
-_INLINE_PART = re.compile(
-    r"^content-type:[ \t]*(?:message/(?:rfc822|global|global-headers)|text/rfc822-headers)\b"
-    r".*?\r?\n[ \t]*\r?\n",
-    re.I | re.M | re.S,
+_DELAYED = re.compile(
+    r"delay|warning|not yet (?:been )?delivered|will (?:keep )?(?:try|retry)|still trying"
+    r"|temporar",
+    re.IGNORECASE,
 )
 _FEEDBACK_LINE = re.compile(r"^feedback-type[ \t]*:", re.I | re.M)
 _RECIPIENT_LINE = re.compile(r"^(?:final|original)-recipient[ \t]*:", re.I | re.M)
-_TAG = re.compile(r"<[^<>]*>")
 _DAEMON_LOCAL = re.compile(
     r"mailer[-_.]?daemon|mail[-_.]?daemon|postmaster|mdaemon|microsoftexchange[0-9a-f]{32}",
     re.IGNORECASE,
@@ -145,7 +123,8 @@ _BOUNCE_SUBJECT = re.compile(
     r"|delivery (?:has )?fail|could not be delivered|not (?:been )?delivered|delivery problem"
     r"|delivery notification|delivery report|delayed mail|delivery delayed|non remis"
     r"|unzustellbar|nicht zustellbar|no se pudo entregar|non recapitabile|mail system error"
-    r"|returned to sender|warning: could not send",
+    r"|returned to sender|warning: could not send|メールエラー|エラー通知|配信エラー"
+    r"|送信エラー|不達|配信不能",
     re.IGNORECASE,
 )
 
@@ -168,24 +147,8 @@ def classify(raw: bytes, *, truncated: bool = False) -> Classified:
         return Classified("unrecognized", "none", (), _NO_REFERENCES, None, None, problem=problem)
 
 
-class _Run:
-    """One classification: the parsed message and what was noticed along the way."""
-
-    message: Message
-    parts: list[mime.Part]
-    headers: dict[str, list[str]]
-    sender: str | None
-    subject: str | None
-
-    def __init__(self, raw: bytes, truncated: bool) -> None:
-        self.raw = raw
-        self.notes = mime.Notes()
-        self.cut = truncated
-        if truncated:
-            self.notes.add(f"truncated: classified from the first {len(raw)} bytes fetched")
-        self._texts: list[str] | None = None
-        self._returned: Message | None = None
-        self._returned_done = False
+class _Run(Reading):
+    """One classification: what the message is, from what `Reading` found in it."""
 
     def classify(self) -> Classified:
         if not self.raw.strip():
@@ -193,18 +156,7 @@ class _Run:
             return Classified(
                 "unrecognized", "none", (), _NO_REFERENCES, None, None, problem=problem
             )
-        self.message, cut = mime.parse(self.raw, self.notes)
-        self.cut = self.cut or cut
-        self.parts = mime.walk(self.message)
-        mime.prune(self.parts)
-        self.headers = mime.headers(self.message, self.notes)
-        self.sender = next(iter(mime.addresses(", ".join(self.headers.get("from", [])))), None)
-        subject = self.headers.get("subject")
-        self.subject = (
-            " ".join(mime.decode_words(subject[0], self.notes).split())[:_SUBJECT_MAX]
-            if subject
-            else None
-        )
+        self.parse()
         return self._decide()
 
     def _decide(self) -> Classified:
@@ -228,20 +180,44 @@ class _Run:
             complaint := self._complaint(feedback)
         ):
             return complaint
+        if complaint := self._complaint_without_report():
+            return complaint
         markers = self._bounce_markers(report_type)
         if (status or report_type in _DSN_REPORTS or markers) and (bounce := self._dsn(status)):
             return bounce
+        if notice := self._ses():
+            return notice
         if receipts or report_type == "disposition-notification":
             return self._receipt(receipts)
+        if self._apple_unsubscribe():
+            token = UNSUBSCRIBE_SUBJECT.fullmatch(self.subject or "")
+            reason = "Apple Mail one-click unsubscribe (X-Apple-Unsubscribe)"
+            return self.result(
+                "unsubscribe",
+                "apple",
+                token=token.group(1) if token else None,
+                reason=reason,
+                own_first=True,
+            )
         auto = autoreply.header_reason(self.headers)
         null_sender = any(v.strip() in {"", "<>"} for v in self.headers.get("return-path", []))
-        if (markers or (null_sender and auto is None)) and (bounce := self._flufl()):
-            return bounce
+        if markers or (null_sender and auto is None):
+            if bounce := self._flufl():
+                return bounce
+            # Reading a text for addresses takes a sign of a notice: an empty Return-Path alone
+            # is also an auto-reply's (RFC 3834), a subject alone may be a person's "not
+            # delivered"; either of them with a returned original, or both, will do.
+            returned = self.returned() is not None
+            other = [m for m in markers if m != _SUBJECT_MARKER]
+            subject = _SUBJECT_MARKER in markers
+            signs = bool(other) or (null_sender and (subject or returned)) or (subject and returned)
+            if signs and (bounce := self._plain()):
+                return bounce
         if markers and markers != [_SUBJECT_MARKER]:
             # A subject alone is not enough to stop a person's reply being one.
             reason = f"looks like a bounce ({', '.join(markers)}) but no failed recipient was found"
             return self.result("unrecognized", "none", reason=reason)
-        if self.subject and (match := _UNSUBSCRIBE_SUBJECT.fullmatch(self.subject)):
+        if self.subject and (match := UNSUBSCRIBE_SUBJECT.fullmatch(self.subject)):
             return self.result("unsubscribe", "mailto", token=match.group(1), own_first=True)
         if auto is not None:
             return self.result("auto-reply", "rfc3834", own_first=True)
@@ -272,16 +248,24 @@ class _Run:
         if report.feedback_type is None:
             self.notes.add("malformed feedback report: no Feedback-Type")
         found = list(report.original_rcpt_to)
-        returned = self.returned()
-        if not found and returned is not None:
-            headers = mime.headers(returned, self.notes)
+        if not found and self.returned() is not None:
+            headers = self.returned_headers()
             # Hotmail's JMRP names the recipient in a header of its own when it redacts To.
             for name in ("x-hmxmroriginalrecipient", "to"):
                 values = headers.get(name, [])
                 found = [a for v in values for a in mime.addresses(v) if not arf.redacted(a)]
                 if found:
                     break
-        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:_MAX_ADDRESSES])
+        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:MAX_ADDRESSES])
+        if arf.is_opt_out(report.feedback_type):
+            reason = f"feedback report of type {report.feedback_type}: a request to unsubscribe"
+            return self.result(
+                "unsubscribe",
+                "arf",
+                recipients=recipients,
+                feedback_type=report.feedback_type,
+                reason=reason,
+            )
         return self.result(
             "complaint", "arf", recipients=recipients, feedback_type=report.feedback_type
         )
@@ -293,17 +277,26 @@ class _Run:
             for text in self.texts():
                 if _RECIPIENT_LINE.search(text) and (found := dsn.entries(dsn.parse_blocks(text))):
                     break
+        notice = "\n\n".join(self.texts())
+        found = [
+            dsn.refused_after_data(e) if e.address and self.after_data(notice, e.address) else e
+            for e in found
+        ]
         if not found:
             if parts:
                 self.notes.add("malformed delivery report: no per-recipient fields")
             return None
-        failures = [entry for entry in found if entry.bounce is not None]
+        valid = [e for e in found if e.address is None or self.is_recipient(e.address)]
+        if not valid:
+            self.notes.add("delivery report naming no valid recipient address")
+            return None
+        failures = [entry for entry in valid if entry.bounce is not None]
         reason = None
         if not failures:
             reason = "delivery report without failures: no recipient failed or was delayed"
         recipients = tuple(
-            Recipient(e.address, e.action, e.status, e.diagnostic, e.bounce)
-            for e in (failures or found)[:_MAX_ADDRESSES]
+            Recipient(e.address, e.action, e.status, e.diagnostic, e.bounce, e.reason)
+            for e in (failures or valid)[:MAX_ADDRESSES]
         )
         return self.result("bounce", "rfc3464", recipients=recipients, reason=reason)
 
@@ -331,12 +324,89 @@ class _Run:
         for address, action in [(a, "failed") for a in permanent] + [
             (a, "delayed") for a in temporary
         ]:
-            status, diagnostic = dsn.status_near(text, address)
-            bounce = dsn.bounce_type(action, status, diagnostic)
-            recipients.append(Recipient(address, action, status, diagnostic, bounce))
+            if self.is_recipient(address):
+                after_data = self.after_data(text, address)
+                only = len(permanent) + len(temporary) == 1
+                recipients.append(_near(text, address, action, after_data, only=only))
+        if not recipients:
+            self.notes.add("flufl.bounce named no valid recipient address")
+            return None
         # In the order the notification names them; any it does not name, last.
         recipients.sort(key=lambda r: (_position(lowered, r.address or ""), r.address or ""))
-        return self.result("bounce", "flufl", recipients=tuple(recipients[:_MAX_ADDRESSES]))
+        return self.result("bounce", "flufl", recipients=tuple(recipients[:MAX_ADDRESSES]))
+
+    def _plain(self) -> Classified | None:
+        """A notification written for people: the addresses its text names (`plaintext`)."""
+        text = plaintext.notification("\n\n".join(self.texts()))
+        found = plaintext.candidates(text, self.is_recipient)
+        if not found:
+            # Some notices name no address (v5 sendmail's deferrals, Verizon's "no valid
+            # recipients"): the returned original's only recipient is the one it is about.
+            returned = self.references(False, []).original_recipients
+            found = [a for a in returned if self.is_recipient(a)]
+            if len(found) != 1:
+                return None
+        delayed = _DELAYED.search(self.subject or "") or _DELAYED.search(text[:2000])
+        action = "delayed" if delayed else "failed"
+        recipients = tuple(
+            _near(text, address, action, self.after_data(text, address), only=len(found) == 1)
+            for address in found[:MAX_ADDRESSES]
+        )
+        return self.result("bounce", "text", recipients=recipients)
+
+    def _ses(self) -> Classified | None:
+        """An Amazon SES notification mailed through SNS (`mailfleet_bouncer.ses`)."""
+        texts = [t for t in self.texts() if '"notificationType"' in t]
+        notice = ses.parse(texts[0]) if texts else None
+        if notice is None:
+            return None
+        recipients: list[Recipient] = []
+        for address, action, status, diagnostic in notice.recipients:
+            bare = dsn.recipient_address(address)
+            if bare is None or not self.is_recipient(bare):
+                continue
+            if notice.kind == "complaint":
+                recipients.append(Recipient(bare, None, None, None, None))
+                continue
+            code = dsn.status_code(status, diagnostic)
+            verdict = judge(action, code, diagnostic, address=bare)
+            recipients.append(Recipient(bare, action, code, diagnostic, *verdict))
+        if not recipients:
+            return None
+        ids = [i for v in notice.headers.get("message-id", []) for i in mime.message_ids(v)]
+        if notice.kind == "complaint":
+            return self.result(
+                "complaint",
+                "ses",
+                recipients=tuple(recipients),
+                feedback_type=notice.feedback_type,
+                extra_ids=ids,
+            )
+        reason = None
+        if notice.kind == "delivery":
+            reason = "delivery report without failures: no recipient failed or was delayed"
+        return self.result(
+            "bounce", "ses", recipients=tuple(recipients), reason=reason, extra_ids=ids
+        )
+
+    def _complaint_without_report(self) -> Classified | None:
+        """Hotmail's older JMRP: the complained-of message returned whole, with no report part.
+
+        It is recognised by the header Hotmail adds to the returned copy, naming the recipient.
+        """
+        named = self.returned_headers().get("x-hmxmroriginalrecipient")
+        if not named:
+            return None
+        found = [a for v in named for a in mime.addresses(v) if not arf.redacted(a)]
+        recipients = tuple(Recipient(a, None, None, None, None) for a in found[:MAX_ADDRESSES])
+        reason = "feedback loop report without a feedback-report part (X-HmXmrOriginalRecipient)"
+        return self.result(
+            "complaint", "arf", recipients=recipients, feedback_type="abuse", reason=reason
+        )
+
+    def _apple_unsubscribe(self) -> bool:
+        flags = self.headers.get("x-apple-unsubscribe", [])
+        return any(v.strip().lower() in {"true", "yes", "1"} for v in flags)
 
     def _bounce_markers(self, report_type: str) -> list[str]:
         markers: list[str] = []
@@ -356,81 +426,6 @@ class _Run:
         ):
             markers.append(_SUBJECT_MARKER)
         return markers
-
-    def texts(self) -> list[str]:
-        """The texts of the message's own leaf parts, not a returned message's.
-
-        Plain text first, then HTML with its tags dropped.
-        """
-        if self._texts is None:
-            plain: list[str] = []
-            html: list[str] = []
-            for part in self.parts:
-                if part.inside or part.content_type in mime.FIELD_TYPES:
-                    continue
-                if part.content_type.split("/", 1)[0] in mime.BINARY:
-                    continue
-                if isinstance(mime.payload(part.message), list):
-                    continue
-                text = mime.part_text(part.message, self.notes)
-                if part.content_type == "text/html":
-                    html.append(_TAG.sub(" ", text))
-                else:
-                    plain.append(text)
-            self._texts = plain + html
-        return self._texts
-
-    def returned(self) -> Message | None:
-        """The returned original (or its headers): a report part, else a copy in the text."""
-        if not self._returned_done:
-            self._returned_done = True
-            self._returned = self._find_returned()
-        return self._returned
-
-    def _find_returned(self) -> Message | None:
-        for part in self.parts:
-            if part.inside or part.content_type not in _RETURNED_TYPES:
-                continue
-            body = mime.payload(part.message)
-            if isinstance(body, list):
-                if body and isinstance(body[0], Message):
-                    return body[0]
-            elif (text := mime.part_text(part.message, self.notes)).strip():
-                return mime.header_block(text)
-        for text in self.texts():
-            for pattern in (_INLINE_PART, _INLINE_ORIGINAL):
-                for match in itertools.islice(pattern.finditer(text), _INLINE_TRIES):
-                    headers = mime.header_block(text[match.end() :])
-                    if {name.lower() for name in headers} & {
-                        "message-id",
-                        "to",
-                        "list-unsubscribe",
-                    }:
-                        return headers
-        return None
-
-    def references(self, own_first: bool, extra_ids: list[str]) -> References:
-        returned_ids: list[str] = []
-        tokens: list[str] = []
-        recipients: list[str] = []
-        returned = self.returned()
-        if returned is not None:
-            headers = mime.headers(returned, self.notes)
-            returned_ids = [i for v in headers.get("message-id", []) for i in mime.message_ids(v)]
-            tokens = _unsubscribe_tokens(headers.get("list-unsubscribe", []))
-            recipients = [a for v in headers.get("to", []) for a in mime.addresses(v)]
-        own = [i for v in self.headers.get("in-reply-to", []) for i in mime.message_ids(v)]
-        for value in reversed(self.headers.get("references", [])):
-            own.extend(reversed(mime.message_ids(value)))
-        ids = extra_ids + (own + returned_ids if own_first else returned_ids + own)
-        if not ids:
-            found = [m.group(1) for text in self.texts() for m in _INLINE_ID.finditer(text)]
-            ids = [i for value in found for i in mime.message_ids(value)]
-        return References(
-            tuple(mime.unique(ids)[:_MAX_IDS]),
-            tuple(mime.unique(tokens)),
-            tuple(mime.unique(recipients)[:_MAX_ADDRESSES]),
-        )
 
     def result(
         self,
@@ -460,30 +455,11 @@ class _Run:
         )
 
 
-def _unsubscribe_tokens(values: list[str]) -> list[str]:
-    """Our tokens in List-Unsubscribe values.
-
-    From https://.../unsubscribe/<token> and mailto:...?subject=unsubscribe%20<token>.
-    """
-    tokens: list[str] = []
-    for uri in (uri for value in values for uri in mime.bracketed(value)):
-        try:
-            parts = urlsplit(uri)
-        except ValueError:
-            continue
-        scheme = parts.scheme.lower()
-        if scheme in {"http", "https"} and "/unsubscribe/" in parts.path:
-            segment = parts.path.split("/unsubscribe/", 1)[1].strip("/").rsplit("/", 1)[-1]
-            if _TOKEN.fullmatch(token := unquote(segment)):
-                tokens.append(token)
-        elif scheme == "mailto":
-            for pair in parts.query.split("&"):
-                key, _, text = pair.partition("=")
-                if key.lower() == "subject" and (
-                    match := _UNSUBSCRIBE_SUBJECT.fullmatch(unquote(text))
-                ):
-                    tokens.append(match.group(1))
-    return tokens
+def _near(text: str, address: str, action: str, after_data: bool, *, only: bool) -> Recipient:
+    """A recipient of a free-text bounce, with the code and diagnostic found near it."""
+    status, diagnostic = dsn.status_near(text, address, only=only)
+    verdict = judge(action, status, diagnostic, after_data=after_data, address=address)
+    return Recipient(address, action, status, diagnostic, *verdict)
 
 
 def _position(text: str, needle: str) -> int:

@@ -5,37 +5,18 @@ message is the business of `mailfleet_bouncer.classify`. The one exception is `f
 which hands a parsed message to flufl.bounce, Mailman's detectors for bounces that are not
 RFC 3464 (qmail, Exim, Yahoo's old format and some thirty others).
 
-Hard or soft
-------------
-A hard bounce suppresses the address for good, so "hard" is kept for what is about the address
-itself. The RFC 3463 class decides (5.x.x hard, 4.x.x soft, Action: delayed soft), except for
-these permanent codes, which most ESPs count as soft and so do we:
-
-- 5.2.2 mailbox full and 5.2.3 message over the mailbox's size limit: the mailbox exists and
-  will take mail again; repeated soft bounces are escalated by the suppression policy instead.
-- 5.3.x (5.3.4 message too big, mail system full or not accepting mail): about the message or
-  the receiving system, not the address.
-- 5.4.7 delivery time expired: the MTA gave up after temporary failures, which stay temporary.
-- 5.6.x media errors: about the content.
-- 5.7.x policy and security (5.7.1 blocked as spam, 5.7.26 DMARC, 5.7.25 reverse DNS...): about
-  the sender, its IP or its authentication, not the recipient's address; suppressing the
-  address would punish the recipient for the sender's reputation. The diagnostic is kept, so a
-  run of them shows up as a sending problem.
-- a non-specific 5.0.0 (or a bare 5xx reply code) whose diagnostic says the mailbox is full or
-  over quota: some MTAs say it in words only.
-
-Everything else in class 5 is hard: 5.1.x (bad mailbox, bad domain), 5.2.1 (disabled), 5.4.4
-(no route to the domain), 5.5.x (a 550 "mailbox unavailable" often arrives as 5.5.0).
+Hard or soft is `mailfleet_bouncer.verdict`'s business; here the code and the text it reads
+are found.
 """
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from email.message import Message
-from typing import Literal
 
 from flufl.bounce import all_failures
 
-BounceType = Literal["hard", "soft"]
+from mailfleet_bouncer.verdict import BounceType, judge
+
 Fields = list[tuple[str, str]]
 
 _FIELD = re.compile(r"([A-Za-z0-9][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)")
@@ -51,20 +32,16 @@ _PER_RECIPIENT_FIELDS = frozenset(
         "will-retry-until",
     }
 )
-_SUCCESS_ACTIONS = frozenset({"delivered", "relayed", "expanded"})
 # An RFC 3463 enhanced status code, not part of an IP address or a version number.
 _ENHANCED = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 # The SMTP reply code at the start of a Diagnostic-Code ("smtp; 550 ..." or "550-...").
 _LEADING_CODE = re.compile(r"^\s*(?:[A-Za-z][\w-]*\s*;)?\s*([245])\d\d(?![\d.])")
 # A reply code anywhere in free text, followed by what SMTP puts after one.
-_ANY_CODE = re.compile(r"(?<![\w.])([45])\d\d(?=[ :-])")
-_ADDRESS = re.compile(r"[^\s<>()\[\];,\"']+@[^\s<>()\[\];,\"']+")
+_ANY_CODE = re.compile(r"(?<![\w.])([45])\d\d(?=[ :,-]|$)", re.MULTILINE)
+# Each match starts at the start of a run (the lookbehind), so a long run without an "@" costs
+# one scan, not one per character.
+_ADDRESS = re.compile(r"(?<![^\s<>()\[\];,\"'])[^\s<>()\[\];,\"']+@[^\s<>()\[\];,\"']+")
 _UNITEXT = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
-_MAILBOX_FULL = re.compile(
-    r"mailbox (?:is )?full|over ?quota|quota (?:exceeded|full)|exceeded (?:storage|quota)"
-    r"|insufficient (?:storage|space)|mailbox size limit",
-    re.IGNORECASE,
-)
 _DIAGNOSTIC_MAX = 1000
 _WINDOW = 1200
 
@@ -78,6 +55,7 @@ class Entry:
     status: str | None
     diagnostic: str | None
     bounce: BounceType | None
+    reason: str | None
 
 
 def unfold(value: str) -> str:
@@ -153,7 +131,16 @@ def _entry(fields: dict[str, str]) -> Entry:
     action = (fields.get("action") or "").strip().lower().split(" ", 1)[0].rstrip(";") or None
     diagnostic = unfold(fields.get("diagnostic-code", ""))[:_DIAGNOSTIC_MAX] or None
     status = status_code(fields.get("status"), diagnostic)
-    return Entry(address, action, status, diagnostic, bounce_type(action, status, diagnostic))
+    verdict = judge(action, status, diagnostic, address=address)
+    return Entry(address, action, status, diagnostic, *verdict)
+
+
+def refused_after_data(entry: Entry) -> Entry:
+    """The entry judged again, knowing that the refusal answered the DATA command."""
+    verdict = judge(
+        entry.action, entry.status, entry.diagnostic, after_data=True, address=entry.address
+    )
+    return replace(entry, bounce=verdict[0], reason=verdict[1])
 
 
 def recipient_address(value: str | None) -> str | None:
@@ -177,10 +164,12 @@ def _unitext_char(match: re.Match[str]) -> str:
 
 
 def status_code(status: str | None, diagnostic: str | None) -> str | None:
-    """The RFC 3463 code of a Status field, else the one the diagnostic gives.
+    """The RFC 3463 code: the remote server's own, in the diagnostic, else the Status field's.
 
-    A non-specific X.0.0 is refined by a code of the same class in the diagnostic ("Status:
-    5.0.0" with "550 5.1.1 user unknown" is 5.1.1). With no enhanced code anywhere, a bare SMTP
+    A relay's Status field is its reading of the remote reply and often a poor one ("Status:
+    5.1.1" over "550 5.7.1 IP blacklisted", "5.1.0" over "5.2.2 Mailbox Full"), so a code in
+    the diagnostic wins, unless it is of another class than the Status (a 4.x.x retried until
+    the relay gave up with 5.x.x keeps the Status). With no enhanced code anywhere, a bare SMTP
     reply code at the start of the diagnostic gives its class: 550 is 5.0.0, 421 is 4.0.0.
     """
     code = None
@@ -188,59 +177,40 @@ def status_code(status: str | None, diagnostic: str | None) -> str | None:
         code = ".".join(match.groups())
     if diagnostic:
         if match := _ENHANCED.search(diagnostic):
-            better = ".".join(match.groups())
-            if code is None or (code.endswith(".0.0") and better[0] == code[0]):
-                code = better
+            remote = ".".join(match.groups())
+            if code is None or remote[0] == code[0]:
+                code = remote
         if code is None and (match := _LEADING_CODE.match(diagnostic)):
             code = f"{match.group(1)}.0.0"
     return code
 
 
-def bounce_type(
-    action: str | None, status: str | None, diagnostic: str | None
-) -> BounceType | None:
-    """Hard, soft or None (not a failure); see the module docstring for the exceptions."""
-    if action in _SUCCESS_ACTIONS:
-        return None
-    if action == "delayed":
-        return "soft"
-    failed = action is not None and action.startswith(("fail", "error"))
-    if status is None or status[0] == "2":
-        # "failed" without a usable code: the Action says permanent.
-        if not failed:
-            return None
-        return "soft" if diagnostic and _MAILBOX_FULL.search(diagnostic) else "hard"
-    if status[0] == "4":
-        return "soft"
-    return "soft" if _transient(status, diagnostic) else "hard"
+def status_near(text: str, address: str, *, only: bool = False) -> tuple[str | None, str | None]:
+    """The status code and diagnostic a free-text bounce gives near an address.
 
-
-def _transient(status: str, diagnostic: str | None) -> bool:
-    """Whether a 5.x.x code is about something other than the address (see module docstring)."""
-    _, subject, detail = status.split(".")
-    if (subject, detail) in {("2", "2"), ("2", "3"), ("4", "7")}:
-        return True
-    if subject in {"3", "6", "7"}:
-        return True
-    return (subject, detail) == ("0", "0") and bool(diagnostic and _MAILBOX_FULL.search(diagnostic))
-
-
-def status_near(text: str, address: str) -> tuple[str | None, str | None]:
-    """The status code and diagnostic line a free-text bounce gives near an address.
-
-    For bounces flufl.bounce recognised: in the paragraph where the address is named (qmail's
-    "Remote host said: 550 5.1.1 ...", Exim's indented SMTP error, Yahoo's "554: delivery
-    error"), the first enhanced status code, else the first SMTP reply code, with its line.
+    In the paragraph where the address is named (qmail's "Remote host said: 550 5.1.1 ...",
+    Exim's indented SMTP error, Yahoo's "554: delivery error"), from the start of its line,
+    the first enhanced status code, else the first SMTP reply code, with its line. Without a
+    code anywhere near, no status, and the paragraph after the first mention as the
+    diagnostic: its words may still say what went wrong ("As their mailbox is full").
+    `only`: the notice names no other recipient, so what follows the first mention, blank
+    lines and all, is about this one (DragonFly names it, then gives the reply below).
     """
     text = text.replace("\r\n", "\n")
     lowered = text.lower()
     start = 0
+    first: str | None = None
     for _ in range(5):
         index = lowered.find(address, start)
         if index < 0:
             break
-        end = lowered.find("\n\n", index + len(address))
-        window = text[index : min(index + _WINDOW, end if end >= 0 else len(text))]
+        # From the start of the line: a reply code often comes before the address in it.
+        line_start = text.rfind("\n", 0, index) + 1
+        end = -1 if only else lowered.find("\n\n", index + len(address))
+        window = text[line_start : min(index + _WINDOW, end if end >= 0 else len(text))]
+        if first is None:
+            after = window[index - line_start + len(address) :]
+            first = unfold(after.lstrip(">:;,. \t"))[:_DIAGNOSTIC_MAX] or None
         match = _ENHANCED.search(window) or _ANY_CODE.search(window)
         if match is not None:
             line_start = window.rfind("\n", 0, match.start()) + 1
@@ -251,7 +221,18 @@ def status_near(text: str, address: str) -> tuple[str | None, str | None]:
                 return ".".join(match.groups()), diagnostic
             return f"{match.group(1)}.0.0", diagnostic
         start = index + len(address)
-    return None, None
+    return None, first
+
+
+def paragraph(text: str, address: str) -> str:
+    """The paragraph where `text` first names `address` (empty if it does not)."""
+    text = text.replace("\r\n", "\n")
+    index = text.lower().find(address)
+    if index < 0:
+        return ""
+    start = text.rfind("\n\n", 0, index) + 1
+    end = text.find("\n\n", index)
+    return text[start : min(end if end >= 0 else len(text), index + _WINDOW)]
 
 
 def flufl_failures(message: Message) -> tuple[list[str], list[str]]:

@@ -71,7 +71,8 @@ _NOT_BASE64 = re.compile(r"[^A-Za-z0-9+/]")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"')
 _COMMENT = re.compile(r"\([^()]*\)")
 _ANGLE = re.compile(r"<\s*([^<>\s]+@[^<>\s]+?)\s*>")
-_BARE = re.compile(r"[^\s<>()\[\];:,\"']+@[^\s<>()\[\];:,\"']+")
+# Matches start at the start of a run (the lookbehind): a long run costs one scan.
+_BARE = re.compile(r"(?<![^\s<>()\[\];:,\"'])[^\s<>()\[\];:,\"']+@[^\s<>()\[\];:,\"']+")
 _BRACKETED = re.compile(r"<([^<>]*)>")
 
 
@@ -99,6 +100,9 @@ class Part:
 def parse(raw: bytes, notes: Notes) -> tuple[Message, bool]:
     """The parsed message, and whether it was cut to the parsing bounds."""
     data, cut = _bounded(raw)
+    if b"\r" in data and b"\n" not in data:
+        # CR alone ends the lines (old Mac clients): the parser copes, the text readers do not.
+        data = data.replace(b"\r", b"\n")
     if cut:
         notes.add(f"truncated for parsing: the first {len(data)} of {len(raw)} bytes were read")
     containers = [match.start() for match in _CONTAINER.finditer(data)]

@@ -324,6 +324,20 @@ async def latest_message_to(conn: Conn, account_id: UUID, email: str) -> SentMes
     return None if row is None else _sent(row)
 
 
+async def is_account_address(conn: Conn, account_id: UUID, email: str) -> bool:
+    """Whether the address is the account's own: its From, SMTP or IMAP user name."""
+    found = await conn.fetchval(
+        """
+        SELECT true FROM accounts
+        WHERE id = $1
+          AND lower($2) IN (lower(from_email), lower(smtp_username), lower(imap_username))
+        """,
+        account_id,
+        email,
+    )
+    return bool(found)
+
+
 async def mark_bounced(conn: Conn, message_id: int, bounce: str) -> None:
     """Record a bounce on the message; a hard bounce is never downgraded by a later soft one."""
     await conn.execute(

@@ -162,6 +162,7 @@ class ReportProcessor:
             detail = {
                 "address": address,
                 "bounce": recipient.bounce if recipient else None,
+                "reason": recipient.reason if recipient else None,
                 "status": recipient.status if recipient else None,
                 "diagnostic": diagnostic[:_DIAGNOSTIC_MAX] if diagnostic else None,
                 "action_field": recipient.action if recipient else None,
@@ -215,12 +216,25 @@ class ReportProcessor:
                 if found is not None:
                     by_token.append(found)
         if classified.kind == "unsubscribe":
-            # Only the signed token counts, and it is proof enough, as on the web page: it may
-            # arrive in any account's mailbox (MAILFLEET_TRACKING__UNSUBSCRIBE_MAILTO can name
-            # one mailbox for all of them).
-            if not by_token:
-                return [(None, None, None)]
-            return [(None, by_token[0], "token")]
+            # The signed token is proof enough, as on the web page: it may arrive in any
+            # account's mailbox (MAILFLEET_TRACKING__UNSUBSCRIBE_MAILTO can name one mailbox
+            # for all of them).
+            if by_token:
+                return [(None, by_token[0], "token")]
+            # A feedback loop's opt-out report returns our message: its Message-ID, checked
+            # against this account's sends as for a complaint.
+            own = [m for m in by_header if m.account_id == account_id]
+            if classified.parser == "arf" and own:
+                named = classified.recipients[0].address if classified.recipients else None
+                hit = _pick([(m, "message-id") for m in own], named)
+                return [(None, hit[0], hit[1])] if hit else [(None, None, None)]
+            # Apple Mail's one-click unsubscribe may drop our subject: like a reply, it is
+            # from the recipient, so it acts on this account's last message to the sender.
+            if classified.parser == "apple" and classified.sender is not None:
+                found = await queries.latest_message_to(conn, account_id, classified.sender)
+                if found is not None:
+                    return [(None, found, "sender")]
+            return [(None, None, None)]
         # A message of another account is not this mailbox's business (a report forwarded to
         # the wrong mailbox): it is recorded, not acted on.
         candidates = [
@@ -258,6 +272,13 @@ class ReportProcessor:
     ) -> str:
         kind = classified.kind
         source = f"bouncer:report:{report_id}"
+        if (
+            kind in ("bounce", "complaint")
+            and message.account_id is not None
+            and await queries.is_account_address(conn, message.account_id, address)
+        ):
+            # The classifier drops the notice's own addresses; this holds whatever it missed.
+            return "none:own-address"
         if kind == "bounce":
             bounce = recipient.bounce if recipient else None
             if bounce is None:
