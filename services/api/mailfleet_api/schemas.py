@@ -791,6 +791,10 @@ class InboundDetail(BaseModel):
     status: str | None = Field(default=None, description="The DSN status code, e.g. 5.1.1.")
     diagnostic: str | None = Field(default=None, description="The receiving server's words.")
     action_field: str | None = Field(default=None, description="The DSN Action field.")
+    reason: str | None = Field(
+        default=None,
+        description="Why the verdict is hard or soft, in words.",
+    )
     message_id: int | None = Field(default=None, description="Our message it was matched to.")
     campaign_id: UUID | None = None
     matched_by: str | None = Field(default=None, description="How the message was found.")
