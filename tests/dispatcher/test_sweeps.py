@@ -43,6 +43,37 @@ async def test_paused_accounts_assignments_return_to_the_queue_and_release_their
     assert await db.fetchval("SELECT count(*) FROM messages WHERE account_id IS NOT NULL") == 0
 
 
+async def test_an_account_waiting_for_its_server_gets_no_work_and_gives_back_what_it_holds(
+    db: Conn, pool: Any, broker: RabbitBroker, publisher: RecordingPublisher, settings: Settings
+) -> None:
+    waiting = await insert_account(db)
+    campaign = await insert_campaign(db)
+    await insert_messages(db, campaign, 4)
+    assigner = Assigner(pool, publisher, settings.dispatcher)
+    await assigner.tick()
+    # What the sender writes when the account's server cannot be reached.
+    await db.execute(
+        "UPDATE accounts SET held_until = now() + interval '1 minute', held_reason = 'refused'"
+        " WHERE id = $1",
+        waiting,
+    )
+    other = await insert_account(db)
+
+    result = await make_sweeper(pool, broker, settings, stranded_after_s=60).sweep()
+    await assigner.tick()
+
+    assert result.requeued == 4
+    assert await reserved_today(db, waiting) == 0
+    owners = await db.fetch("SELECT DISTINCT account_id FROM messages")
+    assert [r["account_id"] for r in owners] == [other]
+    assert await status_counts(db) == {"assigned": 4}
+
+    await db.execute("UPDATE accounts SET held_until = now() WHERE id = $1", waiting)
+    await insert_messages(db, campaign, 4)
+    await assigner.tick()
+    assert await db.fetchval("SELECT count(*) FROM messages WHERE account_id = $1", waiting) > 0
+
+
 async def test_stranded_assignments_return_to_the_queue_and_fresh_ones_stay(
     db: Conn, pool: Any, broker: RabbitBroker, publisher: RecordingPublisher, settings: Settings
 ) -> None:

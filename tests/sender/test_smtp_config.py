@@ -253,6 +253,13 @@ async def test_an_unreachable_server_holds_the_account_without_burning_attempts(
             assert await _paused_reason(db, account) is None
             last_error = await db.fetchval("SELECT last_error FROM messages WHERE id = $1", ids[0])
             assert "connect" in last_error.lower()
+            # The wait is on the account, for the dispatcher and the operator to see.
+            held = await db.fetchrow(
+                "SELECT held_until IS NOT NULL AS waiting, held_reason FROM accounts WHERE id = $1",
+                account,
+            )
+            assert held["waiting"] is True
+            assert "connect" in held["held_reason"].lower()
 
             later.start()
             await wait_for(lambda: settled(db, ids))

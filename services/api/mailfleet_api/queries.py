@@ -153,6 +153,8 @@ _ACCOUNT_SELECT = """
            a.daily_limit, a.min_gap_ms, a.warmup_started_on IS NOT NULL AS warmup_enabled,
            a.warmup_started_on, a.warmup_initial, a.warmup_increment, a.status,
            a.status_reason, a.tags, nullif(a.rates_since, '-infinity') AS rates_since,
+           CASE WHEN account_held(a) THEN a.held_until END AS held_until,
+           CASE WHEN account_held(a) THEN a.held_reason END AS held_reason,
            a.imap_host, a.imap_port, a.imap_tls, a.imap_username,
            a.imap_password_enc IS NOT NULL AS imap_has_password, a.imap_folder,
            a.imap_processed_folder, a.created_at, a.updated_at,

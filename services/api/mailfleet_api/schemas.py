@@ -327,6 +327,15 @@ class Account(BaseModel):
     status: AccountStatus
     status_reason: str | None
     tags: list[str] = Field(description=_ACCOUNT_TAGS)
+    held_until: datetime | None = Field(
+        default=None,
+        description="Set while the account waits for its SMTP server after a failed connection "
+        "(refused, unreachable, timed out): it gets no new work until then, and what it held "
+        "went to other accounts. Null when it is not waiting.",
+    )
+    held_reason: str | None = Field(
+        default=None, description="The last connection failure, while the account waits."
+    )
     rates_since: datetime | None = Field(
         description="Bounce and complaint rates count sends after this (null: every send); "
         "set when the account is resumed."

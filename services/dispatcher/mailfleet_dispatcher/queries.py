@@ -137,7 +137,7 @@ async def accounts_with_room(
             LEFT JOIN (SELECT account_id, count(*) AS n FROM messages
                        WHERE status IN ('assigned', 'sending') GROUP BY account_id) f
                    ON f.account_id = a.id
-            WHERE a.status = 'active'
+            WHERE a.status = 'active' AND NOT account_held(a)
               AND ($2 OR a.id = ANY($3::uuid[]) OR a.tags && $4::text[])
               AND account_effective_limit(a, $1) > coalesce(u.reserved, 0)
               AND coalesce(f.n, 0) < CASE
@@ -191,7 +191,7 @@ async def lock_accounts(conn: Conn, account_ids: Sequence[UUID], day: date) -> l
     locked = await conn.fetch(
         """
         SELECT a.id FROM accounts a
-        WHERE a.id = ANY($1::uuid[]) AND a.status = 'active'
+        WHERE a.id = ANY($1::uuid[]) AND a.status = 'active' AND NOT account_held(a)
         ORDER BY a.id
         FOR NO KEY UPDATE SKIP LOCKED
         """,
@@ -301,7 +301,8 @@ async def requeue_stranded(conn: Conn, stranded_after_s: float) -> int:
             WHERE m.status = 'assigned'
               AND (m.assigned_at < now() - make_interval(secs => $1)
                    OR NOT EXISTS (SELECT 1 FROM accounts a
-                                  WHERE a.id = m.account_id AND a.status = 'active'))
+                                  WHERE a.id = m.account_id AND a.status = 'active'
+                                    AND NOT account_held(a)))
             FOR NO KEY UPDATE OF m SKIP LOCKED
         ), requeued AS (
             UPDATE messages m
@@ -595,7 +596,7 @@ async def inflight_ticks(conn: Conn) -> list[InflightTick]:
         """
         SELECT m.account_id, m.status, m.assigned_at, count(*) AS count, a.min_gap_ms
         FROM messages m
-        JOIN accounts a ON a.id = m.account_id AND a.status = 'active'
+        JOIN accounts a ON a.id = m.account_id AND a.status = 'active' AND NOT account_held(a)
         JOIN campaigns k ON k.id = m.campaign_id
         WHERE m.status IN ('assigned', 'sending')
           AND (m.status = 'sending' OR k.status = 'running')

@@ -232,10 +232,11 @@ class Deliverer:
     ) -> None:
         """Un-claim a message whose account could not open a session: it stays assigned."""
         detail = result.detail[:_DETAIL_MAX]
+        hold_s = max(0.0, account.transport.held_until - time.monotonic())
 
         async def release() -> None:
             async with self._pool.acquire() as conn:
-                await queries.release_claim(conn, claimed.id, result.code, detail)
+                await queries.release_claim(conn, claimed.id, result.code, detail, hold_s)
 
         # The message is claimed: wait for the database rather than leave it `sending`.
         await while_database_away(release, "release claim")

@@ -261,21 +261,32 @@ async def record_outcomes_and_claim(
     return result
 
 
-async def release_claim(conn: Conn, message_id: int, code: int | None, error: str) -> None:
+async def release_claim(
+    conn: Conn, message_id: int, code: int | None, error: str, hold_s: float
+) -> None:
     """Undo the claim of a message nothing was sent for: back to `assigned`, no attempt counted.
 
-    Its account could not open a session and waits before trying the same message again.
+    Its account could not open a session and waits `hold_s` before trying again: the wait is
+    written on the account, so the dispatcher assigns it nothing meanwhile and gives what it
+    holds to other accounts.
     """
     await conn.execute(
         """
-        UPDATE messages
-        SET status = 'assigned', attempts = attempts - 1, sender_replica = NULL,
-            last_code = $2, last_error = $3, updated_at = now()
-        WHERE id = $1 AND status = 'sending'
+        WITH released AS (
+            UPDATE messages
+            SET status = 'assigned', attempts = attempts - 1, sender_replica = NULL,
+                last_code = $2, last_error = $3, updated_at = now()
+            WHERE id = $1 AND status = 'sending'
+            RETURNING account_id
+        )
+        UPDATE accounts a
+        SET held_until = now() + make_interval(secs => $4), held_reason = $3
+        FROM released r WHERE a.id = r.account_id
         """,
         message_id,
         code,
         error,
+        hold_s,
     )
 
 
