@@ -35,3 +35,11 @@ ACCOUNTS = Gauge(
     "Account queues this replica consumes, by role (owned, standby).",
     ["role"],
 )
+CHANNELS = Gauge(
+    "mailfleet_sender_consumer_channels",
+    "AMQP channels the account consumers share.",
+)
+CONSUMER_RESTORES = Counter(
+    "mailfleet_sender_consumer_restores_total",
+    "Account consumers registered again after their channel closed or the broker cancelled them.",
+)
