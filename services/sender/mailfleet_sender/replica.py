@@ -70,6 +70,10 @@ class SenderReplica:
     def membership(self) -> Membership:
         return self._membership
 
+    @property
+    def consumer_channels(self) -> ConsumerChannels:
+        return self._channels
+
     async def start(self, publisher: EventPublisher) -> None:
         """Connect, subscribe every account (owned ones first), then announce ourselves."""
         settings = self.settings

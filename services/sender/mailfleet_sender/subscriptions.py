@@ -45,6 +45,7 @@ class SharedChannel:
         self.channel = channel
         self.members: set[AccountSubscription] = set()
         self._restoring: asyncio.Task[None] | None = None
+        self._closing = False
 
     async def watch(self) -> None:
         """Follow the channel: interrupt its consumers when it closes, restore them after."""
@@ -57,7 +58,7 @@ class SharedChannel:
         underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
 
     def _on_close(self, _: object, exc: BaseException | None) -> None:
-        if exc is not None:
+        if not self._closing:
             log.warning("consumer channel closed", extra={"error": repr(exc)})
         for member in self.members:
             member.interrupt()
@@ -73,7 +74,6 @@ class SharedChannel:
         members = [m for m in self.members if not m.consuming]
         for member in members:
             await member.resume()
-        CONSUMER_RESTORES.inc(len(members))
         log.info("consumers restored", extra={"count": len(members)})
 
     def _on_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
@@ -84,6 +84,7 @@ class SharedChannel:
                 asyncio.create_task(member.resume(), name="consumer-restore")  # noqa: RUF006
 
     async def close(self) -> None:
+        self._closing = True
         if self._restoring is not None:
             self._restoring.cancel()
         try:
@@ -106,6 +107,11 @@ class ConsumerChannels:
 
     def __len__(self) -> int:
         return len(self._channels)
+
+    @property
+    def members(self) -> list[int]:
+        """How many consumers each channel carries."""
+        return [len(shared.members) for shared in self._channels]
 
     async def reserve(self, count: int) -> None:
         """Open channels so that `count` more consumers fit, spread over enough of them."""
@@ -177,6 +183,11 @@ class AccountSubscription:
         return self._tag
 
     @property
+    def channel(self) -> AbstractRobustChannel | None:
+        """The shared channel the consumer is on."""
+        return None if self._shared is None else self._shared.channel
+
+    @property
     def busy(self) -> bool:
         return self._task is not None and not self._task.done()
 
@@ -194,6 +205,7 @@ class AccountSubscription:
             self._drop_stale()
             try:
                 await self._consume(self._shared)
+                CONSUMER_RESTORES.inc()
             except Exception as exc:
                 # The channel closed again; its reopening brings us back, or the next
                 # account poll does.
@@ -242,7 +254,7 @@ class AccountSubscription:
             self._shared = None
         self._queue = None
 
-    def _on_delivery(self, message: AbstractIncomingMessage) -> None:
+    async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
         self._inbox.append(message)
         self._wake()
 
