@@ -31,11 +31,12 @@ import uvloop
 from mailfleet_common.crypto import generate_key
 
 from bench import content
-from bench.scratch import Scratch
+from bench.scratch import Scratch, cpu_seconds, server_pids
 from tests.stack import ServiceProcess, Stack
 
 CREATE_CONCURRENCY = 16
 DELIVERY_TIMEOUT_S = 900
+SUBSCRIBE_TIMEOUT_S = 300
 
 
 def rss_mb(pid: int) -> float:
@@ -146,11 +147,13 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
             create_s = time.perf_counter() - started
 
             started = time.perf_counter()
-            replicas = [await stack.start_sender() for _ in range(senders)]
+            replicas = [
+                await stack.start_sender(ready_within_s=SUBSCRIBE_TIMEOUT_S) for _ in range(senders)
+            ]
             rss = PeakRss(replicas)
             while min([await subscribed(client, s) for s in replicas]) < accounts:
-                if time.perf_counter() - started > 300:
-                    raise RuntimeError("the senders did not subscribe every account in 300 s")
+                if time.perf_counter() - started > SUBSCRIBE_TIMEOUT_S:
+                    raise RuntimeError("the senders did not subscribe every account in time")
                 await asyncio.sleep(0.1)
             subscribe_s = time.perf_counter() - started
             rss_subscribed = max(rss_mb(s.pid) for s in replicas)
@@ -177,6 +180,9 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
             response.raise_for_status()
             assert response.json()["accepted"] == messages, response.text[:500]
 
+            groups = {service.name: [service.pid] for service in stack.services if service.pid}
+            groups.update(server_pids())
+            cpu_before = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
             start_wall = time.time()
             response = await client.post(f"/api/campaigns/{campaign_id}/start", json={})
             response.raise_for_status()
@@ -191,9 +197,17 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
                     if done >= messages:
                         break
                     await asyncio.sleep(0.2)
-                statuses = dict(
-                    await db.fetch("SELECT status, count(*) FROM messages GROUP BY status")
+                cpu_after = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
+                # When the dispatcher had handed out the last message (the sending ends later).
+                assigned_s = await db.fetchval(
+                    "SELECT extract(epoch FROM max(assigned_at)) - $1 FROM messages", start_wall
                 )
+                statuses = {
+                    row["status"]: row["count"]
+                    for row in await db.fetch(
+                        "SELECT status, count(*) FROM messages GROUP BY status"
+                    )
+                }
                 expected = {
                     row["message_id"]
                     for row in await db.fetch("SELECT message_id FROM messages")
@@ -202,9 +216,7 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
                 used = await db.fetchval(
                     "SELECT count(DISTINCT account_id) FROM messages WHERE status = 'sent'"
                 )
-                unsent = await db.fetchval(
-                    "SELECT count(*) FROM messages WHERE message_id IS NULL"
-                )
+                unsent = await db.fetchval("SELECT count(*) FROM messages WHERE message_id IS NULL")
             finally:
                 await db.close()
             peak_rss = await rss.stop()
@@ -226,6 +238,11 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
         "subscribe_s": round(subscribe_s, 2),
         "deliver_s": round(deliver_s, 3),
         "emails_per_s": round(len(set(arrived)) / deliver_s, 1) if deliver_s > 0 else 0.0,
+        "last_assigned_s": round(float(assigned_s or 0), 3),
+        "cpu_us_per_email": {
+            g: round((cpu_after[g] - cpu_before[g]) * 1e6 / max(len(arrived), 1))
+            for g in cpu_before
+        },
         "sender_rss_mb_subscribed": round(rss_subscribed, 1),
         "sender_rss_mb_peak": round(peak_rss, 1),
         "duplicates": duplicates,

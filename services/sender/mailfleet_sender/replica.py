@@ -219,9 +219,9 @@ class SenderReplica:
         if new:
             await self._channels.reserve(len(new))
             await self._bounded(self._subscribe, new)
-        # A consumer whose channel could not be restored yet, or whose restore failed.
+        # A consumer whose restore failed while its channel is back.
         for subscription in self.subscriptions.values():
-            if not subscription.consuming:
+            if subscription.restorable:
                 await subscription.resume()
         self._polled_at = polled_at
         if gone or new:

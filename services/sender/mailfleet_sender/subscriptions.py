@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import aiormq
 from aio_pika.abc import (
@@ -37,6 +38,12 @@ log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Account, AbstractIncomingMessage, asyncio.Event], Awaitable[None]]
 
+# A channel that closes again soon after its consumers were restored (a queue that can no
+# longer be declared as configured, say) is restored ever more slowly, not in a tight loop.
+_RESTORE_SETTLE_S = 5.0
+_RESTORE_DELAY_MIN_S = 0.5
+_RESTORE_DELAY_MAX_S = 30.0
+
 
 class SharedChannel:
     """One channel and the account consumers on it."""
@@ -46,6 +53,14 @@ class SharedChannel:
         self.members: set[AccountSubscription] = set()
         self._restoring: asyncio.Task[None] | None = None
         self._closing = False
+        self._restored_at = -_RESTORE_SETTLE_S
+        self._delay = 0.0
+
+    @property
+    def settled(self) -> bool:
+        """Open, and not waiting to restore its consumers."""
+        restoring = self._restoring is not None and not self._restoring.done()
+        return not restoring and not self.channel.is_closed
 
     async def watch(self) -> None:
         """Follow the channel: interrupt its consumers when it closes, restore them after."""
@@ -70,10 +85,17 @@ class SharedChannel:
             self._restoring = asyncio.create_task(self._restore(), name="consumer-restore")
 
     async def _restore(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._restored_at < _RESTORE_SETTLE_S:
+            self._delay = min(_RESTORE_DELAY_MAX_S, max(2 * self._delay, _RESTORE_DELAY_MIN_S))
+            await asyncio.sleep(self._delay)
+        else:
+            self._delay = 0.0
         await self._watch_cancels()
         members = [m for m in self.members if not m.consuming]
         for member in members:
             await member.resume()
+        self._restored_at = loop.time()
         log.info("consumers restored", extra={"count": len(members)})
 
     def _on_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
@@ -183,6 +205,11 @@ class AccountSubscription:
         return self._tag
 
     @property
+    def restorable(self) -> bool:
+        """Not consuming, on a channel that is not restoring its consumers by itself."""
+        return self._tag is None and self._shared is not None and self._shared.settled
+
+    @property
     def channel(self) -> AbstractRobustChannel | None:
         """The shared channel the consumer is on."""
         return None if self._shared is None else self._shared.channel
@@ -216,11 +243,17 @@ class AccountSubscription:
 
     async def _consume(self, shared: SharedChannel) -> None:
         spec = topology.send_queue(self.account.id)
-        self._queue = await shared.channel.declare_queue(
-            spec.name, durable=True, arguments=spec.arguments, robust=False
+        underlay = await shared.channel.get_underlay_channel()
+        # Declared and bound without waiting for the replies: the broker handles a channel's
+        # methods in order, so the consume is answered after both, and a failure of either
+        # closes the channel (and fails the consume). One round trip per account, not three.
+        await underlay.queue_declare(spec.name, durable=True, arguments=spec.arguments, nowait=True)
+        await underlay.queue_bind(
+            spec.name, topology.SEND.name, routing_key=spec.routing_key, nowait=True
         )
-        await self._queue.bind(topology.SEND.name, routing_key=spec.routing_key, robust=False)
-        self._tag = await self._queue.consume(self._on_delivery, robust=False)
+        queue = cast(AbstractRobustQueue, await shared.channel.get_queue(spec.name, ensure=False))
+        self._tag = await queue.consume(self._on_delivery, robust=False)
+        self._queue = queue
 
     def interrupt(self) -> None:
         """The consumer is gone (channel closed or cancelled by the broker)."""
