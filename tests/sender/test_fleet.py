@@ -4,7 +4,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,7 +15,6 @@ from aio_pika.abc import AbstractChannel
 from mailfleet_common import topology
 from mailfleet_common.messages import SendBatch
 from mailfleet_sender import queries as sender_queries
-from mailfleet_sender.membership import owner_of
 from mailfleet_sender.metrics import CONSUMER_RESTORES, MESSAGES
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import Settings
@@ -275,45 +274,6 @@ def _series(accounts: list[uuid.UUID]) -> set[uuid.UUID]:
         for sample in MESSAGES.collect()[0].samples
         if sample.name.endswith("_total") and sample.labels["account"] in names
     }
-
-
-async def test_two_replicas_sharing_channels_split_accounts_and_hand_them_over(
-    settings: Settings, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
-) -> None:
-    tuned = _sharing(settings, 4)
-    first, second = SenderReplica(tuned), SenderReplica(tuned)
-    both = frozenset({first.replica_id, second.replica_id})
-    accounts = await _insert_accounts(db, smtp_peer.port, 16)
-    assert {owner_of(a, both) for a in accounts} == both
-    campaign = await insert_campaign(db)
-    async with running_sender(tuned, first):
-        async with AsyncExitStack() as stack:
-            await stack.enter_async_context(running_sender(tuned, second))
-            await wait_for(lambda: _sees(first, both))
-            await wait_for(lambda: _sees(second, both))
-            await asyncio.sleep(tuned.sender.heartbeat_s * 3)  # the hand-over cycles settle
-            assert len(second.consumer_channels) == 4
-            assigned = await _assign(db, campaign, accounts, 3)
-            await _publish(rabbit_url, assigned)
-            every = [i for ids in assigned.values() for i in ids]
-            await wait_for(lambda: _all_sent(db, every))
-            senders = dict(
-                await db.fetch(
-                    "SELECT id, sender_replica FROM messages WHERE id = ANY($1::bigint[])", every
-                )
-            )
-            for account, ids in assigned.items():
-                assert {senders[i] for i in ids} == {owner_of(account, both)}
-        later = await _assign(db, campaign, accounts, 1)
-        started = time.monotonic()
-        await _publish(rabbit_url, later)
-        await wait_for(lambda: _all_sent(db, [i for ids in later.values() for i in ids]))
-        assert time.monotonic() - started < 5
-    _arrived_once(smtp_peer, len(accounts) * 4)
-
-
-async def _sees(replica: SenderReplica, replicas: frozenset[str]) -> bool:
-    return replica.membership.live == replicas
 
 
 async def test_an_account_idle_longer_than_smtp_idle_s_opens_a_new_session(
