@@ -107,6 +107,60 @@ async def create_accounts(client: httpx.AsyncClient, count: int, sink_port: int)
     await asyncio.gather(*(one(i) for i in range(count)))
 
 
+def metric_values(text: str, names: tuple[str, ...]) -> dict[str, float]:
+    """The unlabelled samples called `names` in a Prometheus text page."""
+    values = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in names:
+            values[name] = float(value)
+    return values
+
+
+class DispatcherWatch:
+    """Samples the dispatcher's counters: when it published its last command, its ticks."""
+
+    NAMES = (
+        "mailfleet_dispatcher_send_batches_published_total",
+        "mailfleet_dispatcher_tick_seconds_sum",
+        "mailfleet_dispatcher_tick_seconds_count",
+    )
+
+    def __init__(self, dispatcher: ServiceProcess, started: float) -> None:
+        self._dispatcher = dispatcher
+        self._started = started
+        self.published = 0.0
+        self.last_publish_s = 0.0
+        self.values: dict[str, float] = {}
+        self._task = asyncio.create_task(self._sample())
+
+    async def _sample(self) -> None:
+        async with httpx.AsyncClient(timeout=5) as client:
+            while True:
+                try:
+                    page = await client.get(f"{self._dispatcher.url}/metrics")
+                except httpx.HTTPError:
+                    page = None
+                if page is not None:
+                    self.values = metric_values(page.text, self.NAMES)
+                    published = self.values.get(self.NAMES[0], 0.0)
+                    if published > self.published:
+                        self.published = published
+                        self.last_publish_s = time.time() - self._started
+                await asyncio.sleep(0.1)
+
+    async def stop(self) -> dict[str, float]:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        ticks = self.values.get(self.NAMES[2], 0.0)
+        return {
+            "commands_published": self.published,
+            "last_publish_s": round(self.last_publish_s, 2),
+            "ticks": ticks,
+            "tick_s_mean": round(self.values.get(self.NAMES[1], 0.0) / ticks, 4) if ticks else 0,
+        }
+
+
 class PeakRss:
     """Samples the senders' resident memory until stopped; keeps each one's peak."""
 
@@ -139,7 +193,7 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
     ):
         sink = await stack.start_sink()
         await stack.start_api()
-        await stack.start_dispatcher()
+        dispatcher = await stack.start_dispatcher()
         async with aclosing(await stack.admin_client()) as client:
             client.timeout = 120.0
             started = time.perf_counter()
@@ -184,6 +238,7 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
             groups.update(server_pids())
             cpu_before = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
             start_wall = time.time()
+            watch = DispatcherWatch(dispatcher, start_wall)
             response = await client.post(f"/api/campaigns/{campaign_id}/start", json={})
             response.raise_for_status()
             db = await asyncpg.connect(scratch.dsn)
@@ -220,6 +275,7 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
             finally:
                 await db.close()
             peak_rss = await rss.stop()
+            dispatch = await watch.stop()
         await asyncio.sleep(1.0)  # the sink writes its records twice a second
         records = sink.records()
         last = max((r["at"] for r in records), default=start_wall)
@@ -239,6 +295,7 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
         "deliver_s": round(deliver_s, 3),
         "emails_per_s": round(len(set(arrived)) / deliver_s, 1) if deliver_s > 0 else 0.0,
         "last_assigned_s": round(float(assigned_s or 0), 3),
+        "dispatcher": dispatch,
         "cpu_us_per_email": {
             g: round((cpu_after[g] - cpu_before[g]) * 1e6 / max(len(arrived), 1))
             for g in cpu_before
