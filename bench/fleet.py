@@ -11,7 +11,9 @@ Prints one JSON line: emails_per_s_<n> for each size, ratio_1000 and ratio_10000
 the 50-account run of the same invocation), sender_rss_mb_10000 (the largest replica's
 peak resident memory during the 10,000-account run), subscribe_s_10000, duplicates and
 lost (by Message-ID at the sink, over all runs), error_log_lines (lines at ERROR or above
-in every service's log, over all runs), and per-run details under `runs`.
+in every service's log, over all runs), and per-run details under `runs`. After the largest
+run every account is archived through the API, and sender_rss_mb_10000_archived is the
+largest replica's memory once both have let go of them all.
 
     uv run python -m bench.fleet [--messages 10000] [--sizes 50,1000,10000] [--senders 2]
 """
@@ -82,10 +84,10 @@ async def subscribed(client: httpx.AsyncClient, sender: ServiceProcess) -> int:
     )
 
 
-async def create_accounts(client: httpx.AsyncClient, count: int, sink_port: int) -> None:
+async def create_accounts(client: httpx.AsyncClient, count: int, sink_port: int) -> list[str]:
     limit = asyncio.Semaphore(CREATE_CONCURRENCY)
 
-    async def one(i: int) -> None:
+    async def one(i: int) -> str:
         async with limit:
             response = await client.post(
                 "/api/admin/accounts",
@@ -103,8 +105,21 @@ async def create_accounts(client: httpx.AsyncClient, count: int, sink_port: int)
                 },
             )
             response.raise_for_status()
+            account_id: str = response.json()["id"]
+            return account_id
 
-    await asyncio.gather(*(one(i) for i in range(count)))
+    return await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def archive_accounts(client: httpx.AsyncClient, account_ids: list[str]) -> None:
+    limit = asyncio.Semaphore(CREATE_CONCURRENCY)
+
+    async def one(account_id: str) -> None:
+        async with limit:
+            response = await client.delete(f"/api/admin/accounts/{account_id}")
+            response.raise_for_status()
+
+    await asyncio.gather(*(one(a) for a in account_ids))
 
 
 def metric_values(text: str, names: tuple[str, ...]) -> dict[str, float]:
@@ -181,7 +196,7 @@ class PeakRss:
         return max(self.peak.values())
 
 
-async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]:
+async def run_size(accounts: int, messages: int, senders: int, archive: bool) -> dict[str, Any]:
     async with (
         Scratch() as scratch,
         Stack(
@@ -197,7 +212,7 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
         async with aclosing(await stack.admin_client()) as client:
             client.timeout = 120.0
             started = time.perf_counter()
-            await create_accounts(client, accounts, sink.port)
+            account_ids = await create_accounts(client, accounts, sink.port)
             create_s = time.perf_counter() - started
 
             started = time.perf_counter()
@@ -276,6 +291,18 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
                 await db.close()
             peak_rss = await rss.stop()
             dispatch = await watch.stop()
+            archived: dict[str, float] = {}
+            if archive:
+                # Every account archived through the API: the senders must let go of them.
+                started = time.perf_counter()
+                await archive_accounts(client, account_ids)
+                while max([await subscribed(client, s) for s in replicas]) > 0:
+                    if time.perf_counter() - started > SUBSCRIBE_TIMEOUT_S:
+                        raise RuntimeError("the senders did not let go of archived accounts")
+                    await asyncio.sleep(0.2)
+                archived["unsubscribe_s"] = round(time.perf_counter() - started, 2)
+                await asyncio.sleep(2.0)
+                archived["sender_rss_mb"] = round(max(rss_mb(s.pid) for s in replicas), 1)
         await asyncio.sleep(1.0)  # the sink writes its records twice a second
         records = sink.records()
         last = max((r["at"] for r in records), default=start_wall)
@@ -296,6 +323,7 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
         "emails_per_s": round(len(set(arrived)) / deliver_s, 1) if deliver_s > 0 else 0.0,
         "last_assigned_s": round(float(assigned_s or 0), 3),
         "dispatcher": dispatch,
+        "archived": archived,
         "cpu_us_per_email": {
             g: round((cpu_after[g] - cpu_before[g]) * 1e6 / max(len(arrived), 1))
             for g in cpu_before
@@ -311,7 +339,7 @@ async def run_size(accounts: int, messages: int, senders: int) -> dict[str, Any]
 
 
 async def run(sizes: list[int], messages: int, senders: int) -> dict[str, Any]:
-    runs = [await run_size(size, messages, senders) for size in sizes]
+    runs = [await run_size(size, messages, senders, size == max(sizes)) for size in sizes]
     by_size = {r["accounts"]: r for r in runs}
     result: dict[str, Any] = {f"emails_per_s_{r['accounts']}": r["emails_per_s"] for r in runs}
     base = by_size.get(50, runs[0])["emails_per_s"]
@@ -321,6 +349,7 @@ async def run(sizes: list[int], messages: int, senders: int) -> dict[str, Any]:
     largest = by_size[max(sizes)]
     result[f"sender_rss_mb_{largest['accounts']}"] = largest["sender_rss_mb_peak"]
     result[f"subscribe_s_{largest['accounts']}"] = largest["subscribe_s"]
+    result[f"sender_rss_mb_{largest['accounts']}_archived"] = largest["archived"]["sender_rss_mb"]
     result["duplicates"] = sum(r["duplicates"] for r in runs)
     result["lost"] = sum(r["lost"] for r in runs)
     result["error_log_lines"] = sum(r["error_log_lines"] for r in runs)
