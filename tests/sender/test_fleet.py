@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import aio_pika
 import aiormq
@@ -14,6 +15,7 @@ import pytest
 from aio_pika.abc import AbstractChannel
 from mailfleet_common import topology
 from mailfleet_common.messages import SendBatch
+from mailfleet_common.settings import RabbitSettings
 from mailfleet_sender import queries as sender_queries
 from mailfleet_sender.metrics import CONSUMER_RESTORES, MESSAGES
 from mailfleet_sender.replica import SenderReplica
@@ -21,6 +23,7 @@ from mailfleet_sender.settings import Settings
 
 from tests.sender.conftest import insert_campaign, running_sender, wait_for
 from tests.smtp_peer import SmtpPeer
+from tests.tracker.proxy import TcpProxy
 
 
 def _sharing(settings: Settings, per_channel: int, **sender: Any) -> Settings:
@@ -296,3 +299,31 @@ async def test_an_account_idle_longer_than_smtp_idle_s_opens_a_new_session(
         await wait_for(lambda: _all_sent(db, later[accounts[1]]))
         assert [c.sessions for c in connections] == [1, 2]
     _arrived_once(smtp_peer, 4)
+
+
+async def test_a_lost_connection_brings_back_every_account_on_every_channel(
+    settings: Settings, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
+) -> None:
+    parts = urlsplit(rabbit_url)
+    proxy = await TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672).start()
+    credentials = parts.netloc.rpartition("@")[0]
+    through_proxy = urlunsplit(parts._replace(netloc=f"{credentials}@127.0.0.1:{proxy.port}"))
+    tuned = _sharing(settings, 10).model_copy(update={"rabbit": RabbitSettings(url=through_proxy)})
+    accounts = await _insert_accounts(db, smtp_peer.port, 40)
+    campaign = await insert_campaign(db)
+    try:
+        async with running_sender(tuned) as replica:
+            assert len(replica.consumer_channels) == 4
+            restores = _restores()
+            await proxy.stop()
+            await asyncio.sleep(1)
+            await proxy.start()
+            await wait_for(lambda: _restores_above(restores + 39), within=30)
+            await wait_for(lambda: _restored(replica, accounts))
+            assert await _consumers(rabbit_url, accounts) == [1] * len(accounts)
+            assigned = await _assign(db, campaign, accounts, 2)
+            await _publish(rabbit_url, assigned)
+            await wait_for(lambda: _all_sent(db, [i for ids in assigned.values() for i in ids]))
+    finally:
+        await proxy.stop()
+    _arrived_once(smtp_peer, 80)
