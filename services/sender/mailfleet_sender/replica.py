@@ -135,7 +135,11 @@ class SenderReplica:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._bounded(self._unsubscribe, list(self.subscriptions))
+        # Every account finishes its message in hand; closing the channels then cancels
+        # the consumers and requeues what they hold, without a round trip per account.
+        await asyncio.gather(
+            *(self._unsubscribe(a, cancel=False) for a in list(self.subscriptions))
+        )
         await self._channels.close()
         await self._committer.close()
         await self._reporter.close()
@@ -258,9 +262,9 @@ class SenderReplica:
             return
         self.subscriptions[row.id] = subscription
 
-    async def _unsubscribe(self, account_id: UUID) -> None:
+    async def _unsubscribe(self, account_id: UUID, cancel: bool = True) -> None:
         subscription = self.subscriptions.pop(account_id)
-        await subscription.stop()
+        await subscription.stop(cancel)
         subscription.account.forget_metrics()
 
     def _owned_elsewhere(self, account_id: UUID) -> bool:

@@ -55,6 +55,7 @@ class SharedChannel:
         self._closing = False
         self._restored_at = -_RESTORE_SETTLE_S
         self._delay = 0.0
+        self._resuming: set[asyncio.Task[None]] = set()
 
     @property
     def settled(self) -> bool:
@@ -103,7 +104,9 @@ class SharedChannel:
         for member in self.members:
             if member.consumer_tag == frame.consumer_tag:
                 member.interrupt()
-                asyncio.create_task(member.resume(), name="consumer-restore")  # noqa: RUF006
+                task = asyncio.create_task(member.resume(), name="consumer-restore")
+                self._resuming.add(task)
+                task.add_done_callback(self._resuming.discard)
 
     async def close(self) -> None:
         self._closing = True
@@ -272,12 +275,18 @@ class AccountSubscription:
         for connection in self.account.transport.connections:
             connection.close()
 
-    async def stop(self) -> None:
-        """Stop consuming, finish the message in hand, requeue every command not done."""
+    async def stop(self, cancel: bool = True) -> None:
+        """Stop consuming, finish the message in hand, requeue every command not done.
+
+        Without `cancel` the consumer stays registered until its channel is closed (a
+        replica shutting down closes every channel after stopping every account, and the
+        broker requeues whatever they still hold): no round trip per account.
+        """
         self._stopping = True
         self._interrupted.set()
         async with self._resuming:
-            await self._cancel_consumer()
+            if cancel:
+                await self._cancel_consumer()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         await self._requeue_inbox()
