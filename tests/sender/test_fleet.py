@@ -123,7 +123,7 @@ def _arrived_once(smtp_peer: SmtpPeer, expected: int) -> None:
 def _restores() -> float:
     return sum(
         sample.value
-        for sample in CONSUMER_RESTORES.collect()[0].samples
+        for sample in next(iter(CONSUMER_RESTORES.collect())).samples
         if sample.name.endswith("_total")
     )
 
@@ -274,7 +274,7 @@ def _series(accounts: list[uuid.UUID]) -> set[uuid.UUID]:
     names = {str(a): a for a in accounts}
     return {
         names[sample.labels["account"]]
-        for sample in MESSAGES.collect()[0].samples
+        for sample in next(iter(MESSAGES.collect())).samples
         if sample.name.endswith("_total") and sample.labels["account"] in names
     }
 
