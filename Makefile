@@ -3,7 +3,7 @@ SHELL := /bin/bash
 UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
-.PHONY: up down test lint bench bench-tracker bench-bouncer bench-dispatch chaos sync
+.PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -30,6 +30,10 @@ lint: sync
 # The delivery benchmark; it prints its figures.
 bench: sync
 	$(UV) run --frozen python -m bench.delivery
+
+# The fleet benchmark: 10,000 messages over 50, 1,000 and 10,000 accounts; one JSON line.
+bench-fleet: sync
+	$(UV) run --frozen python -m bench.fleet
 
 # The tracker benchmark (wrk against the open pixel); installs wrk if missing.
 bench-tracker: sync

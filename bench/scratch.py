@@ -43,8 +43,8 @@ def server_pids() -> dict[str, list[int]]:
     return found
 
 
-def _rabbitmqctl(*args: str) -> None:
-    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=60)
+def _rabbitmqctl(*args: str, timeout: float = 60) -> None:
+    subprocess.run(["rabbitmqctl", "-q", *args], check=True, capture_output=True, timeout=timeout)
 
 
 class Scratch:
@@ -82,7 +82,8 @@ class Scratch:
 
     async def __aexit__(self, *exc: object) -> None:
         if self.local_broker:
-            _rabbitmqctl("delete_vhost", self.vhost)
+            # Deleting thousands of queues takes the broker minutes on a busy machine.
+            _rabbitmqctl("delete_vhost", self.vhost, timeout=1800)
         conn = await asyncpg.connect(ADMIN_DSN)
         try:
             await conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')

@@ -364,9 +364,16 @@ class Stack:
     async def start_dispatcher(self, env: Mapping[str, str] | None = None) -> ServiceProcess:
         return await self._service("dispatcher", [executable("mailfleet-dispatcher")], env).start()
 
-    async def start_sender(self, env: Mapping[str, str] | None = None) -> ServiceProcess:
-        """One more sender replica, each on its own port (sender, sender-2, ...)."""
-        return await self._service("sender", [executable("mailfleet-sender")], env).start()
+    async def start_sender(
+        self, env: Mapping[str, str] | None = None, ready_within_s: float = READY_TIMEOUT_S
+    ) -> ServiceProcess:
+        """One more sender replica, each on its own port (sender, sender-2, ...).
+
+        A replica is ready once it consumes every account's queue: give it longer with
+        thousands of accounts.
+        """
+        service = self._service("sender", [executable("mailfleet-sender")], env)
+        return await service.start(ready_within_s)
 
     async def start_tracker(self, env: Mapping[str, str] | None = None) -> ServiceProcess:
         """The tracker, on the port whose URL the senders of this stack put into messages."""

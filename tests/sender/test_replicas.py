@@ -38,9 +38,13 @@ async def _sent_by(db: Any, ids: list[int]) -> dict[int, str] | None:
     return {row["id"]: row["sender_replica"] for row in rows}
 
 
+# 200: every account on one channel; 3: the accounts spread over several shared channels.
+@pytest.mark.parametrize("per_channel", [200, 3])
 async def test_two_replicas_split_accounts_and_one_stopping_hands_its_accounts_to_the_other(
-    settings: Settings, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
+    settings: Settings, db: Any, smtp_peer: SmtpPeer, rabbit_url: str, per_channel: int
 ) -> None:
+    tuned = settings.sender.model_copy(update={"consumers_per_channel": per_channel})
+    settings = settings.model_copy(update={"sender": tuned})
     first, second = SenderReplica(settings), SenderReplica(settings)
     both = frozenset({first.replica_id, second.replica_id})
     accounts = [await insert_account(db, smtp_peer.port) for _ in range(8)]

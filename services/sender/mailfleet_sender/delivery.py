@@ -61,6 +61,12 @@ class Account:
             counter = self._counters[outcome] = MESSAGES.labels(str(self.row.id), outcome)
         counter.inc()
 
+    def forget_metrics(self) -> None:
+        """Drop the account's metric series: it is no longer served here."""
+        for outcome in self._counters:
+            MESSAGES.remove(str(self.row.id), outcome)
+        self._counters.clear()
+
 
 def _endpoint(row: AccountRow, secrets: SecretBox | None) -> SmtpEndpoint:
     password = None

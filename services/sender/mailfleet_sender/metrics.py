@@ -55,3 +55,11 @@ SESSIONS_EVICTED = Counter(
     "mailfleet_sender_smtp_sessions_evicted_total",
     "Idle SMTP sessions closed to make room for another account's (at MAX_SESSIONS).",
 )
+CHANNELS = Gauge(
+    "mailfleet_sender_consumer_channels",
+    "AMQP channels the account consumers share.",
+)
+CONSUMER_RESTORES = Counter(
+    "mailfleet_sender_consumer_restores_total",
+    "Account consumers registered again after their channel closed or the broker cancelled them.",
+)

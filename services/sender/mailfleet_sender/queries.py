@@ -56,6 +56,13 @@ class ClaimedMessage:
     account_updated_at: datetime
 
 
+_ACCOUNT_SELECT = """
+    SELECT id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
+           from_email, from_name, min_gap_ms, updated_at
+    FROM accounts
+"""
+
+
 async def beat_heart(conn: Conn, replica_id: str) -> None:
     """Record that this replica is alive."""
     await conn.execute(
@@ -88,30 +95,27 @@ async def delete_replica(conn: Conn, replica_id: str) -> None:
     await conn.execute("DELETE FROM sender_replicas WHERE id = $1", replica_id)
 
 
+async def database_now(conn: Conn) -> datetime:
+    """The database's clock: account changes are stamped with it."""
+    now: datetime = await conn.fetchval("SELECT now()")
+    return now
+
+
 async def list_serving_accounts(conn: Conn) -> list[AccountRow]:
     """Every account whose queue a sender consumes: all but the archived ones."""
-    rows = await conn.fetch(
-        """
-        SELECT id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
-               from_email, from_name, min_gap_ms, updated_at
-        FROM accounts
-        WHERE status <> 'archived'
-        """
-    )
+    rows = await conn.fetch(_ACCOUNT_SELECT + " WHERE status <> 'archived'")
+    return [AccountRow(**dict(row)) for row in rows]
+
+
+async def list_accounts_changed_since(conn: Conn, since: datetime) -> list[AccountRow]:
+    """Accounts created or changed (archived ones included) after `since`."""
+    rows = await conn.fetch(_ACCOUNT_SELECT + " WHERE updated_at > $1", since)
     return [AccountRow(**dict(row)) for row in rows]
 
 
 async def fetch_account(conn: Conn, account_id: UUID) -> AccountRow | None:
     """One account's delivery configuration as it is now."""
-    row = await conn.fetchrow(
-        """
-        SELECT id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
-               from_email, from_name, min_gap_ms, updated_at
-        FROM accounts
-        WHERE id = $1
-        """,
-        account_id,
-    )
+    row = await conn.fetchrow(_ACCOUNT_SELECT + " WHERE id = $1", account_id)
     return None if row is None else AccountRow(**dict(row))
 
 

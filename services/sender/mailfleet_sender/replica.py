@@ -4,7 +4,10 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime, timedelta
 from functools import partial
+from typing import TypeVar
 from uuid import UUID
 
 import aio_pika
@@ -24,10 +27,16 @@ from mailfleet_sender.queries import CampaignRow
 from mailfleet_sender.reporting import AttemptReporter, EventPublisher
 from mailfleet_sender.settings import Settings
 from mailfleet_sender.smtp import SessionBudget, SmtpOptions, default_max_sessions
-from mailfleet_sender.subscriptions import AccountSubscription
+from mailfleet_sender.subscriptions import AccountSubscription, ConsumerChannels
 from mailfleet_sender.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+# A poll reads the accounts changed since shortly before the previous one: a change is
+# stamped with its transaction's start, and may commit after a poll that started later.
+_CHANGE_OVERLAP = timedelta(seconds=10)
+
+_T = TypeVar("_T")
 
 
 class SenderReplica:
@@ -38,6 +47,10 @@ class SenderReplica:
         self.settings = settings
         self.replica_id = new_replica_id()
         self.subscriptions: dict[UUID, AccountSubscription] = {}
+        # Accounts whose subscription failed: tried again at the next poll.
+        self._unsubscribed: dict[UUID, queries.AccountRow] = {}
+        self._polled_at: datetime | None = None
+        self._full_sync_at = 0.0
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._secrets = (
@@ -61,6 +74,10 @@ class SenderReplica:
     def membership(self) -> Membership:
         return self._membership
 
+    @property
+    def consumer_channels(self) -> ConsumerChannels:
+        return self._channels
+
     async def start(self, publisher: EventPublisher) -> None:
         """Connect, subscribe every account (owned ones first), then announce ourselves."""
         settings = self.settings
@@ -73,6 +90,11 @@ class SenderReplica:
             settings.rabbit.url.get_secret_value(), reconnect_interval=settings.rabbit.reconnect_s
         )
         await self._declare_topology()
+        self._channels = ConsumerChannels(
+            self._connection,
+            settings.sender.consumers_per_channel,
+            settings.sender.prefetch_batches,
+        )
         self._reporter = AttemptReporter(
             publisher, settings.sender.report_max, settings.sender.report_linger_ms / 1000
         )
@@ -117,8 +139,12 @@ class SenderReplica:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await asyncio.gather(*(sub.stop() for sub in self.subscriptions.values()))
-        self.subscriptions.clear()
+        # Every account finishes its message in hand; closing the channels then cancels
+        # the consumers and requeues what they hold, without a round trip per account.
+        await asyncio.gather(
+            *(self._unsubscribe(a, cancel=False) for a in list(self.subscriptions))
+        )
+        await self._channels.close()
         await self._committer.close()
         await self._reporter.close()
         try:
@@ -166,43 +192,84 @@ class SenderReplica:
         async with self._pool.acquire() as conn:
             return await queries.fetch_campaign(conn, campaign_id)
 
-    async def sync_accounts(self) -> None:
-        """Subscribe new accounts (owned first), drop archived ones, reload changed ones."""
+    async def sync_accounts(self, full: bool = False) -> None:
+        """Subscribe new accounts (owned first), drop archived ones, reload changed ones.
+
+        Reads every account when `full` or on the first call, else only the accounts changed
+        since the previous call.
+        """
+        since = None if full or self._polled_at is None else self._polled_at - _CHANGE_OVERLAP
         async with self._pool.acquire() as conn:
-            rows = await queries.list_serving_accounts(conn)
-        rows.sort(key=lambda row: not self._membership.owns(row.id))
-        for row in rows:
+            polled_at = await queries.database_now(conn)
+            if since is None:
+                rows = await queries.list_serving_accounts(conn)
+            else:
+                rows = await queries.list_accounts_changed_since(conn, since)
+        # Accounts whose subscription failed are tried again (a full read has them anyway).
+        changed = {} if since is None else dict(self._unsubscribed)
+        changed.update((row.id, row) for row in rows)
+        self._unsubscribed.clear()
+        if since is None:
+            gone = [a for a in self.subscriptions if a not in changed]
+        else:
+            gone = [a for a, row in changed.items() if row.status == "archived"]
+        new = []
+        for row in changed.values():
+            if row.status == "archived":
+                continue
             subscription = self.subscriptions.get(row.id)
-            if subscription is not None and subscription.broken:
-                log.warning("replacing a broken subscription", extra={"account_id": str(row.id)})
-                await subscription.stop()
-                del self.subscriptions[row.id]
-                subscription = None
             if subscription is None:
-                await self._subscribe(row)
-            elif subscription.account.row.updated_at != row.updated_at:
+                new.append(row)
+            elif subscription.account.row.updated_at < row.updated_at:
                 reconfigure_account(subscription.account, row, self._secrets)
-        current = {row.id for row in rows}
-        for account_id in [a for a in self.subscriptions if a not in current]:
-            await self.subscriptions.pop(account_id).stop()
-        self._count_accounts()
+        new.sort(key=lambda row: not self._membership.owns(row.id))
+        await self._bounded(self._unsubscribe, [a for a in gone if a in self.subscriptions])
+        if new:
+            await self._channels.reserve(len(new))
+            await self._bounded(self._subscribe, new)
+        # A consumer whose restore failed while its channel is back.
+        for subscription in self.subscriptions.values():
+            if subscription.restorable:
+                await subscription.resume()
+        self._polled_at = polled_at
+        if gone or new:
+            self._count_accounts()
+
+    async def _bounded(self, work: Callable[[_T], Awaitable[None]], items: Iterable[_T]) -> None:
+        """`work` on every item, at most `subscribe_concurrency` at a time."""
+        limit = asyncio.Semaphore(self.settings.sender.subscribe_concurrency)
+
+        async def one(item: _T) -> None:
+            async with limit:
+                await work(item)
+
+        await asyncio.gather(*(one(item) for item in items))
 
     async def _subscribe(self, row: queries.AccountRow) -> None:
         account = open_account(row, self.settings, self._smtp, self._secrets)
         subscription = AccountSubscription(
             account,
             partial(deliver_send_batch, self._deliverer),
-            self.settings.sender.prefetch_batches,
+            self._channels,
             partial(self._owned_elsewhere, row.id),
         )
         try:
-            await subscription.start(self._connection)
-        except Exception:
-            log.exception("could not subscribe to the account", extra={"account_id": str(row.id)})
+            await subscription.start()
+        except Exception as exc:
+            log.warning(
+                "could not subscribe to the account; trying again at the next poll",
+                extra={"account_id": str(row.id), "error": repr(exc)},
+            )
             with contextlib.suppress(Exception):
                 await subscription.stop()
+            self._unsubscribed[row.id] = row
             return
         self.subscriptions[row.id] = subscription
+
+    async def _unsubscribe(self, account_id: UUID, cancel: bool = True) -> None:
+        subscription = self.subscriptions.pop(account_id)
+        await subscription.stop(cancel)
+        subscription.account.forget_metrics()
 
     def _owned_elsewhere(self, account_id: UUID) -> bool:
         return not self._membership.owns(account_id)
@@ -228,9 +295,17 @@ class SenderReplica:
                 log.warning("heartbeat failed", extra={"error": repr(exc)})
 
     async def _account_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._full_sync_at = loop.time() + self.settings.sender.account_full_sync_s
         while True:
             await asyncio.sleep(self.settings.sender.account_poll_s)
+            full = loop.time() >= self._full_sync_at
             try:
-                await self.sync_accounts()
+                await self.sync_accounts(full=full)
             except Exception as exc:
                 log.warning("account poll failed", extra={"error": repr(exc)})
+            else:
+                if full:
+                    self._full_sync_at = loop.time() + self.settings.sender.account_full_sync_s
+            for subscription in self.subscriptions.values():
+                subscription.close_idle_sessions(self.settings.sender.smtp_idle_s)

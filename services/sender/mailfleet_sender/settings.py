@@ -17,6 +17,12 @@ class SenderSettings(BaseModel):
     heartbeat_s: float = Field(default=1.0, gt=0)
     account_poll_s: float = Field(default=2.0, gt=0)
     prefetch_batches: int = Field(default=2, ge=1)
+    # Account consumers share channels: RabbitMQ allows 2,047 per connection.
+    consumers_per_channel: int = Field(default=200, ge=1)
+    # Queue declarations and consumer registrations in flight while subscribing many accounts.
+    subscribe_concurrency: int = Field(default=64, ge=1)
+    # Polls read the accounts changed since the previous one; every so often, all of them.
+    account_full_sync_s: float = Field(default=300.0, gt=0)
     # Group commit of claims and outcomes.
     flush_linger_ms: float = Field(default=0.5, ge=0)
     flush_max: int = Field(default=2000, ge=1)
@@ -36,6 +42,8 @@ class SenderSettings(BaseModel):
     connect_backoff_base_s: float = Field(default=2.0, gt=0)
     connect_backoff_cap_s: float = Field(default=120.0, gt=0)
     connect_failures_to_pause: int = Field(default=10, ge=1)
+    # An account's SMTP sessions close after this long without a message to send.
+    smtp_idle_s: float = Field(default=10.0, gt=0)
     # Retries of temporary failures.
     retry_base_s: float = Field(default=60.0, ge=0)
     retry_cap_s: float = Field(default=3600.0, ge=0)

@@ -1,27 +1,175 @@
-"""This replica's consumer on each account's queue, and the loop that works its commands.
+"""This replica's consumer on each account's queue, multiplexed over a few shared channels.
 
 RabbitMQ 3.10 makes the first registered consumer of a single-active-consumer queue the
 active one and ignores consumer priorities, so a replica hands an account over by cancelling
 its consumer and registering again: that moves it to the back of the line.
+
+A connection has at most 2,047 channels (RabbitMQ's channel_max), so accounts share them, at
+most `per_channel` consumers on each; `basic.qos` without `global` limits each consumer on
+its own. Consumers are registered without aio-pika's own restore: when a channel closes (an
+error on it, or the connection), aio-pika reopens it and every account it carried declares
+its queue again (it may have been deleted) and consumes again. The broker has requeued every
+command left unacknowledged on the closed channel, so the command in hand stops after its
+message in hand and commands waiting in an inbox are dropped, not worked twice.
+
+An account holds no task while it has nothing to do: one is started when a command arrives
+and ends when its inbox is empty.
 """
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import cast
 
+import aiormq
 from aio_pika.abc import (
-    AbstractChannel,
     AbstractIncomingMessage,
-    AbstractQueue,
+    AbstractRobustChannel,
     AbstractRobustConnection,
+    AbstractRobustQueue,
 )
 from mailfleet_common import topology
 
 from mailfleet_sender.delivery import Account
+from mailfleet_sender.metrics import CHANNELS, CONSUMER_RESTORES
 
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Account, AbstractIncomingMessage, asyncio.Event], Awaitable[None]]
+
+# A channel that closes again soon after its consumers were restored (a queue that can no
+# longer be declared as configured, say) is restored ever more slowly, not in a tight loop.
+_RESTORE_SETTLE_S = 5.0
+_RESTORE_DELAY_MIN_S = 0.5
+_RESTORE_DELAY_MAX_S = 30.0
+
+
+class SharedChannel:
+    """One channel and the account consumers on it."""
+
+    def __init__(self, channel: AbstractRobustChannel) -> None:
+        self.channel = channel
+        self.members: set[AccountSubscription] = set()
+        self._restoring: asyncio.Task[None] | None = None
+        self._closing = False
+        self._restored_at = -_RESTORE_SETTLE_S
+        self._delay = 0.0
+        self._resuming: set[asyncio.Task[None]] = set()
+
+    @property
+    def settled(self) -> bool:
+        """Open, and not waiting to restore its consumers."""
+        restoring = self._restoring is not None and not self._restoring.done()
+        return not restoring and not self.channel.is_closed
+
+    async def watch(self) -> None:
+        """Follow the channel: interrupt its consumers when it closes, restore them after."""
+        self.channel.close_callbacks.add(self._on_close)
+        self.channel.reopen_callbacks.add(self._on_reopen)
+        await self._watch_cancels()
+
+    async def _watch_cancels(self) -> None:
+        underlay = await self.channel.get_underlay_channel()
+        underlay.on_consumer_cancel_callbacks.add(self._on_cancel)
+
+    def _on_close(self, _: object, exc: BaseException | None) -> None:
+        if not self._closing:
+            log.warning("consumer channel closed", extra={"error": repr(exc)})
+        for member in self.members:
+            member.interrupt()
+
+    def _on_reopen(self, _: object) -> None:
+        # Not awaited: aio-pika restores a connection's channels one after the other, and
+        # each channel's consumers can come back in parallel with the others'.
+        if self._restoring is None or self._restoring.done():
+            self._restoring = asyncio.create_task(self._restore(), name="consumer-restore")
+
+    async def _restore(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._restored_at < _RESTORE_SETTLE_S:
+            self._delay = min(_RESTORE_DELAY_MAX_S, max(2 * self._delay, _RESTORE_DELAY_MIN_S))
+            await asyncio.sleep(self._delay)
+        else:
+            self._delay = 0.0
+        await self._watch_cancels()
+        members = [m for m in self.members if not m.consuming]
+        for member in members:
+            await member.resume()
+        self._restored_at = loop.time()
+        log.info("consumers restored", extra={"count": len(members)})
+
+    def _on_cancel(self, frame: aiormq.spec.Basic.Cancel) -> None:
+        # The broker cancelled a consumer: its queue was deleted (or its node went away).
+        for member in self.members:
+            if member.consumer_tag == frame.consumer_tag:
+                member.interrupt()
+                task = asyncio.create_task(member.resume(), name="consumer-restore")
+                self._resuming.add(task)
+                task.add_done_callback(self._resuming.discard)
+
+    async def close(self) -> None:
+        self._closing = True
+        if self._restoring is not None:
+            self._restoring.cancel()
+        try:
+            await self.channel.close()
+        except Exception as exc:
+            log.debug("channel close failed", extra={"error": repr(exc)})
+
+
+class ConsumerChannels:
+    """The channels every account consumer of this replica shares."""
+
+    def __init__(
+        self, connection: AbstractRobustConnection, per_channel: int, prefetch: int
+    ) -> None:
+        self._connection = connection
+        self._per_channel = per_channel
+        self._prefetch = prefetch
+        self._channels: list[SharedChannel] = []
+        self._opening = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._channels)
+
+    @property
+    def members(self) -> list[int]:
+        """How many consumers each channel carries."""
+        return [len(shared.members) for shared in self._channels]
+
+    async def reserve(self, count: int) -> None:
+        """Open channels so that `count` more consumers fit, spread over enough of them."""
+        async with self._opening:
+            members = sum(len(shared.members) for shared in self._channels)
+            while len(self._channels) * self._per_channel < members + count:
+                await self._open()
+
+    async def place(self, subscription: "AccountSubscription") -> SharedChannel:
+        """The least used channel with room, opening one if every channel is full."""
+        async with self._opening:
+            shared = min(self._channels, key=lambda s: len(s.members), default=None)
+            if shared is None or len(shared.members) >= self._per_channel:
+                shared = await self._open()
+            shared.members.add(subscription)
+            return shared
+
+    def release(self, subscription: "AccountSubscription", shared: SharedChannel) -> None:
+        shared.members.discard(subscription)
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, []
+        await asyncio.gather(*(shared.close() for shared in channels))
+        CHANNELS.set(0)
+
+    async def _open(self) -> SharedChannel:
+        channel = await self._connection.channel(publisher_confirms=False)
+        await channel.set_qos(prefetch_count=self._prefetch)
+        shared = SharedChannel(channel)
+        await shared.watch()
+        self._channels.append(shared)
+        CHANNELS.set(len(self._channels))
+        return shared
 
 
 class AccountSubscription:
@@ -31,86 +179,166 @@ class AccountSubscription:
         self,
         account: Account,
         handle: BatchHandler,
-        prefetch: int,
+        channels: ConsumerChannels,
         owned_elsewhere: Callable[[], bool],
     ) -> None:
         self.account = account
         self._handle = handle
-        self._prefetch = prefetch
+        self._channels = channels
         self._owned_elsewhere = owned_elsewhere
-        self._inbox: asyncio.Queue[AbstractIncomingMessage | None] = asyncio.Queue()
-        self._stopping = asyncio.Event()
+        self._inbox: deque[AbstractIncomingMessage] = deque()
+        self._stopping = False
+        # Set when the command in hand must stop after its message in hand: shutdown, the
+        # channel closed, or the broker cancelled the consumer.
+        self._interrupted = asyncio.Event()
         self._cycle = False
-        self._busy = False
         self._tag: str | None = None
-        self._channel: AbstractChannel | None = None
-        self._queue: AbstractQueue | None = None
+        self._shared: SharedChannel | None = None
+        self._queue: AbstractRobustQueue | None = None
         self._task: asyncio.Task[None] | None = None
+        self._resuming = asyncio.Lock()
+        self.idle_since = asyncio.get_running_loop().time()
 
     @property
-    def broken(self) -> bool:
-        """The working loop died (its channel failed): the subscription must be replaced."""
-        return self._task is not None and self._task.done() and not self._stopping.is_set()
+    def consuming(self) -> bool:
+        return self._tag is not None
 
-    async def start(self, connection: AbstractRobustConnection) -> None:
-        self._channel = await connection.channel(publisher_confirms=False)
-        await self._channel.set_qos(prefetch_count=self._prefetch)
+    @property
+    def consumer_tag(self) -> str | None:
+        return self._tag
+
+    @property
+    def restorable(self) -> bool:
+        """Not consuming, on a channel that is not restoring its consumers by itself."""
+        return self._tag is None and self._shared is not None and self._shared.settled
+
+    @property
+    def channel(self) -> AbstractRobustChannel | None:
+        """The shared channel the consumer is on."""
+        return None if self._shared is None else self._shared.channel
+
+    @property
+    def busy(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def start(self) -> None:
+        """Take a place on a shared channel, declare and bind the queue, consume."""
+        self._shared = await self._channels.place(self)
+        await self._consume(self._shared)
+
+    async def resume(self) -> None:
+        """Consume again after the channel closed or the broker cancelled the consumer."""
+        async with self._resuming:
+            if self._stopping or self._tag is not None or self._shared is None:
+                return
+            self._interrupted = asyncio.Event()
+            self._drop_stale()
+            try:
+                await self._consume(self._shared)
+                CONSUMER_RESTORES.inc()
+            except Exception as exc:
+                # The channel closed again; its reopening brings us back, or the next
+                # account poll does.
+                log.warning(
+                    "account consumer not restored",
+                    extra={"account_id": str(self.account.id), "error": repr(exc)},
+                )
+
+    async def _consume(self, shared: SharedChannel) -> None:
         spec = topology.send_queue(self.account.id)
-        self._queue = await self._channel.declare_queue(
-            spec.name, durable=True, arguments=spec.arguments
+        underlay = await shared.channel.get_underlay_channel()
+        # Declared and bound without waiting for the replies: the broker handles a channel's
+        # methods in order, so the consume is answered after both, and a failure of either
+        # closes the channel (and fails the consume). One round trip per account, not three.
+        await underlay.queue_declare(spec.name, durable=True, arguments=spec.arguments, nowait=True)
+        await underlay.queue_bind(
+            spec.name, topology.SEND.name, routing_key=spec.routing_key, nowait=True
         )
-        await self._queue.bind(topology.SEND.name, routing_key=spec.routing_key)
-        self._tag = await self._queue.consume(self._on_delivery)
-        self._task = asyncio.create_task(self._run(), name=f"account-{self.account.id}")
+        queue = cast(AbstractRobustQueue, await shared.channel.get_queue(spec.name, ensure=False))
+        self._tag = await queue.consume(self._on_delivery, robust=False)
+        self._queue = queue
+
+    def interrupt(self) -> None:
+        """The consumer is gone (channel closed or cancelled by the broker)."""
+        self._tag = None
+        self._interrupted.set()
 
     def request_cycle(self) -> None:
         """Move to the back of the consumer line once the command in hand is done."""
         self._cycle = True
-        if not self._busy:
-            self._inbox.put_nowait(None)
+        self._wake()
 
-    async def stop(self) -> None:
-        """Stop consuming, finish the message in hand, requeue every command not done."""
-        self._stopping.set()
-        await self._cancel_consumer()
-        self._inbox.put_nowait(None)
+    def close_idle_sessions(self, idle_s: float) -> None:
+        """Close the account's SMTP sessions when it has had nothing to send for `idle_s`."""
+        if self.busy or asyncio.get_running_loop().time() - self.idle_since < idle_s:
+            return
+        for connection in self.account.transport.connections:
+            connection.close()
+
+    async def stop(self, cancel: bool = True) -> None:
+        """Stop consuming, finish the message in hand, requeue every command not done.
+
+        Without `cancel` the consumer stays registered until its channel is closed (a
+        replica shutting down closes every channel after stopping every account, and the
+        broker requeues whatever they still hold): no round trip per account.
+        """
+        self._stopping = True
+        self._interrupted.set()
+        async with self._resuming:
+            if cancel:
+                await self._cancel_consumer()
         if self._task is not None:
             await asyncio.gather(self._task, return_exceptions=True)
         await self._requeue_inbox()
         self.account.transport.close()
-        if self._channel is not None:
-            try:
-                await self._channel.close()
-            except Exception as exc:
-                log.debug("channel close failed", extra={"error": repr(exc)})
+        if self._shared is not None:
+            self._channels.release(self, self._shared)
+            self._shared = None
+        self._queue = None
 
     async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
-        self._inbox.put_nowait(message)
+        self._inbox.append(message)
+        self._wake()
+
+    def _wake(self) -> None:
+        if not self.busy and not self._stopping:
+            self._task = asyncio.create_task(self._run(), name=f"account-{self.account.id}")
 
     async def _run(self) -> None:
-        while not self._stopping.is_set():
-            message = await self._inbox.get()
-            if message is not None:
-                if self._stopping.is_set() or message.consumer_tag != self._tag:
-                    await _requeue(message)
-                    continue
-                self._busy = True
-                try:
-                    await self._handle(self.account, message, self._stopping)
-                finally:
-                    self._busy = False
-                if self._owned_elsewhere():
-                    # We were the active consumer of an account another live replica owns.
-                    self._cycle = True
-            if self._cycle and not self._stopping.is_set():
-                await self._recycle()
+        try:
+            while not self._stopping and (self._inbox or self._cycle):
+                if self._inbox:
+                    await self._work(self._inbox.popleft())
+                if self._cycle and not self._stopping:
+                    await self._recycle()
+        finally:
+            self.idle_since = asyncio.get_running_loop().time()
+
+    async def _work(self, message: AbstractIncomingMessage) -> None:
+        if message.consumer_tag != self._tag or message.channel.is_closed:
+            # From a consumer that is gone: the broker requeued it when the channel closed,
+            # or it comes back to the queue now.
+            await _requeue(message)
+            return
+        await self._handle(self.account, message, self._interrupted)
+        if self._owned_elsewhere():
+            # We were the active consumer of an account another live replica owns.
+            self._cycle = True
 
     async def _recycle(self) -> None:
         self._cycle = False
-        await self._cancel_consumer()
-        await self._requeue_inbox()
-        if self._queue is not None and not self._stopping.is_set():
-            self._tag = await self._queue.consume(self._on_delivery)
+        # Under the lock: a restore in between would register a second consumer.
+        async with self._resuming:
+            await self._cancel_consumer()
+            await self._requeue_inbox()
+            if self._queue is not None and not self._stopping:
+                try:
+                    self._tag = await self._queue.consume(self._on_delivery, robust=False)
+                except Exception as exc:
+                    log.warning(
+                        "account consumer not registered again",
+                        extra={"account_id": str(self.account.id), "error": repr(exc)},
+                    )
 
     async def _cancel_consumer(self) -> None:
         tag, self._tag = self._tag, None
@@ -120,14 +348,18 @@ class AccountSubscription:
             except Exception as exc:
                 log.warning("consumer cancel failed", extra={"error": repr(exc)})
 
+    def _drop_stale(self) -> None:
+        # Commands delivered on a channel that closed: the broker has them back already.
+        self._inbox = deque(m for m in self._inbox if not m.channel.is_closed)
+
     async def _requeue_inbox(self) -> None:
-        while not self._inbox.empty():
-            message = self._inbox.get_nowait()
-            if message is not None:
-                await _requeue(message)
+        while self._inbox:
+            await _requeue(self._inbox.popleft())
 
 
 async def _requeue(message: AbstractIncomingMessage) -> None:
+    if message.channel.is_closed:
+        return  # the broker requeued it when its channel closed
     try:
         await message.nack(requeue=True)
     except Exception as exc:
