@@ -1,6 +1,11 @@
 """Settings of the API service and the mailfleet CLI."""
 
-from mailfleet_common.settings import CryptoSettings, HttpSettings, ServiceSettings
+from mailfleet_common.settings import (
+    CryptoSettings,
+    HttpSettings,
+    ServiceSettings,
+    TemplateSettings,
+)
 from pydantic import BaseModel, Field, SecretStr
 
 MIN_JWT_SECRET_LENGTH = 32
@@ -32,3 +37,4 @@ class Settings(ServiceSettings):
     auth: AuthSettings = AuthSettings()
     crypto: CryptoSettings = CryptoSettings()
     enqueue: EnqueueSettings = EnqueueSettings()
+    templates: TemplateSettings = TemplateSettings()
