@@ -73,8 +73,9 @@ def create_user(
             if await queries.fetch_user_by_email(conn, email) is not None:
                 return False
             secret = _read_password(password, password_file)
-            if len(secret) < 12:
-                raise _fail("the password needs at least 12 characters")
+            problem = auth.password_problem(secret, email)
+            if problem is not None:
+                raise _fail(problem)
             return (
                 await queries.insert_user(conn, email, auth.hash_password(secret), role) is not None
             )

@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from mailfleet_api.auth import password_problem
+
 Role = Literal["admin", "operator", "viewer"]
 SmtpTls = Literal["implicit", "starttls", "none"]
 AccountStatus = Literal["active", "paused", "disabled", "archived"]
@@ -99,8 +101,22 @@ class AccessToken(BaseModel):
 
 class UserCreate(_Body):
     email: EmailAddress
-    password: Annotated[SecretStr, Field(min_length=12, max_length=1024)]
+    password: Annotated[
+        SecretStr,
+        Field(
+            min_length=12,
+            max_length=1024,
+            description="At least 12 characters, not blank, and hard to guess (zxcvbn score 3+).",
+        ),
+    ]
     role: Role
+
+    @model_validator(mode="after")
+    def _strong_password(self) -> "UserCreate":
+        problem = password_problem(self.password.get_secret_value(), self.email)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class User(BaseModel):

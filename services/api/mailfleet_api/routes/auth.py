@@ -2,10 +2,10 @@
 
 from datetime import UTC, datetime
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 
-from mailfleet_api import auth, queries, schemas
-from mailfleet_api.deps import DbConn, TokenSignerDep
+from mailfleet_api import queries, schemas
+from mailfleet_api.deps import DbConn, LoginThrottleDep, PasswordsDep, TokenSignerDep
 from mailfleet_api.errors import UnauthenticatedError
 
 router = APIRouter(prefix="/api/admin", tags=["auth"])
@@ -13,13 +13,24 @@ router = APIRouter(prefix="/api/admin", tags=["auth"])
 
 @router.post("/login")
 async def login(
-    body: schemas.LoginRequest, conn: DbConn, signer: TokenSignerDep
+    body: schemas.LoginRequest,
+    request: Request,
+    conn: DbConn,
+    signer: TokenSignerDep,
+    passwords: PasswordsDep,
+    throttle: LoginThrottleDep,
 ) -> schemas.AccessToken:
-    """Exchange an email and password for a bearer access token."""
+    """Exchange an email and password for a bearer access token (429 after repeated failures)."""
+    client = request.client.host if request.client else "unknown"
+    await throttle.check(body.email, client)
     row = await queries.fetch_login(conn, body.email)
-    password_ok = auth.verify_password(None if row is None else row["password_hash"], body.password)
+    password_ok = await passwords.verify(
+        None if row is None else row["password_hash"], body.password
+    )
     if row is None or not password_ok or row["disabled"]:
+        await throttle.failed(body.email, client)
         raise UnauthenticatedError("invalid email or password")
+    await throttle.succeeded(body.email)
     now = datetime.now(UTC)
     token, expires_at = signer.issue(row["id"], now)
     return schemas.AccessToken(

@@ -1,0 +1,143 @@
+"""Every error is an RFC 9457 problem document that echoes nothing of the request."""
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from mailfleet_api.pages import encode_cursor
+
+from .conftest import account_body
+from .test_auth import _all_operations, _concrete
+
+PROBLEM = "application/problem+json"
+
+
+def assert_problem(response: httpx.Response, status: int) -> dict[str, Any]:
+    assert response.status_code == status, response.text[:500]
+    assert response.headers["content-type"] == PROBLEM, response.headers
+    body: dict[str, Any] = response.json()
+    assert body["status"] == status
+    assert body["type"] == "about:blank"
+    assert body["title"]
+    assert body["detail"]
+    assert body["instance"] == response.request.url.path
+    return body
+
+
+def _body_operations(app: FastAPI) -> list[tuple[str, str]]:
+    return [(m, p) for m, p in _all_operations(app) if m in ("POST", "PATCH", "PUT")]
+
+
+async def test_a_body_that_is_not_utf8_is_refused_on_every_route(
+    app: FastAPI, client: httpx.AsyncClient, admin: dict[str, Any]
+) -> None:
+    for headers in ({}, admin["headers"]):
+        for content_type in ("text/plain", "application/json"):
+            for method, path in _body_operations(app):
+                response = await client.request(
+                    method,
+                    _concrete(path),
+                    content=b"\xa5",
+                    headers={**headers, "content-type": content_type},
+                )
+                assert 400 <= response.status_code < 500, (method, path, response.text)
+                assert response.headers["content-type"] == PROBLEM, (method, path)
+
+
+async def test_a_validation_problem_lists_fields_but_never_their_values(
+    client: httpx.AsyncClient, admin: dict[str, Any]
+) -> None:
+    secret = "hunter2-x"
+    response = await client.post(
+        "/api/admin/users",
+        json={"email": "x@example.com", "password": secret, "role": "emperor"},
+        headers=admin["headers"],
+    )
+    body = assert_problem(response, 422)
+    assert {tuple(e["loc"]) for e in body["errors"]} == {("body", "password"), ("body", "role")}
+    assert secret not in response.text
+    assert "emperor" not in response.text
+
+
+async def test_a_huge_invalid_body_gets_a_small_answer(
+    client: httpx.AsyncClient, operator: dict[str, Any]
+) -> None:
+    huge = "y" * (20 * 1024 * 1024)
+    response = await client.post(
+        "/api/queue/enqueue",
+        json={"campaign_id": huge, "recipients": [{"email": huge}] * 2},
+        headers=operator["headers"],
+    )
+    assert response.status_code in (413, 422), response.text[:300]
+    assert len(response.content) < 8192
+
+
+async def test_many_invalid_fields_are_listed_up_to_a_bound(
+    client: httpx.AsyncClient, operator: dict[str, Any], campaign_id: str
+) -> None:
+    recipients = [{"email": [i]} for i in range(500)]
+    response = await client.post(
+        "/api/queue/enqueue",
+        json={"campaign_id": campaign_id, "recipients": recipients},
+        headers=operator["headers"],
+    )
+    body = assert_problem(response, 422)
+    assert len(body["errors"]) == 50
+    assert "500 errors" in body["detail"]
+
+
+async def test_unknown_paths_and_methods_are_problems(client: httpx.AsyncClient) -> None:
+    assert_problem(await client.get("/no/such/path"), 404)
+    not_allowed = assert_problem(await client.put("/health"), 405)
+    assert "Method Not Allowed" in not_allowed["title"]
+
+
+async def test_authentication_and_role_errors_are_problems(
+    client: httpx.AsyncClient, viewer: dict[str, Any]
+) -> None:
+    anonymous = await client.get("/api/campaigns")
+    assert_problem(anonymous, 401)
+    assert anonymous.headers["www-authenticate"] == "Bearer"
+    forbidden = await client.post(
+        "/api/admin/accounts", json=account_body(), headers=viewer["headers"]
+    )
+    assert_problem(forbidden, 403)
+
+
+async def test_a_body_over_the_limit_is_a_problem(
+    client: httpx.AsyncClient, operator: dict[str, Any]
+) -> None:
+    too_big = b"x" * (16 * 512 * 1024 + 1)
+    response = await client.post(
+        "/api/campaigns",
+        content=too_big,
+        headers={**operator["headers"], "content-type": "application/json"},
+    )
+    assert_problem(response, 413)
+
+
+async def test_a_wrong_content_type_is_a_problem(
+    client: httpx.AsyncClient, operator: dict[str, Any]
+) -> None:
+    response = await client.post(
+        "/api/suppressions/import",
+        content=b"email\nx@example.com\n",
+        headers={**operator["headers"], "content-type": "application/json"},
+    )
+    assert_problem(response, 415)
+
+
+async def test_a_cursor_out_of_the_database_range_is_refused_without_driver_text(
+    client: httpx.AsyncClient, viewer: dict[str, Any]
+) -> None:
+    far_east = datetime(1, 1, 1, tzinfo=timezone(timedelta(hours=14)))
+    far_future = datetime(9999, 12, 31, 23, 59, tzinfo=timezone(timedelta(hours=-14)))
+    for at in (far_east, far_future):
+        cursor = encode_cursor(at, 1)
+        for path in ("/api/suppressions", "/api/admin/inbound-reports"):
+            response = await client.get(path, params={"cursor": cursor}, headers=viewer["headers"])
+            body = assert_problem(response, 422)
+            assert "cursor" in body["detail"], body
+            assert "asyncpg" not in response.text
+            assert "year" not in response.text
