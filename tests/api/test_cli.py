@@ -136,3 +136,11 @@ async def test_rotate_secrets_reencrypts_imap_passwords_too(
         )
         for r in rows
     ] == [("both", "smtp-pw", "imap-pw"), ("imap only", None, "imap-only-pw")]
+
+
+def test_create_user_applies_the_password_policy(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(
+        app, ["create-user", "--email", "carol@example.com", "--password", "password1234"], env=env
+    )
+    assert result.exit_code == 1
+    assert "too easy to guess" in result.output

@@ -51,6 +51,9 @@ class TemplateLimits:
     max_output_chars: int = 1_000_000
 
 
+DEFAULT_LIMITS = TemplateLimits()
+
+
 class _NotRenderingError(Exception):
     """A filter or operator was reached outside a render, by Jinja's constant folding.
 
@@ -300,7 +303,7 @@ class CampaignTemplates:
     subject: Template
     html: Template | None
     text: Template | None
-    limits: TemplateLimits = TemplateLimits()
+    limits: TemplateLimits = DEFAULT_LIMITS
 
     def render(self, variables: dict[str, Any]) -> tuple[str, str | None, str | None]:
         """Render (subject, html, text) for one recipient's variables, within the limits."""
@@ -341,7 +344,7 @@ def compile_campaign(
     subject: str,
     html: str | None,
     text: str | None,
-    limits: TemplateLimits = TemplateLimits(),
+    limits: TemplateLimits = DEFAULT_LIMITS,
 ) -> CampaignTemplates:
     """Compile a campaign's templates, or raise InvalidTemplateError naming the part and line."""
     compiled: list[Template | None] = []

@@ -6,7 +6,7 @@ never echoes the request's values: a 20 MB body or a rejected password is not se
 """
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from http import HTTPStatus
 from typing import Any, ClassVar
 
@@ -14,7 +14,6 @@ import asyncpg
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 from mailfleet_common.errors import MailfleetError
 from mailfleet_common.templating import InvalidTemplateError
 from pydantic import BaseModel, Field
@@ -153,7 +152,8 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     ]
     shown = "" if len(found) <= MAX_FIELD_ERRORS else f", the first {MAX_FIELD_ERRORS} listed"
     where = "; ".join(f"{'.'.join(map(str, e.loc))}: {e.msg}" for e in errors[:3])
-    detail = f"the request is invalid ({len(found)} errors{shown}): {where}"
+    count = f"{len(found)} error{'' if len(found) == 1 else 's'}"
+    detail = f"the request is invalid ({count}{shown}): {where}"
     return problem_response(request, status.HTTP_422_UNPROCESSABLE_CONTENT, detail, errors=errors)
 
 
@@ -191,74 +191,70 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(Exception, _unexpected)
 
 
-def _problem(description: str) -> dict[str, Any]:
-    schema = {"$ref": "#/components/schemas/Problem"}
-    return {"description": description, "content": {PROBLEM_MEDIA_TYPE: {"schema": schema}}}
+_PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
+_FASTAPI_VALIDATION = "#/components/schemas/HTTPValidationError"
+_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
-def _error_responses(
-    route: APIRoute, authenticated: Callable[..., Any], throttled: Callable[..., Any]
-) -> dict[int, str]:
-    """The error answers a route can give, from what it depends on and what it reads."""
-    calls: set[Any] = set()
-    params: set[str] = set()
-    pending = [route.dependant]
-    while pending:
-        dependant = pending.pop()
-        calls.add(dependant.call)
-        pending += dependant.dependencies
-        for kind in ("path", "query", "header", "cookie"):
-            if getattr(dependant, f"{kind}_params"):
-                params.add(kind)
-    declared_body = (route.openapi_extra or {}).get("requestBody")
-    has_body = route.body_field is not None or declared_body is not None
-    has_params = has_body or bool(params)
-    changes_state = bool((route.methods or set()) - {"GET", "HEAD", "OPTIONS"})
+def _error_answers(operation: dict[str, Any]) -> dict[int, str]:
+    """The error answers an operation can give, from what its document says it needs."""
+    parameters = {p.get("in") for p in operation.get("parameters", [])}
+    has_body = "requestBody" in operation
+    changes_state = operation.get("_method") != "get"
     answers = {500: "An unexpected error; nothing of it is shown."}
-    if authenticated in calls:
+    secured = bool(operation.get("security"))
+    if secured:
         answers[401] = "No credentials, or unknown, expired or revoked ones."
         answers[403] = "The caller's role does not allow this."
         if changes_state:
             answers[409] = "The request clashes with the current state."
-    if "path" in params or (changes_state and has_body):
+    if "path" in parameters or (secured and changes_state and has_body):
         answers[404] = "Something the request names does not exist."
     if has_body:
+        answers[400] = "The body cannot be parsed: not JSON, or not UTF-8."
         answers[413] = "The body is larger than this route accepts."
         answers[415] = "The body is not of the content type this route reads."
-    if has_params:
+    if parameters or has_body:
         answers[422] = "The request is invalid: see errors."
-    if throttled in calls:
-        answers[429] = "Too many failed attempts: retry after Retry-After seconds."
     return answers
 
 
-def document_errors(
-    app: FastAPI, authenticated: Callable[..., Any], throttled: Callable[..., Any]
-) -> None:
-    """Document every route's error answers as problems, routes added later included.
+def _document_problems(document: dict[str, Any]) -> None:
+    for path_item in document.get("paths", {}).values():
+        for method, operation in path_item.items():
+            if method not in _METHODS:
+                continue
+            responses = operation.setdefault("responses", {})
+            for code, description in _error_answers({**operation, "_method": method}).items():
+                responses.setdefault(str(code), {"description": description})
+            for code, response in responses.items():
+                content = response.get("content", {})
+                refs = [c.get("schema", {}).get("$ref") for c in content.values()]
+                if code[0] in "45" and (not content or _FASTAPI_VALIDATION in refs):
+                    response["content"] = _PROBLEM_CONTENT
+                    if _FASTAPI_VALIDATION in refs:
+                        response["description"] = _error_answers({"requestBody": 1})[422]
+    definitions = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):
+        schemas.pop(unused, None)
+    schemas.update(definitions.pop("$defs", {}))
+    schemas["Problem"] = definitions
 
-    Applied when the OpenAPI document is first built, to every route the app has by then:
-    ``authenticated`` is the dependency that makes a route need credentials, ``throttled``
-    the one that may answer 429.
+
+def document_errors(app: FastAPI) -> None:
+    """Document every operation's error answers as problems, routes added later included.
+
+    Derived from the generated document itself, when it is first built: credentials needed
+    (401, 403; 409 if it changes state), path parameters (404), a body (400, 413, 415), anything
+    validated (422), 500 everywhere. Error answers a route declares itself (login's 401 and
+    429) get the problem schema too.
     """
     build = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            for route in app.routes:
-                if isinstance(route, APIRoute):
-                    answers = _error_responses(route, authenticated, throttled)
-                    for code, description in answers.items():
-                        route.responses[code] = {
-                            **_problem(description),
-                            **route.responses.get(code, {}),
-                        }
-            schema = build()
-            definitions = Problem.model_json_schema(ref_template="#/components/schemas/{model}")
-            components = schema.setdefault("components", {}).setdefault("schemas", {})
-            components.update(definitions.pop("$defs", {}))
-            components["Problem"] = definitions
-            app.openapi_schema = schema
-        return app.openapi_schema
+            _document_problems(build())
+        return build()
 
     app.openapi = openapi  # type: ignore[method-assign]

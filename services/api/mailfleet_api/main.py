@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from mailfleet_api.auth import PasswordHasherPool, TokenSigner
-from mailfleet_api.deps import get_login_throttle, get_principal, require_json_body
+from mailfleet_api.deps import require_json_body
 from mailfleet_api.errors import document_errors, install_error_handlers
 from mailfleet_api.middleware import PlainErrorsAsProblems, RequestMetrics
 from mailfleet_api.routes import (
@@ -65,6 +65,7 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await broker.stop()
             await pool.close()
+            await login_throttle.close()
 
     app = FastAPI(
         title="mailfleet",
@@ -74,7 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
         dependencies=[Depends(require_json_body)],
     )
     install_error_handlers(app)
-    document_errors(app, authenticated=get_principal, throttled=get_login_throttle)
+    document_errors(app)
     for module in _ROUTES:
         app.include_router(module.router)
     # Requests past this size get 413 before they are read in full. Added as middleware, not

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
+from redis.asyncio import ConnectionPool
 from redis.exceptions import RedisError
 
 from mailfleet_api.errors import TooManyRequestsError
@@ -29,24 +30,35 @@ class LoginThrottle:
     """
 
     limiter: MovingWindowRateLimiter
+    pool: ConnectionPool | None
     per_account: RateLimitItem
     per_client: RateLimitItem
 
     @classmethod
     def from_settings(cls, settings: ThrottleSettings) -> "LoginThrottle":
         url = settings.storage_url.get_secret_value()
+        pool = None
         if url:
-            # redis-py, the client the project already depends on, not limits' default coredis.
+            # redis-py (not limits' default, coredis), on a pool of ours so it can be closed.
+            pool = ConnectionPool.from_url(url)
             storage: Storage = RedisStorage(
-                f"async+{url}", implementation="redispy", key_prefix=settings.key_prefix
+                f"async+{url}",
+                implementation="redispy",
+                key_prefix=settings.key_prefix,
+                connection_pool=pool,  # type: ignore[arg-type] # handed on to redis-py as it is
             )
         else:
             storage = MemoryStorage()
         return cls(
             MovingWindowRateLimiter(storage),
+            pool,
             parse(settings.login_per_account),
             parse(settings.login_per_client),
         )
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.aclose()
 
     def _keys(self, email: str, client: str) -> tuple[tuple[RateLimitItem, str], ...]:
         # Addresses are not stored in the limiter's storage, only a digest of them.

@@ -19,6 +19,7 @@ from uuid import UUID
 
 from mailfleet_common.errors import MailfleetError
 from mailfleet_common.templating import (
+    DEFAULT_LIMITS,
     CampaignTemplates,
     InvalidTemplateError,
     TemplateLimits,
@@ -238,7 +239,7 @@ class TemplateCache:
     """Compiled templates per campaign, each campaign fetched and compiled once."""
 
     def __init__(
-        self, load: CampaignLoader, limits: TemplateLimits = TemplateLimits(), size: int = 1024
+        self, load: CampaignLoader, limits: TemplateLimits = DEFAULT_LIMITS, size: int = 1024
     ) -> None:
         self._load = load
         self._limits = limits

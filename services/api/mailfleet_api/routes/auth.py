@@ -1,6 +1,7 @@
 """Login: exchange an email and password for an access token."""
 
 from datetime import UTC, datetime
+from typing import Any
 
 from fastapi import APIRouter, Request
 
@@ -11,7 +12,13 @@ from mailfleet_api.errors import UnauthenticatedError
 router = APIRouter(prefix="/api/admin", tags=["auth"])
 
 
-@router.post("/login")
+_ANSWERS: dict[int | str, dict[str, Any]] = {
+    401: {"description": "The email or the password is wrong, or the user is disabled."},
+    429: {"description": "Too many failed logins: retry after Retry-After seconds."},
+}
+
+
+@router.post("/login", responses=_ANSWERS)
 async def login(
     body: schemas.LoginRequest,
     request: Request,
