@@ -93,6 +93,26 @@ async def test_without_redis_settings_failures_are_counted_in_memory(
     assert_problem(await _login(client, user["email"], PASSWORD), 429)
 
 
+async def test_logins_beyond_the_waiting_bound_are_refused_at_once(
+    settings: Settings, make_user: UserFactory
+) -> None:
+    auth = settings.auth.model_copy(update={"verify_workers": 1, "verify_queue": 2})
+    application = create_app(settings.model_copy(update={"auth": auth}))
+    user = await make_user("viewer")
+    async with LifespanManager(application) as manager:
+        application.state.asgi = manager.app
+        async with _client(application, "192.0.2.7") as client:
+            answers = await asyncio.gather(
+                *(_login(client, user["email"], PASSWORD) for _ in range(12))
+            )
+    codes = sorted(a.status_code for a in answers)
+    assert codes.count(200) >= 3, codes
+    refused = [a for a in answers if a.status_code == 429]
+    assert refused, codes
+    assert {a.headers["retry-after"] for a in refused} == {"1"}
+    assert_problem(refused[0], 429)
+
+
 async def test_health_answers_quickly_during_concurrent_logins(
     client: httpx.AsyncClient, make_user: UserFactory
 ) -> None:

@@ -15,7 +15,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from zxcvbn import zxcvbn
 
-from mailfleet_api.errors import UnauthenticatedError
+from mailfleet_api.errors import TooManyRequestsError, UnauthenticatedError
 from mailfleet_api.settings import MIN_JWT_SECRET_LENGTH, AuthSettings
 
 Role = Literal["admin", "operator", "viewer"]
@@ -74,10 +74,15 @@ class PasswordHasherPool:
     releases the GIL, so the threads run in parallel with it.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, max_waiting: int) -> None:
         self._limiter = anyio.CapacityLimiter(workers)
+        self._max_waiting = max_waiting
 
     async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Check a password; TooManyRequestsError if too many checks are waiting already."""
+        # A flood of logins would otherwise queue for minutes, each holding a connection.
+        if self._limiter.statistics().tasks_waiting >= self._max_waiting:
+            raise TooManyRequestsError("too many logins at once; try again shortly", 1)
         return await anyio.to_thread.run_sync(
             verify_password, password_hash, password, limiter=self._limiter
         )

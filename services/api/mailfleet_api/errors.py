@@ -193,6 +193,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 _PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _FASTAPI_VALIDATION = "#/components/schemas/HTTPValidationError"
+_CHALLENGE = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -227,6 +228,8 @@ def _document_problems(document: dict[str, Any]) -> None:
             responses = operation.setdefault("responses", {})
             for code, description in _error_answers({**operation, "_method": method}).items():
                 responses.setdefault(str(code), {"description": description})
+            if "401" in responses:
+                responses["401"].setdefault("headers", _CHALLENGE)
             for code, response in responses.items():
                 content = response.get("content", {})
                 refs = [c.get("schema", {}).get("$ref") for c in content.values()]

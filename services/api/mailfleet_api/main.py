@@ -58,7 +58,9 @@ def create_app(settings: Settings) -> FastAPI:
                 "broker": broker,
                 "secret_box": secret_box,
                 "token_signer": token_signer,
-                "passwords": PasswordHasherPool(settings.auth.verify_workers),
+                "passwords": PasswordHasherPool(
+                    settings.auth.verify_workers, settings.auth.verify_queue
+                ),
                 "login_throttle": login_throttle,
                 "registry": registry,
             }

@@ -25,6 +25,8 @@ class AuthSettings(BaseModel):
     token_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
     # Password hashes are checked in this many threads, off the event loop.
     verify_workers: int = Field(default=2, ge=1, le=64)
+    # Logins waiting for a thread beyond this are refused (429, Retry-After: 1).
+    verify_queue: int = Field(default=64, ge=1)
 
 
 class ThrottleSettings(BaseModel):

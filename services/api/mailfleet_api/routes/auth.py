@@ -14,7 +14,15 @@ router = APIRouter(prefix="/api/admin", tags=["auth"])
 
 _ANSWERS: dict[int | str, dict[str, Any]] = {
     401: {"description": "The email or the password is wrong, or the user is disabled."},
-    429: {"description": "Too many failed logins: retry after Retry-After seconds."},
+    429: {
+        "description": "Too many failed logins: retry after Retry-After seconds.",
+        "headers": {
+            "Retry-After": {
+                "description": "Seconds until the oldest counted failure leaves the window.",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    },
 }
 
 
