@@ -128,7 +128,7 @@ async def test_health_answers_quickly_during_concurrent_logins(
             await asyncio.sleep(0.01)
 
     async def logins(user: dict[str, Any]) -> None:
-        for _ in range(5):
+        for _ in range(2):
             response = await _login(client, user["email"], PASSWORD)
             assert response.status_code == 200
 
@@ -138,7 +138,7 @@ async def test_health_answers_quickly_during_concurrent_logins(
     elapsed = time.perf_counter() - started
     done.set()
     await prober
-    # 50 argon2 checks take a few seconds of CPU: the loop answers meanwhile.
+    # 20 argon2 checks take seconds of CPU: the loop answers meanwhile.
     assert elapsed > 0.5
     assert len(latencies) > 10
     assert statistics.median(latencies) < 0.1, sorted(latencies)

@@ -7,7 +7,7 @@ import httpx
 from fastapi import FastAPI
 from mailfleet_api.pages import encode_cursor
 
-from .conftest import account_body
+from .conftest import account_body, campaign_body
 from .test_auth import _all_operations, _concrete
 
 PROBLEM = "application/problem+json"
@@ -141,3 +141,25 @@ async def test_a_cursor_out_of_the_database_range_is_refused_without_driver_text
             assert "cursor" in body["detail"], body
             assert "asyncpg" not in response.text
             assert "year" not in response.text
+
+
+async def test_timestamps_outside_the_range_in_utc_are_invalid_everywhere(
+    client: httpx.AsyncClient, operator: dict[str, Any], campaign_id: str
+) -> None:
+    h = operator["headers"]
+    for at in ("0001-01-01T00:00:00+14:00", "9999-12-31T23:59:00-14:00"):
+        for path, name in (
+            ("/api/suppressions", "created_after"),
+            ("/api/suppressions", "created_before"),
+            ("/api/admin/inbound-reports", "received_after"),
+            ("/api/admin/inbound-reports", "received_before"),
+        ):
+            body = assert_problem(await client.get(path, params={name: at}, headers=h), 422)
+            assert body["errors"][0]["loc"] == ["query", name], body
+        for method, path, json in (
+            ("POST", "/api/campaigns", campaign_body(start_at=at)),
+            ("POST", f"/api/campaigns/{campaign_id}/start", {"start_at": at}),
+            ("POST", "/api/suppressions", {"email": "x@example.com", "expires_at": at}),
+        ):
+            response = await client.request(method, path, json=json, headers=h)
+            assert_problem(response, 422)
