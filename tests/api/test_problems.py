@@ -5,7 +5,9 @@ from typing import Any
 
 import httpx
 from fastapi import FastAPI
+from mailfleet_api.main import create_app
 from mailfleet_api.pages import encode_cursor
+from mailfleet_api.settings import Settings
 
 from .conftest import account_body, campaign_body
 from .test_auth import _all_operations, _concrete
@@ -163,3 +165,20 @@ async def test_timestamps_outside_the_range_in_utc_are_invalid_everywhere(
         ):
             response = await client.request(method, path, json=json, headers=h)
             assert_problem(response, 422)
+
+
+async def test_an_unexpected_error_is_a_problem_that_shows_nothing_of_it(
+    settings: Settings,
+) -> None:
+    application = create_app(settings)
+
+    @application.get("/boom")
+    async def boom() -> None:
+        raise RuntimeError("secret internals")
+
+    transport = httpx.ASGITransport(app=application, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        response = await client.get("/boom")
+    body = assert_problem(response, 500)
+    assert "secret" not in response.text
+    assert body["detail"] == "an unexpected error occurred; it has been logged"
