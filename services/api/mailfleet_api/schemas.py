@@ -643,7 +643,8 @@ class SuppressionCreate(_Body):
     email: EmailAddress
     reason: SuppressionReason = DEFAULT_SUPPRESSION_REASON
     campaign_id: UUID | None = Field(default=None, description=_SUPPRESSION_CAMPAIGN)
-    expires_at: Moment | None = Field(default=None, description=_EXPIRES_AT)
+    # Range checked with the rest below, so an import row says "expires_at is out of range".
+    expires_at: AwareDatetime | None = Field(default=None, description=_EXPIRES_AT)
 
     @model_validator(mode="after")
     def _expires_later(self) -> "SuppressionCreate":
