@@ -28,7 +28,7 @@ def settings(database_dsn: str, rabbit_url: str, crypto_keys: str) -> Settings:
         rabbit=RabbitSettings(url=rabbit_url),
         crypto=CryptoSettings(keys=crypto_keys),
         auth=AuthSettings(jwt_secret=JWT_SECRET),
-        # Every test client is 127.0.0.1: a session's worth of failed logins (schemathesis
+        # Every test client is 127.0.0.1: a whole test run's failed logins (schemathesis
         # sends many) must not throttle the tests that follow. test_login_throttle tests it.
         throttle=ThrottleSettings(login_per_client="100000/minute"),
     )
