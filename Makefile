@@ -17,9 +17,10 @@ sync:
 	@$(UV) sync --frozen --quiet
 
 # The whole suite, against the local PostgreSQL and RabbitMQ; installs Dovecot and Postfix if
-# missing (the bouncer tests start their own, see tests/bouncer/servers.py).
+# missing (the bouncer tests start their own, see tests/bouncer/servers.py), and Redis (the
+# login throttle tests), started if it does not answer.
 test: sync
-	@source deploy/local/services.sh && ensure_dovecot && ensure_postfix
+	@source deploy/local/services.sh && ensure_dovecot && ensure_postfix && ensure_redis
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 lint: sync

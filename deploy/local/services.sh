@@ -1,5 +1,5 @@
 # Shell functions shared by `make up`, the benchmarks and .ci/run: uv, Debian packages, and local
-# PostgreSQL and RabbitMQ.
+# PostgreSQL, RabbitMQ and Redis.
 # Source it from the repository root; each function prints what it does and fails loudly.
 
 : "${MAILFLEET_POSTGRES__DSN:=postgresql://postgres@127.0.0.1:5432/mailfleet}"
@@ -80,6 +80,26 @@ ensure_rabbitmq() {
   [[ -n ${RUN_DIR:-} ]] && touch "$RUN_DIR/started-rabbitmq"
   timeout 120 rabbitmqctl await_startup >/dev/null || die "RabbitMQ did not start"
   wait_port "$host" "$port" 60 RabbitMQ
+}
+
+# Starts a local Redis (the API's login throttle) when the URL points at this machine and nothing
+# answers; installs redis-server first if missing. Without persistence: it holds only counts.
+ensure_redis() {
+  local url=${MAILFLEET_THROTTLE__STORAGE_URL:-redis://127.0.0.1:6379/0} host port
+  host=$(url_host "$url"); port=$(url_port "$url" 6379)
+  port_open "$host" "$port" && return 0
+  is_local "$host" || die "Redis at $host:$port does not answer (MAILFLEET_THROTTLE__STORAGE_URL)"
+  if ! have_daemon redis-server; then
+    apt_install redis-server
+    # The package may start a system-wide server on the default port itself.
+    sleep 1
+    port_open "$host" "$port" && return 0
+  fi
+  say "starting Redis on port $port"
+  PATH="$PATH:/usr/sbin:/sbin" redis-server --bind 127.0.0.1 --port "$port" --daemonize yes \
+    --save '' --appendonly no --logfile "${RUN_DIR:-/tmp}/redis.log" >/dev/null
+  [[ -n ${RUN_DIR:-} ]] && echo "$port" >"$RUN_DIR/started-redis"
+  wait_port "$host" "$port" 30 Redis
 }
 
 # A daemon's command, looked up in the sbin directories too (absent from most users' PATH).

@@ -12,7 +12,7 @@ from asgi_lifespan import LifespanManager
 from fastapi import FastAPI
 from mailfleet_api.auth import TokenSigner, hash_password
 from mailfleet_api.main import create_app
-from mailfleet_api.settings import AuthSettings, Settings
+from mailfleet_api.settings import AuthSettings, Settings, ThrottleSettings
 from mailfleet_common.settings import CryptoSettings, PostgresSettings, RabbitSettings
 
 JWT_SECRET = "test-secret-that-is-long-enough-for-hs256-0123456789"
@@ -28,6 +28,9 @@ def settings(database_dsn: str, rabbit_url: str, crypto_keys: str) -> Settings:
         rabbit=RabbitSettings(url=rabbit_url),
         crypto=CryptoSettings(keys=crypto_keys),
         auth=AuthSettings(jwt_secret=JWT_SECRET),
+        # Every test client is 127.0.0.1: a whole test run's failed logins (schemathesis
+        # sends many) must not throttle the tests that follow. test_login_throttle tests it.
+        throttle=ThrottleSettings(login_per_client="100000/minute"),
     )
 
 

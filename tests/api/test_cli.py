@@ -290,3 +290,11 @@ async def test_set_password_needs_an_existing_user_and_a_long_password(
         database_dsn, crypto_keys, "set-password", "--email", "y@example.com", "--password", "short"
     )
     assert short.exit_code == 1
+
+
+def test_create_user_applies_the_password_policy(env: dict[str, str]) -> None:
+    result = CliRunner().invoke(
+        app, ["create-user", "--email", "carol@example.com", "--password", "password1234"], env=env
+    )
+    assert result.exit_code == 1
+    assert "too easy to guess" in result.output

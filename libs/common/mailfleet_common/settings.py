@@ -5,6 +5,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from mailfleet_common.templating import TemplateLimits
+
 
 class PostgresSettings(BaseModel):
     dsn: str = "postgresql://postgres@127.0.0.1:5432/mailfleet"
@@ -72,6 +74,23 @@ class TrackingSettings(BaseModel):
             if parts.query or parts.fragment:
                 raise ValueError("base_url must not have a query or fragment")
         return value
+
+
+class TemplateSettings(BaseModel):
+    """Bounds of one render of a campaign's templates, read by the API and the sender.
+
+    - max_operations (MAILFLEET_TEMPLATES__MAX_OPERATIONS): loop iterations, operators, calls
+      and filters a message's subject and bodies may spend together, sizes charged at one per
+      64 characters. 100,000 renders in about 0.15 s at worst.
+    - max_output_chars (MAILFLEET_TEMPLATES__MAX_OUTPUT_CHARS): the most characters any part,
+      or any value built while rendering it, may hold.
+    """
+
+    max_operations: int = Field(default=100_000, ge=1000)
+    max_output_chars: int = Field(default=1_000_000, ge=1000)
+
+    def limits(self) -> TemplateLimits:
+        return TemplateLimits(self.max_operations, self.max_output_chars)
 
 
 class ServiceSettings(BaseSettings):

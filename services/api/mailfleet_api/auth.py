@@ -8,11 +8,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Literal
 from uuid import UUID
 
+import anyio
+import anyio.to_thread
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from zxcvbn import zxcvbn
 
-from mailfleet_api.errors import UnauthenticatedError
+from mailfleet_api.errors import TooManyRequestsError, UnauthenticatedError
 from mailfleet_api.settings import MIN_JWT_SECRET_LENGTH, AuthSettings
 
 Role = Literal["admin", "operator", "viewer"]
@@ -23,6 +26,29 @@ _JWT_ALGORITHM = "HS256"
 _hasher = PasswordHasher()
 # Verified against when the email is unknown, so a login takes as long either way.
 _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+
+
+MIN_PASSWORD_CHARS = 12
+# zxcvbn's score from 0 (guessable in under 10^3 tries) to 4 (over 10^10): 3 and up are
+# "safely unguessable" against an online attack, what a throttled login faces.
+MIN_PASSWORD_SCORE = 3
+# zxcvbn refuses longer inputs (its matching is superlinear); a password whose first 72
+# characters are strong is strong.
+_ZXCVBN_MAX_CHARS = 72
+
+
+def password_problem(password: str, email: str = "") -> str | None:
+    """Why a new password is refused by the password policy, or None if it is acceptable."""
+    if len(password) < MIN_PASSWORD_CHARS:
+        return f"the password needs at least {MIN_PASSWORD_CHARS} characters"
+    if not password.strip():
+        return "the password must not be blank"
+    local_part = email.partition("@")[0]
+    found = zxcvbn(password[:_ZXCVBN_MAX_CHARS], user_inputs=[email, local_part])
+    if found["score"] < MIN_PASSWORD_SCORE:
+        warning = found["feedback"]["warning"] or "it is easy to guess"
+        return f"the password is too easy to guess: {warning.rstrip('.')}"
+    return None
 
 
 class InsecureSecretError(ValueError):
@@ -39,6 +65,30 @@ def verify_password(password_hash: str | None, password: str) -> bool:
         return _hasher.verify(password_hash or _DUMMY_HASH, password) and bool(password_hash)
     except (VerificationError, InvalidHashError):
         return False
+
+
+class PasswordHasherPool:
+    """argon2 hashing and checking in a few threads, off the event loop.
+
+    Each takes ~50 ms of CPU, which on the loop would hold up every other request; argon2-cffi
+    releases the GIL, so the threads run in parallel with it.
+    """
+
+    def __init__(self, workers: int, max_waiting: int) -> None:
+        self._limiter = anyio.CapacityLimiter(workers)
+        self._max_waiting = max_waiting
+
+    async def verify(self, password_hash: str | None, password: str) -> bool:
+        """Check a password; TooManyRequestsError if too many checks are waiting already."""
+        # A flood of logins would otherwise queue for minutes, each holding a connection.
+        if self._limiter.statistics().tasks_waiting >= self._max_waiting:
+            raise TooManyRequestsError("too many logins at once; try again shortly", 1)
+        return await anyio.to_thread.run_sync(
+            verify_password, password_hash, password, limiter=self._limiter
+        )
+
+    async def hash(self, password: str) -> str:
+        return await anyio.to_thread.run_sync(hash_password, password, limiter=self._limiter)
 
 
 @dataclass(frozen=True)

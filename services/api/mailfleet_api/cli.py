@@ -84,7 +84,7 @@ def create_user(
                     return "exists"
                 given = _read_password(password, password_file)
                 return "exists" if auth.verify_password(login["password_hash"], given) else "other"
-            secret = _new_password(password, password_file)
+            secret = _new_password(password, password_file, email)
             created = await queries.insert_user(conn, email, auth.hash_password(secret), role)
             return "created" if created is not None else "exists"
         finally:
@@ -109,10 +109,12 @@ def create_user(
         raise _fail(f"a user with email {email} exists already")
 
 
-def _new_password(password: str | None, password_file: Path | None) -> str:
+def _new_password(password: str | None, password_file: Path | None, email: str) -> str:
+    """The password given, if the password policy accepts it for this user."""
     secret = _read_password(password, password_file)
-    if len(secret) < 12:
-        raise _fail("the password needs at least 12 characters")
+    problem = auth.password_problem(secret, email)
+    if problem is not None:
+        raise _fail(problem)
     return secret
 
 
@@ -132,7 +134,7 @@ def set_password(
         try:
             if await queries.fetch_user_by_email(conn, email) is None:
                 return False
-            secret = _new_password(password, password_file)
+            secret = _new_password(password, password_file, email)
             return await queries.set_user_password(conn, email, auth.hash_password(secret))
         finally:
             await conn.close()

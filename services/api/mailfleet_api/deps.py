@@ -6,14 +6,16 @@ from typing import Annotated, Any, cast
 from uuid import UUID
 
 from fastapi import Depends, Path, Query, Request
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from faststream.rabbit import RabbitBroker
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.db import Conn, Pool
 
 from mailfleet_api import auth, queries
-from mailfleet_api.errors import ForbiddenError, UnauthenticatedError
+from mailfleet_api.errors import ForbiddenError, UnauthenticatedError, UnsupportedMediaTypeError
 from mailfleet_api.settings import Settings
+from mailfleet_api.throttle import LoginThrottle
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,16 @@ def get_token_signer(request: Request) -> auth.TokenSigner:
     return signer
 
 
+def get_passwords(request: Request) -> auth.PasswordHasherPool:
+    passwords: auth.PasswordHasherPool = _state(request, "passwords")
+    return passwords
+
+
+def get_login_throttle(request: Request) -> LoginThrottle:
+    throttle: LoginThrottle = _state(request, "login_throttle")
+    return throttle
+
+
 async def get_conn(pool: Annotated[Pool, Depends(get_pool)]) -> AsyncIterator[Conn]:
     async with pool.acquire() as conn:
         yield cast(Conn, conn)  # a pooled connection proxies every Connection method
@@ -70,6 +82,8 @@ BrokerDep = Annotated[RabbitBroker, Depends(get_broker)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
 TokenSignerDep = Annotated[auth.TokenSigner, Depends(get_token_signer)]
+PasswordsDep = Annotated[auth.PasswordHasherPool, Depends(get_passwords)]
+LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
 
 _bearer = HTTPBearer(auto_error=False, description="An access token from login, or an API key.")
 
@@ -126,3 +140,25 @@ Cursor = Annotated[
 ]
 # The id of a row whose key is a bigint identity.
 RowId = Annotated[int, Path(ge=1, le=2**63 - 1)]
+
+
+def _reads_json(route: Any) -> bool:
+    if not isinstance(route, APIRoute):
+        return False
+    declared = (route.openapi_extra or {}).get("requestBody", {}).get("content", {})
+    return route.body_field is not None or "application/json" in declared
+
+
+async def require_json_body(request: Request) -> None:
+    """415 for a body that is not JSON sent to a route that reads JSON (applied to every route).
+
+    Checked before the body is read, so bytes in another encoding are never decoded as JSON.
+    """
+    has_body = request.headers.get("content-length", "0") != "0" or (
+        "transfer-encoding" in request.headers
+    )
+    if not has_body or not _reads_json(request.scope.get("route")):
+        return
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type != "application/json" and not media_type.endswith("+json"):
+        raise UnsupportedMediaTypeError("send the body as application/json")

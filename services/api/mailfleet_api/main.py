@@ -5,17 +5,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from faststream.rabbit import RabbitBroker
 from mailfleet_common import topology
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.db import create_pool
 from mailfleet_common.jsonlog import configure_logging
 from prometheus_client import CollectorRegistry
+from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
-from mailfleet_api.auth import TokenSigner
-from mailfleet_api.errors import install_error_handlers
-from mailfleet_api.middleware import RequestMetrics
+from mailfleet_api.auth import PasswordHasherPool, TokenSigner
+from mailfleet_api.deps import require_json_body
+from mailfleet_api.errors import document_errors, install_error_handlers
+from mailfleet_api.middleware import PlainErrorsAsProblems, RequestMetrics
 from mailfleet_api.routes import (
     accounts,
     auth,
@@ -30,6 +32,7 @@ from mailfleet_api.routes import (
     users,
 )
 from mailfleet_api.settings import Settings
+from mailfleet_api.throttle import LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,7 @@ def create_app(settings: Settings) -> FastAPI:
     # Checked here, not at first use, so a misconfigured deployment fails at start.
     token_signer = TokenSigner.from_settings(settings.auth)
     secret_box = SecretBox.from_settings(settings.crypto)
+    login_throttle = LoginThrottle.from_settings(settings.throttle)
     registry = CollectorRegistry()
 
     @asynccontextmanager
@@ -72,23 +76,32 @@ def create_app(settings: Settings) -> FastAPI:
                 "broker": broker,
                 "secret_box": secret_box,
                 "token_signer": token_signer,
+                "passwords": PasswordHasherPool(
+                    settings.auth.verify_workers, settings.auth.verify_queue
+                ),
+                "login_throttle": login_throttle,
                 "registry": registry,
             }
         finally:
             await broker.stop()
             await pool.close()
+            await login_throttle.close()
 
     app = FastAPI(
         title="mailfleet",
         summary="Self-hosted email delivery: accounts, campaigns and the delivery queue.",
         version="0.1.0",
         lifespan=lifespan,
-        # Requests past this size get 413 before they are read in full.
-        max_body_size=settings.enqueue.max_body_bytes,
+        dependencies=[Depends(require_json_body)],
     )
     install_error_handlers(app)
+    document_errors(app)
     for module in _ROUTES:
         app.include_router(module.router)
+    # Requests past this size get 413 before they are read in full. Added as middleware, not
+    # as FastAPI(max_body_size=...), whose 413 is plain text sent from outside every handler.
+    app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.enqueue.max_body_bytes)
+    app.add_middleware(PlainErrorsAsProblems)
     app.add_middleware(RequestMetrics, registry=registry)
     return app
 

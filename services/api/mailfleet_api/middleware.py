@@ -1,10 +1,14 @@
-"""ASGI middleware counting and timing requests per route template."""
+"""ASGI middleware: request metrics per route template; plain-text errors made problems."""
 
 import time
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from mailfleet_api.errors import problem_response
 
 
 class RequestMetrics:
@@ -46,3 +50,40 @@ class RequestMetrics:
             method = scope["method"]
             self.requests.labels(template, method, str(status)).inc()
             self.latency.labels(template, method).observe(time.perf_counter() - started)
+
+
+class PlainErrorsAsProblems:
+    """Turns the error answers Starlette writes as plain text into problem documents.
+
+    The request body limit answers 413 from middleware, outside every exception handler; this
+    gives it, and any other plain-text error, the one error shape of the API.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        held: Message | None = None
+        text = b""
+
+        async def send_as_problem(message: Message) -> None:
+            nonlocal held, text
+            if message["type"] == "http.response.start" and message["status"] >= 400:
+                content_type = Headers(raw=message.get("headers", [])).get("content-type", "")
+                if content_type.startswith("text/plain"):
+                    held = message
+                    return
+            if held is None or message["type"] != "http.response.body":
+                await send(message)
+                return
+            text += message.get("body", b"")
+            if message.get("more_body", False):
+                return
+            detail = text.decode(errors="replace")[:300] or "the request failed"
+            response = problem_response(Request(scope), held["status"], detail)
+            await response(scope, receive, send)
+
+        await self.app(scope, receive, send_as_problem)

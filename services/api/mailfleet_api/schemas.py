@@ -16,6 +16,8 @@ from pydantic import (
     model_validator,
 )
 
+from mailfleet_api.auth import password_problem
+
 Role = Literal["admin", "operator", "viewer"]
 SmtpTls = Literal["implicit", "starttls", "none"]
 AccountStatus = Literal["active", "paused", "disabled", "archived"]
@@ -50,6 +52,16 @@ def _filled(value: str) -> str:
     return value
 
 
+def _in_utc_range(value: datetime) -> datetime:
+    # 0001-01-01T00:00+14:00 is a valid timestamp that falls before year 1 in UTC, where the
+    # database driver compares it: refused here rather than failing there.
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("out of range once converted to UTC") from None
+    return value
+
+
 def _email_address(value: str) -> str:
     try:
         return validate_email(value, check_deliverability=False).normalized
@@ -58,6 +70,8 @@ def _email_address(value: str) -> str:
 
 
 SingleLine = Annotated[str, AfterValidator(_single_line)]
+# A timestamp with an offset, within the range of datetime once in UTC.
+Moment = Annotated[AwareDatetime, AfterValidator(_in_utc_range)]
 Name = Annotated[str, Field(min_length=1, max_length=MAX_NAME_CHARS), AfterValidator(_single_line)]
 SmtpUsername = Annotated[str, Field(max_length=320), AfterValidator(_single_line)]
 EmailAddress = Annotated[str, Field(max_length=320), AfterValidator(_email_address)]
@@ -118,8 +132,22 @@ class AccessToken(BaseModel):
 
 class UserCreate(_Body):
     email: EmailAddress
-    password: Annotated[SecretStr, Field(min_length=12, max_length=1024)]
+    password: Annotated[
+        SecretStr,
+        Field(
+            min_length=12,
+            max_length=1024,
+            description="At least 12 characters, not blank, and hard to guess (zxcvbn score 3+).",
+        ),
+    ]
     role: Role
+
+    @model_validator(mode="after")
+    def _strong_password(self) -> "UserCreate":
+        problem = password_problem(self.password.get_secret_value(), self.email)
+        if problem is not None:
+            raise ValueError(problem)
+        return self
 
 
 class User(BaseModel):
@@ -390,7 +418,7 @@ class CampaignCreate(_Body):
         default=[], description=_ACCOUNT_IDS
     )
     pools: Tags = Field(default=[], description=_POOLS)
-    start_at: AwareDatetime | None = None
+    start_at: Moment | None = None
     tracking: bool = Field(default=True, description=_TRACKING)
     unsubscribe_scope: UnsubscribeScope = Field(default="global", description=_UNSUBSCRIBE_SCOPE)
 
@@ -603,7 +631,7 @@ class CampaignDetail(Campaign):
 
 
 class CampaignStart(_Body):
-    start_at: AwareDatetime | None = None
+    start_at: Moment | None = None
 
 
 class CampaignCancelled(BaseModel):
@@ -698,6 +726,7 @@ class SuppressionCreate(_Body):
     email: EmailAddress
     reason: SuppressionReason = DEFAULT_SUPPRESSION_REASON
     campaign_id: UUID | None = Field(default=None, description=_SUPPRESSION_CAMPAIGN)
+    # Range checked with the rest below, so an import row says "expires_at is out of range".
     expires_at: AwareDatetime | None = Field(default=None, description=_EXPIRES_AT)
 
     @model_validator(mode="after")
@@ -756,8 +785,8 @@ class SuppressionFilter(BaseModel):
         default=None, description="global: for every campaign; campaign: for one campaign."
     )
     active: bool | None = Field(default=None, description="true: not expired; false: expired.")
-    created_after: AwareDatetime | None = Field(default=None, description="Created at or after.")
-    created_before: AwareDatetime | None = Field(default=None, description="Created before.")
+    created_after: Moment | None = Field(default=None, description="Created at or after.")
+    created_before: Moment | None = Field(default=None, description="Created before.")
 
     @model_validator(mode="after")
     def _consistent_scope(self) -> "SuppressionFilter":
@@ -846,8 +875,8 @@ class InboundReportFilter(BaseModel):
     problem: bool | None = Field(
         default=None, description="true: it has a problem noted; false: it has none."
     )
-    received_after: AwareDatetime | None = Field(default=None, description="Read at or after.")
-    received_before: AwareDatetime | None = Field(default=None, description="Read before.")
+    received_after: Moment | None = Field(default=None, description="Read at or after.")
+    received_before: Moment | None = Field(default=None, description="Read before.")
 
 
 class InboundReportPage(CursorPage[InboundReport]):

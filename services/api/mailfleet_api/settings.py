@@ -1,7 +1,13 @@
 """Settings of the API service and the mailfleet CLI."""
 
-from mailfleet_common.settings import CryptoSettings, HttpSettings, ServiceSettings
-from pydantic import BaseModel, Field, SecretStr
+from limits import parse
+from mailfleet_common.settings import (
+    CryptoSettings,
+    HttpSettings,
+    ServiceSettings,
+    TemplateSettings,
+)
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 MIN_JWT_SECRET_LENGTH = 32
 
@@ -17,6 +23,29 @@ class AuthSettings(BaseModel):
     jwt_secret: SecretStr = SecretStr("")
     dev_ephemeral_secret: bool = False
     token_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # Password hashes are checked in this many threads, off the event loop.
+    verify_workers: int = Field(default=2, ge=1, le=64)
+    # Logins waiting for a thread beyond this are refused (429, Retry-After: 1).
+    verify_queue: int = Field(default=64, ge=1)
+
+
+class ThrottleSettings(BaseModel):
+    """Failed-login limits (MAILFLEET_THROTTLE__*), in the ``limits`` notation ("10/15 minutes").
+
+    ``storage_url`` is a Redis URL (``redis://127.0.0.1:6379/0``) shared by every API replica;
+    empty, the counts are kept in each process's memory (one replica, or development).
+    """
+
+    storage_url: SecretStr = SecretStr("")
+    key_prefix: str = Field(default="mailfleet", min_length=1, max_length=100)
+    login_per_account: str = "10/15 minutes"
+    login_per_client: str = "50/15 minutes"
+
+    @field_validator("login_per_account", "login_per_client")
+    @classmethod
+    def _a_rate(cls, value: str) -> str:
+        parse(value)  # raises ValueError on anything but "N/period"
+        return value
 
 
 class EnqueueSettings(BaseModel):
@@ -32,3 +61,5 @@ class Settings(ServiceSettings):
     auth: AuthSettings = AuthSettings()
     crypto: CryptoSettings = CryptoSettings()
     enqueue: EnqueueSettings = EnqueueSettings()
+    throttle: ThrottleSettings = ThrottleSettings()
+    templates: TemplateSettings = TemplateSettings()

@@ -18,7 +18,13 @@ from typing import Any
 from uuid import UUID
 
 from mailfleet_common.errors import MailfleetError
-from mailfleet_common.templating import CampaignTemplates, InvalidTemplateError, compile_campaign
+from mailfleet_common.templating import (
+    DEFAULT_LIMITS,
+    CampaignTemplates,
+    InvalidTemplateError,
+    TemplateLimits,
+    compile_campaign,
+)
 
 from mailfleet_sender.queries import CampaignRow
 
@@ -232,8 +238,11 @@ class Campaign:
 class TemplateCache:
     """Compiled templates per campaign, each campaign fetched and compiled once."""
 
-    def __init__(self, load: CampaignLoader, size: int = 1024) -> None:
+    def __init__(
+        self, load: CampaignLoader, limits: TemplateLimits = DEFAULT_LIMITS, size: int = 1024
+    ) -> None:
         self._load = load
+        self._limits = limits
         self._size = size
         self._entries: OrderedDict[UUID, asyncio.Future[Campaign]] = OrderedDict()
 
@@ -249,7 +258,12 @@ class TemplateCache:
                 row = await self._load(campaign_id)
                 if row is None:
                     raise MessageBuildError(f"campaign {campaign_id} does not exist")
-                templates = compile_campaign(row.subject, row.html_body, row.text_body)
+                templates = compile_campaign(
+                    row.subject, row.html_body, row.text_body, self._limits
+                )
+                # Over the limits without any variables is over them for every recipient:
+                # the campaign fails once here, not once per message on the event loop.
+                templates.check_limits()
                 entry.set_result(Campaign(templates, row.tracking))
             except (InvalidTemplateError, MessageBuildError) as exc:
                 entry.set_exception(exc)

@@ -114,7 +114,7 @@ class SenderReplica:
             self._committer,
             self._reporter,
             publisher,
-            TemplateCache(self._load_campaign),
+            TemplateCache(self._load_campaign, settings.templates.limits()),
             self._tracker,
             self._secrets,
         )

@@ -5,6 +5,7 @@ from mailfleet_common.settings import (
     HttpSettings,
     ReplicaSettings,
     ServiceSettings,
+    TemplateSettings,
     TrackingSettings,
 )
 from pydantic import BaseModel, Field
@@ -66,5 +67,6 @@ class Settings(ServiceSettings):
     crypto: CryptoSettings = CryptoSettings()
     sender: SenderSettings = SenderSettings()
     replicas: ReplicaSettings = ReplicaSettings()
+    templates: TemplateSettings = TemplateSettings()
     # Required: every campaign message carries signed unsubscribe URLs (MAILFLEET_TRACKING__*).
     tracking: TrackingSettings = TrackingSettings()

@@ -9,7 +9,7 @@ from mailfleet_common.db import Conn
 from mailfleet_common.templating import compile_campaign
 
 from mailfleet_api import queries, schemas
-from mailfleet_api.deps import BrokerDep, DbConn, Limit, Offset, Operator, Viewer
+from mailfleet_api.deps import BrokerDep, DbConn, Limit, Offset, Operator, SettingsDep, Viewer
 from mailfleet_api.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
 from mailfleet_api.events import announce_recipients
 
@@ -50,14 +50,21 @@ async def _wrong_status(conn: Conn, campaign_id: UUID, action: str) -> Exception
 
 @router.post("", status_code=status.HTTP_201_CREATED, max_body_size=_MAX_CAMPAIGN_BYTES)
 async def create_campaign(
-    body: schemas.CampaignCreate, conn: DbConn, principal: Operator
+    body: schemas.CampaignCreate, conn: DbConn, principal: Operator, settings: SettingsDep
 ) -> schemas.Campaign:
-    """Create a campaign in draft, after checking its templates and account pool."""
+    """Create a campaign in draft, after checking its templates and account pool.
+
+    The templates are rendered once without variables: one over the template limits already
+    is refused (422) rather than failing every message later.
+    """
     for part in ("html_body", "text_body"):
         text = getattr(body, part)
         if text is not None and len(text.encode()) > schemas.MAX_BODY_BYTES:
             raise TooLargeError(f"{part} is larger than {schemas.MAX_BODY_BYTES} bytes")
-    compile_campaign(body.subject, body.html_body, body.text_body)
+    templates = compile_campaign(
+        body.subject, body.html_body, body.text_body, settings.templates.limits()
+    )
+    templates.check_limits()
     await _check_pool(conn, body.account_ids, body.pools)
     campaign_id = await queries.insert_campaign(conn, principal.user_id, body)
     return await _campaign(conn, campaign_id)

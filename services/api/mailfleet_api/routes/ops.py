@@ -2,10 +2,12 @@
 
 import asyncio
 import logging
+from typing import Literal
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from pydantic import BaseModel
 
 from mailfleet_api.deps import BrokerDep, PoolDep
 
@@ -21,7 +23,17 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", responses={503: {"description": "A dependency is unreachable."}})
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    database: bool
+    broker: bool
+
+
+@router.get(
+    "/ready",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "A dependency is unreachable."}},
+)
 async def ready(pool: PoolDep, broker: BrokerDep) -> JSONResponse:
     """Readiness: the database answers and the broker is connected."""
     try:

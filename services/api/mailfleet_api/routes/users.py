@@ -5,16 +5,18 @@ from uuid import UUID
 from fastapi import APIRouter, status
 
 from mailfleet_api import auth, queries, schemas
-from mailfleet_api.deps import Admin, DbConn, Limit, Offset
+from mailfleet_api.deps import Admin, DbConn, Limit, Offset, PasswordsDep
 from mailfleet_api.errors import ConflictError, ForbiddenError, NotFoundError
 
 router = APIRouter(prefix="/api/admin", tags=["users"])
 
 
 @router.post("/users", status_code=status.HTTP_201_CREATED)
-async def create_user(body: schemas.UserCreate, conn: DbConn, _: Admin) -> schemas.User:
-    """Create a user with a role."""
-    password_hash = auth.hash_password(body.password.get_secret_value())
+async def create_user(
+    body: schemas.UserCreate, conn: DbConn, _: Admin, passwords: PasswordsDep
+) -> schemas.User:
+    """Create a user with a role; the password must pass the password policy."""
+    password_hash = await passwords.hash(body.password.get_secret_value())
     user = await queries.insert_user(conn, body.email, password_hash, body.role)
     if user is None:
         raise ConflictError(f"a user with email {body.email} exists already")
