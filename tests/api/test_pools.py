@@ -155,12 +155,18 @@ async def test_a_campaign_naming_a_tag_no_account_carries_is_refused(
     await client.delete(f"{ACCOUNTS}/{archived}", headers=admin["headers"])
     await create_account(client, admin, tags=["eu"])
 
+    answers = {}
     for pools in (["nowhere"], ["eu", "old"], ["Bad Tag"]):
         response = await client.post(
             "/api/campaigns", json=campaign_body(pools=pools), headers=operator["headers"]
         )
         assert response.status_code == 422, pools
-    assert "nowhere" in response.text or "Bad Tag" in response.text
+        answers[pools[-1]] = response.json()
+    assert "nowhere" in answers["nowhere"]["detail"]
+    assert "old" in answers["old"]["detail"]
+    # A malformed tag is named by where it is, not echoed.
+    assert answers["Bad Tag"]["errors"][0]["loc"] == ["body", "pools", 0]
+    assert "Bad Tag" not in str(answers["Bad Tag"])
 
 
 async def test_a_campaign_whose_pool_has_no_active_account_cannot_start(
