@@ -4,6 +4,7 @@ from datetime import UTC, datetime
 from typing import Any
 from uuid import UUID, uuid4
 
+import aio_pika
 import httpx
 import pytest
 from faststream.asgi import AsgiFastStream
@@ -30,6 +31,16 @@ from .conftest import (
 )
 
 pytestmark = pytest.mark.rabbit
+
+
+async def announce_enqueued(broker: RabbitBroker, campaign: UUID, count: int) -> None:
+    """What the API publishes once recipients are enqueued: the dispatcher ticks at once."""
+    await broker.publish(
+        RecipientsEnqueued(campaign_id=campaign, count=count),
+        exchange=topology.EVENTS,
+        routing_key=topology.ENQUEUE_KEY,
+        persist=True,
+    )
 
 
 def attempts_for(message_id: int, campaign: UUID, account: UUID) -> SendAttempts:
@@ -67,12 +78,7 @@ async def test_send_batches_arrive_on_the_accounts_own_queue(
     ids = await insert_messages(db, campaign, 150)
     queue = await broker.declare_queue(topology.send_queue(account))
 
-    await broker.publish(
-        RecipientsEnqueued(campaign_id=campaign, count=150),
-        exchange=topology.EVENTS,
-        routing_key=topology.ENQUEUE_KEY,
-        persist=True,
-    )
+    await announce_enqueued(broker, campaign, 150)
     first = SendBatch.model_validate_json(await next_body(queue))
     second = SendBatch.model_validate_json(await next_body(queue))
 
@@ -90,17 +96,48 @@ async def test_a_pooled_campaign_is_commanded_only_to_its_tagged_accounts_queues
     queues = {a: await broker.declare_queue(topology.send_queue(a)) for a in [*tagged, untagged]}
     ids = await insert_messages(db, campaign, 40)
 
-    await broker.publish(
-        RecipientsEnqueued(campaign_id=campaign, count=40),
-        exchange=topology.EVENTS,
-        routing_key=topology.ENQUEUE_KEY,
-        persist=True,
-    )
+    await announce_enqueued(broker, campaign, 40)
     batches = [SendBatch.model_validate_json(await next_body(queues[a])) for a in tagged]
 
     assert sorted(i for b in batches for i in b.message_ids) == ids
     assert [b.account_id for b in batches] == tagged
     assert await queues[untagged].get(no_ack=True, fail=False) is None
+
+
+async def test_commands_reach_an_account_whose_queue_was_deleted_after_its_first_command(
+    app: AsgiFastStream, db: Conn, broker: RabbitBroker, rabbit_url: str
+) -> None:
+    account = await insert_account(db)
+    campaign = await insert_campaign(db)
+    first_ids = await insert_messages(db, campaign, 1)
+    await announce_enqueued(broker, campaign, 1)
+    # No queue was declared beforehand: the dispatcher declares it on the first command.
+    queue = await broker.declare_queue(topology.send_queue(account))
+    first = SendBatch.model_validate_json(await next_body(queue))
+    assert first.message_ids == first_ids
+
+    # An operator (or a policy) deletes the queue: the exchange can no longer route to it.
+    await queue.delete(if_unused=False, if_empty=False)
+    more = await insert_messages(db, campaign, 2)
+    await announce_enqueued(broker, campaign, 2)
+
+    async def next_command() -> bytes | None:
+        # A connection of its own, asking the broker itself: a passive declare of a queue
+        # that does not exist closes the channel.
+        connection = await aio_pika.connect(rabbit_url)
+        async with connection:
+            channel = await connection.channel()
+            try:
+                declared = await channel.declare_queue(
+                    topology.send_queue_name(account), passive=True
+                )
+            except aio_pika.exceptions.ChannelClosed:
+                return None
+            message = await declared.get(no_ack=True, fail=False)
+            return None if message is None else bytes(message.body)
+
+    second = SendBatch.model_validate_json(await eventually(next_command))
+    assert second.message_ids == more
 
 
 async def test_recorder_writes_attempts_events_and_usage_once_despite_redelivery(

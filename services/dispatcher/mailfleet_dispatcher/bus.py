@@ -17,7 +17,18 @@ from mailfleet_dispatcher import metrics
 
 log = logging.getLogger(__name__)
 
-_COMMAND_PROPERTIES = aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
+
+def _command_properties() -> aiormq.spec.Basic.Properties:
+    """Properties for one command, never shared.
+
+    The client stamps a message id on them, by which it matches a returned command to its
+    publish.
+    """
+    return aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
+
+
+class CommandRefusedError(Exception):
+    """The broker did not take a send command: refused (nack) or unroutable."""
 
 
 class Bus:
@@ -26,7 +37,6 @@ class Bus:
     def __init__(self, broker: RabbitBroker, batch_size: int) -> None:
         self._broker = broker
         self._batch_size = batch_size
-        self._declared: set[UUID] = set()
 
     async def declare_topology(self) -> None:
         """Declare the exchanges this service publishes to, and the dead-letter queue.
@@ -49,28 +59,49 @@ class Bus:
     async def _declare_send_queue(
         self, channel: aiormq.abc.AbstractChannel, account_id: UUID
     ) -> None:
-        """Make sure the account's queue exists and is bound before its first command.
-
-        A command published before its queue exists would be dropped as unroutable. Declared
-        and bound without waiting for the replies, on the channel the commands are published
-        on: the broker handles a channel's methods in order, so the publish that follows is
-        routed after the bind, and a failed declare closes the channel and fails the publish.
-        Waiting for each reply instead cost two round trips per account, one account after
-        another: most of a tick's time with thousands of accounts.
-        """
-        if account_id in self._declared:
-            return
+        """Declare the account's queue and bind it to the send exchange."""
         spec = topology.send_queue(account_id)
-        await channel.queue_declare(spec.name, durable=True, arguments=spec.arguments, nowait=True)
-        await channel.queue_bind(
-            spec.name, topology.SEND.name, routing_key=spec.routing_key, nowait=True
-        )
-        self._declared.add(account_id)
+        await channel.queue_declare(spec.name, durable=True, arguments=spec.arguments)
+        await channel.queue_bind(spec.name, topology.SEND.name, routing_key=spec.routing_key)
+
+    async def _publish_command(
+        self, channel: aiormq.abc.AbstractChannel, account_id: UUID, body: bytes
+    ) -> None:
+        """Publish one command to the account's queue, declaring the queue if it has none.
+
+        Published mandatory: a command the exchange cannot route (the account's queue was
+        never declared, or was deleted) comes back instead of being dropped, and goes out
+        again once the queue is declared and bound. Declaring every account's queue before
+        its first command instead cost the broker about as much as the command itself, and
+        could not see a queue deleted since.
+        """
+        for attempt in range(2):
+            confirmation = None
+            try:
+                confirmation = await channel.basic_publish(
+                    body,
+                    exchange=topology.SEND.name,
+                    routing_key=str(account_id),
+                    properties=_command_properties(),
+                    mandatory=True,
+                )
+                # With confirms, a returned command is confirmed by the message itself.
+                returned = isinstance(confirmation, aiormq.abc.DeliveredMessage)
+            except aiormq.exceptions.PublishError:
+                returned = True
+            if isinstance(confirmation, aiormq.spec.Basic.Nack):
+                raise CommandRefusedError(
+                    f"the broker refused the command for account {account_id}"
+                )
+            if not returned:
+                return
+            if attempt == 0:
+                await self._declare_send_queue(channel, account_id)
+        raise CommandRefusedError(f"the command for account {account_id} could not be routed")
 
     async def _publish_account(self, account_id: UUID, message_ids: Sequence[int]) -> int:
         try:
             channel = await self._command_channel()
-            await self._declare_send_queue(channel, account_id)
             published = 0
             # In order: a sender delivers an account's commands in the order they arrive.
             for start in range(0, len(message_ids), self._batch_size):
@@ -87,12 +118,7 @@ class Bus:
                 # by the stall watch within seconds. Persisting it cost the broker about 1.3 ms
                 # of CPU per command once commands spread over thousands of queues (each
                 # queue's own index on disk), eight times the transient cost.
-                await channel.basic_publish(
-                    command.model_dump_json().encode(),
-                    exchange=topology.SEND.name,
-                    routing_key=str(account_id),
-                    properties=_COMMAND_PROPERTIES,
-                )
+                await self._publish_command(channel, account_id, command.model_dump_json().encode())
                 published += 1
         except BROKER_AWAY as exc:
             # The messages stay `assigned`; the stall watch commands them again once the
@@ -123,7 +149,6 @@ class Bus:
         spec = topology.send_queue(account_id)
         channel = await self._command_channel()
         declared = await channel.queue_declare(spec.name, durable=True, arguments=spec.arguments)
-        self._declared.discard(account_id)  # bound or not, the next publish binds it
         return bool(declared.message_count)
 
     async def publish_uncertain(self, message_ids: Sequence[int]) -> None:
