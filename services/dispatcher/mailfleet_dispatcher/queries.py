@@ -609,6 +609,18 @@ async def inflight_ticks(conn: Conn) -> list[InflightTick]:
     ]
 
 
+async def sender_command_lag(conn: Conn, timeout_s: float) -> float:
+    """The longest a live sender replica reports its send commands waited lately, in seconds."""
+    lag_ms = await conn.fetchval(
+        """
+        SELECT coalesce(max(command_lag_ms), 0) FROM sender_replicas
+        WHERE heartbeat_at > now() - make_interval(secs => $1)
+        """,
+        timeout_s,
+    )
+    return float(lag_ms) / 1000
+
+
 async def assigned_before(conn: Conn, account_id: UUID, before: datetime | None) -> list[int]:
     """The account's assigned messages of running campaigns, in the order they were commanded.
 

@@ -49,7 +49,10 @@ class Runtime:
             asyncio.create_task(self._assigner.run(self._stopping), name="assignment"),
             asyncio.create_task(sweeper.run(self._stopping), name="sweeps"),
             asyncio.create_task(
-                StallWatch(self.pool, self.bus, settings).run(self._stopping), name="stalls"
+                StallWatch(self.pool, self.bus, settings, self.settings.replicas.timeout_s).run(
+                    self._stopping
+                ),
+                name="stalls",
             ),
         ]
         log.info("dispatcher started", extra={"tick_ms": settings.tick_ms})

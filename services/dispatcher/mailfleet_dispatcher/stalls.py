@@ -11,6 +11,11 @@ moves. When it has not moved for `stall_s` plus the account's pace:
 - if nothing is `sending` and the account's queue holds no command, its command is gone;
 - if an older or same-tick message is `sending`, a slow SMTP conversation holds it: wait.
 
+A busy sender replica holds commands delivered to it for a while before it starts them, and
+meanwhile they are neither in the queue nor `sending`: each replica reports how long its
+commands waited lately with its heartbeat, and the watch waits twice the longest of those
+longer before it takes a command for lost.
+
 The messages then get their commands again. A repeated command is harmless: a claim is a
 compare-and-set from `assigned`, so whatever was handled already is skipped.
 """
@@ -55,10 +60,13 @@ class _Account:
 class StallWatch:
     """Checks every `stall_check_s` for accounts whose commands were lost, and re-issues them."""
 
-    def __init__(self, pool: Pool, bus: Bus, settings: DispatchSettings) -> None:
+    def __init__(
+        self, pool: Pool, bus: Bus, settings: DispatchSettings, replica_timeout_s: float
+    ) -> None:
         self._pool = pool
         self._bus = bus
         self._settings = settings
+        self._replica_timeout_s = replica_timeout_s
         self._fronts: dict[UUID, _Front] = {}
 
     async def run(self, stopping: asyncio.Event) -> None:
@@ -69,6 +77,8 @@ class StallWatch:
         """Look once; returns how many messages got their commands again."""
         async with self._pool.acquire() as conn:
             ticks = await queries.inflight_ticks(conn)
+            # Commands wait at a busy replica before it starts them; allow twice as long.
+            lag_s = 2 * await queries.sender_command_lag(conn, self._replica_timeout_s)
         now = time.monotonic()
         stalled: dict[UUID, datetime | None] = {}
         for account_id, account in _by_account(ticks).items():
@@ -78,12 +88,15 @@ class StallWatch:
             if front is None or (front.oldest_at, front.left) != (account.oldest_at, account.left):
                 self._fronts[account_id] = _Front(account.oldest_at, account.left, now)
                 continue
-            if now - front.since < self._settings.stall_s + account.min_gap_ms / 1000:
+            waited = now - front.since
+            if waited < self._settings.stall_s + account.min_gap_ms / 1000:
                 continue
             later = [at for at in account.sending if at > account.oldest_at]
             if later:
                 stalled[account_id] = max(later)
             elif not account.sending:
+                if waited < self._settings.stall_s + account.min_gap_ms / 1000 + lag_s:
+                    continue  # its command may wait at a busy replica
                 stalled[account_id] = None
             else:
                 continue  # an older message is in an SMTP conversation

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
 from mailfleet_common.db import DATABASE_AWAY
@@ -9,12 +10,14 @@ from mailfleet_common.messages import SendBatch
 from pydantic import ValidationError
 
 from mailfleet_sender.delivery import Account, Deliverer
+from mailfleet_sender.membership import CommandLag
 
 log = logging.getLogger(__name__)
 
 
 async def deliver_send_batch(
     deliverer: Deliverer,
+    lag: CommandLag,
     account: Account,
     message: AbstractIncomingMessage,
     stopping: asyncio.Event,
@@ -36,6 +39,7 @@ async def deliver_send_batch(
         )
         await _settle(message, "reject")
         return
+    lag.note((datetime.now(UTC) - batch.dispatched_at).total_seconds())
     try:
         settled = await deliverer.deliver_batch(account, batch.message_ids, stopping)
     except DATABASE_AWAY as exc:

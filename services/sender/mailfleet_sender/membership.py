@@ -13,6 +13,7 @@ from uuid import UUID
 from mailfleet_common.db import Pool
 
 from mailfleet_sender import queries
+from mailfleet_sender.metrics import COMMAND_LAG, REPLICAS_LIVE
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,30 @@ def owner_of(account_id: UUID, replicas: frozenset[str]) -> str:
     return max(replicas, key=lambda replica: (_weight(account_id, replica), replica))
 
 
+class CommandLag:
+    """How long send commands waited between the dispatcher and the start of their work here.
+
+    The largest wait seen since the previous heartbeat, or half the previous report if that
+    is larger: a replica that was busy a moment ago still reports it for a few beats.
+    Measured against the command's `dispatched_at`, so it assumes the clocks of dispatcher
+    and sender agree to well under a second (NTP).
+    """
+
+    def __init__(self) -> None:
+        self._window = 0.0
+        self._reported = 0.0
+
+    def note(self, waited_s: float) -> None:
+        self._window = max(self._window, waited_s)
+
+    def report(self) -> float:
+        """The lag to publish now, in seconds; starts a new window."""
+        self._reported = max(self._window, self._reported / 2)
+        self._window = 0.0
+        COMMAND_LAG.set(self._reported)
+        return self._reported
+
+
 class Membership:
     """This replica's heartbeat and its view of the live replicas."""
 
@@ -39,6 +64,7 @@ class Membership:
         self.replica_id = replica_id
         self._timeout_s = timeout_s
         self.live: frozenset[str] = frozenset({replica_id})
+        self.lag = CommandLag()
 
     def owns(self, account_id: UUID) -> bool:
         return owner_of(account_id, self.live) == self.replica_id
@@ -52,12 +78,13 @@ class Membership:
     async def beat(self) -> bool:
         """Heartbeat, then refresh the live set; returns whether it changed."""
         async with self._pool.acquire() as conn:
-            await queries.beat_heart(conn, self.replica_id)
+            await queries.beat_heart(conn, self.replica_id, round(self.lag.report() * 1000))
             live = await queries.list_live_replicas(conn, self._timeout_s)
         return self._update(live)
 
     def _update(self, live: list[str]) -> bool:
         current = frozenset({*live, self.replica_id})
+        REPLICAS_LIVE.set(len(current))
         if current == self.live:
             return False
         log.info(

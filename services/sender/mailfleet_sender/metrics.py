@@ -63,3 +63,21 @@ CONSUMER_RESTORES = Counter(
     "mailfleet_sender_consumer_restores_total",
     "Account consumers registered again after their channel closed or the broker cancelled them.",
 )
+HANDOVERS = Counter(
+    "mailfleet_sender_consumer_handovers_total",
+    "Account consumers this replica moved to the back of their queue's line, handing the "
+    "account to the replica that owns it (after replicas joined or left).",
+)
+HANDOVERS_PENDING = Gauge(
+    "mailfleet_sender_consumer_handovers_pending",
+    "Account consumers waiting to hand their account over (each after its command in hand).",
+)
+COMMAND_LAG = Gauge(
+    "mailfleet_sender_command_lag_seconds",
+    "How long send commands waited before this replica started them (the largest wait "
+    "since the previous heartbeat, decaying); the dispatcher's stall watch allows for it.",
+)
+REPLICAS_LIVE = Gauge(
+    "mailfleet_sender_replicas_live",
+    "Sender replicas this replica sees alive (itself included): accounts are shared among them.",
+)

@@ -63,14 +63,15 @@ _ACCOUNT_SELECT = """
 """
 
 
-async def beat_heart(conn: Conn, replica_id: str) -> None:
-    """Record that this replica is alive."""
+async def beat_heart(conn: Conn, replica_id: str, command_lag_ms: int = 0) -> None:
+    """Record that this replica is alive, and how long its commands waited lately."""
     await conn.execute(
         """
-        INSERT INTO sender_replicas (id) VALUES ($1)
-        ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+        INSERT INTO sender_replicas (id, command_lag_ms) VALUES ($1, $2)
+        ON CONFLICT (id) DO UPDATE SET heartbeat_at = now(), command_lag_ms = $2
         """,
         replica_id,
+        command_lag_ms,
     )
 
 

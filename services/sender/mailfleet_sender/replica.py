@@ -249,7 +249,7 @@ class SenderReplica:
         account = open_account(row, self.settings, self._smtp, self._secrets)
         subscription = AccountSubscription(
             account,
-            partial(deliver_send_batch, self._deliverer),
+            partial(deliver_send_batch, self._deliverer, self._membership.lag),
             self._channels,
             partial(self._owned_elsewhere, row.id),
         )

@@ -32,7 +32,7 @@ from aio_pika.abc import (
 from mailfleet_common import topology
 
 from mailfleet_sender.delivery import Account
-from mailfleet_sender.metrics import CHANNELS, CONSUMER_RESTORES
+from mailfleet_sender.metrics import CHANNELS, CONSUMER_RESTORES, HANDOVERS, HANDOVERS_PENDING
 
 log = logging.getLogger(__name__)
 
@@ -265,8 +265,13 @@ class AccountSubscription:
 
     def request_cycle(self) -> None:
         """Move to the back of the consumer line once the command in hand is done."""
-        self._cycle = True
+        self._want_cycle()
         self._wake()
+
+    def _want_cycle(self) -> None:
+        if not self._cycle:
+            self._cycle = True
+            HANDOVERS_PENDING.inc()
 
     def close_idle_sessions(self, idle_s: float) -> None:
         """Close the account's SMTP sessions when it has had nothing to send for `idle_s`."""
@@ -284,6 +289,9 @@ class AccountSubscription:
         """
         self._stopping = True
         self._interrupted.set()
+        if self._cycle:
+            self._cycle = False
+            HANDOVERS_PENDING.dec()
         async with self._resuming:
             if cancel:
                 await self._cancel_consumer()
@@ -321,12 +329,14 @@ class AccountSubscription:
             await _requeue(message)
             return
         await self._handle(self.account, message, self._interrupted)
-        if self._owned_elsewhere():
+        if self._owned_elsewhere() and not self._stopping:
             # We were the active consumer of an account another live replica owns.
-            self._cycle = True
+            self._want_cycle()
 
     async def _recycle(self) -> None:
         self._cycle = False
+        HANDOVERS_PENDING.dec()
+        HANDOVERS.inc()
         # Under the lock: a restore in between would register a second consumer.
         async with self._resuming:
             await self._cancel_consumer()
