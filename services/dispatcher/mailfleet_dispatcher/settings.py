@@ -15,7 +15,7 @@ class DispatchSettings(BaseModel):
     # At most this many messages per tick, shared by the accounts: a large backlog is handed
     # out in several short transactions, so the first commands go out within milliseconds
     # instead of after one long one. A tick that hit the cap is followed by another at once.
-    max_per_tick: int = Field(default=2000, ge=1)
+    max_per_tick: int = Field(default=5000, ge=1)
     sweep_interval_s: float = Field(default=2.0, gt=0)
     # An account whose oldest assigned message has not moved for this long (plus its pace),
     # with nothing older in hand, gets its send commands again: they were lost.
