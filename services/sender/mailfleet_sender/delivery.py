@@ -158,6 +158,11 @@ class Deliverer:
         """Deliver the messages; False if shutdown interrupted before every one was handled."""
         batch = _Batch(deque(message_ids))
         workers = min(account.transport.size, len(message_ids))
+        if workers <= 1:
+            # One connection (the default): no task of its own, which costs more than the
+            # rest of a one-message command's bookkeeping.
+            await self._work(account, 0, batch, stopping)
+            return batch.halted or not batch.interrupted
         results = await asyncio.gather(
             *(self._work(account, slot, batch, stopping) for slot in range(workers)),
             return_exceptions=True,
