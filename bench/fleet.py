@@ -71,17 +71,52 @@ def error_lines(log_path: Path) -> list[str]:
     return found
 
 
-async def subscribed(client: httpx.AsyncClient, sender: ServiceProcess) -> int:
-    """How many account queues a sender replica consumes, from its metrics."""
+async def sender_state(client: httpx.AsyncClient, sender: ServiceProcess) -> dict[str, int]:
+    """A sender replica's state, from its metrics.
+
+    The account queues it consumes (`accounts`), the consumers waiting to hand their account
+    to its owner (`pending`), those handed over so far (`handovers`), and the replicas it
+    sees alive (`live`).
+    """
     try:
         text = (await client.get(f"{sender.url}/metrics")).text
     except httpx.HTTPError:
-        return 0
-    return sum(
-        int(float(line.rsplit(" ", 1)[1]))
-        for line in text.splitlines()
-        if line.startswith("mailfleet_sender_accounts{")
+        return {"accounts": 0, "pending": -1, "handovers": 0, "live": 0}
+    state = {"accounts": 0, "pending": 0, "handovers": 0, "live": 0}
+    for line in text.splitlines():
+        name, _, value = line.rpartition(" ")
+        if name.startswith("mailfleet_sender_accounts{"):
+            state["accounts"] += int(float(value))
+        elif name == "mailfleet_sender_consumer_handovers_pending":
+            state["pending"] = int(float(value))
+        elif name == "mailfleet_sender_consumer_handovers_total":
+            state["handovers"] = int(float(value))
+        elif name == "mailfleet_sender_replicas_live":
+            state["live"] = int(float(value))
+    return state
+
+
+async def settled(client: httpx.AsyncClient, senders: list[ServiceProcess], accounts: int) -> bool:
+    """Whether the replicas have settled.
+
+    Every replica sees every other, consumes every account, and has no consumer waiting to
+    hand its account over.
+    """
+    states = [await sender_state(client, s) for s in senders]
+    return all(
+        s["accounts"] >= accounts and s["pending"] == 0 and s["live"] == len(senders)
+        for s in states
     )
+
+
+async def subscribed(client: httpx.AsyncClient, sender: ServiceProcess) -> int:
+    """How many account queues a sender replica consumes."""
+    return (await sender_state(client, sender))["accounts"]
+
+
+async def handovers(client: httpx.AsyncClient, senders: list[ServiceProcess]) -> int:
+    """Account consumers handed to their owners so far, over every replica."""
+    return sum([(await sender_state(client, s))["handovers"] for s in senders])
 
 
 async def create_accounts(client: httpx.AsyncClient, count: int, sink_port: int) -> list[str]:
@@ -220,7 +255,9 @@ async def run_size(accounts: int, messages: int, senders: int, archive: bool) ->
                 await stack.start_sender(ready_within_s=SUBSCRIBE_TIMEOUT_S) for _ in range(senders)
             ]
             rss = PeakRss(replicas)
-            while min([await subscribed(client, s) for s in replicas]) < accounts:
+            # Until every replica consumes every account and each account's consumer line
+            # starts with its owner: the replica started first was the active consumer of all.
+            while not await settled(client, replicas, accounts):
                 if time.perf_counter() - started > SUBSCRIBE_TIMEOUT_S:
                     raise RuntimeError("the senders did not subscribe every account in time")
                 await asyncio.sleep(0.1)
@@ -249,6 +286,7 @@ async def run_size(accounts: int, messages: int, senders: int, archive: bool) ->
             response.raise_for_status()
             assert response.json()["accepted"] == messages, response.text[:500]
 
+            handovers_before = await handovers(client, replicas)
             groups = {service.name: [service.pid] for service in stack.services if service.pid}
             groups.update(server_pids())
             cpu_before = {g: sum(cpu_seconds(p) for p in pids) for g, pids in groups.items()}
@@ -289,6 +327,7 @@ async def run_size(accounts: int, messages: int, senders: int, archive: bool) ->
                 unsent = await db.fetchval("SELECT count(*) FROM messages WHERE message_id IS NULL")
             finally:
                 await db.close()
+            handovers_during = await handovers(client, replicas) - handovers_before
             peak_rss = await rss.stop()
             dispatch = await watch.stop()
             archived: dict[str, float] = {}
@@ -322,6 +361,7 @@ async def run_size(accounts: int, messages: int, senders: int, archive: bool) ->
         "deliver_s": round(deliver_s, 3),
         "emails_per_s": round(len(set(arrived)) / deliver_s, 1) if deliver_s > 0 else 0.0,
         "last_assigned_s": round(float(assigned_s or 0), 3),
+        "handovers_during_delivery": handovers_during,
         "dispatcher": dispatch,
         "archived": archived,
         "cpu_us_per_email": {
