@@ -38,6 +38,7 @@ from mailfleet_sender.tracking import Tracker
 log = logging.getLogger(__name__)
 
 _DETAIL_MAX = 1000
+_NEVER = datetime.min.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Account:
     from_header: str
     envelope_from: str
     domain: str
+    # When this replica last finished a command of the account: a command that arrives
+    # before then waits for the account's own work, not for the replica.
+    free_at: datetime = _NEVER
     _counters: dict[str, "Counter"] = field(default_factory=dict)
 
     @property

@@ -39,7 +39,12 @@ async def deliver_send_batch(
         )
         await _settle(message, "reject")
         return
-    lag.note((datetime.now(UTC) - batch.dispatched_at).total_seconds())
+    if not message.redelivered:
+        # How long the command waited for this replica: from when it was dispatched, or
+        # from when the account's previous command was done if that was later. A command
+        # redelivered (after a hand-over or a closed channel) waited somewhere else.
+        waited_from = max(batch.dispatched_at, account.free_at)
+        lag.note((datetime.now(UTC) - waited_from).total_seconds())
     try:
         settled = await deliverer.deliver_batch(account, batch.message_ids, stopping)
     except DATABASE_AWAY as exc:

@@ -33,7 +33,11 @@ def owner_of(account_id: UUID, replicas: frozenset[str]) -> str:
 
 
 class CommandLag:
-    """How long send commands waited between the dispatcher and the start of their work here.
+    """How long send commands waited for this replica before it started them.
+
+    From the command's dispatch, or from the end of the account's previous command if that
+    came later: a paced account's next command waiting its turn says nothing about the
+    replica.
 
     The largest wait seen since the previous heartbeat, or half the previous report if that
     is larger: a replica that was busy a moment ago still reports it for a few beats.

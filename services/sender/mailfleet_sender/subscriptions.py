@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import cast
 
 import aiormq
@@ -328,7 +329,10 @@ class AccountSubscription:
             # or it comes back to the queue now.
             await _requeue(message)
             return
-        await self._handle(self.account, message, self._interrupted)
+        try:
+            await self._handle(self.account, message, self._interrupted)
+        finally:
+            self.account.free_at = datetime.now(UTC)
         if self._owned_elsewhere() and not self._stopping:
             # We were the active consumer of an account another live replica owns.
             self._want_cycle()
