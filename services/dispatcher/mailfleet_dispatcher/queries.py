@@ -365,10 +365,9 @@ async def mark_orphans_uncertain(
             LEFT JOIN sender_replicas r ON r.id = m.sender_replica
             WHERE m.status = 'sending'
               AND (r.id IS NULL
-                   OR (r.heartbeat_at < now() - make_interval(secs => $1)
-                       -- Right after PostgreSQL restarted, silence says nothing: no replica
-                       -- could beat while it was down. Each gets the timeout to beat again.
-                       AND pg_postmaster_start_time() < now() - make_interval(secs => $1))
+                   -- Right after PostgreSQL restarted, every replica gets the timeout to
+                   -- beat again (replica_live).
+                   OR NOT replica_live(r, $1)
                    OR m.updated_at < now() - make_interval(secs => $2))
             FOR NO KEY UPDATE OF m SKIP LOCKED
         ), marked AS (
@@ -613,8 +612,8 @@ async def sender_command_lag(conn: Conn, timeout_s: float) -> float:
     """The longest a live sender replica reports its send commands waited lately, in seconds."""
     lag_ms = await conn.fetchval(
         """
-        SELECT coalesce(max(command_lag_ms), 0) FROM sender_replicas
-        WHERE heartbeat_at > now() - make_interval(secs => $1)
+        SELECT coalesce(max(command_lag_ms), 0) FROM sender_replicas r
+        WHERE replica_live(r, $1)
         """,
         timeout_s,
     )

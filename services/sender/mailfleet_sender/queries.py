@@ -83,9 +83,7 @@ async def list_live_replicas(conn: Conn, timeout_s: float) -> list[str]:
     """
     rows = await conn.fetch(
         """
-        SELECT id FROM sender_replicas
-        WHERE heartbeat_at > now() - make_interval(secs => $1)
-           OR pg_postmaster_start_time() > now() - make_interval(secs => $1)
+        SELECT id FROM sender_replicas r WHERE replica_live(r, $1)
         """,
         timeout_s,
     )
