@@ -28,13 +28,21 @@ wait_port() {  # host port seconds what
   done
 }
 
+# A command run as root: directly when root already, else through sudo.
+as_root() {
+  if ((EUID == 0)); then "$@"; return; fi
+  command -v sudo >/dev/null 2>&1 || die "$1 needs root: run as root, or install sudo"
+  sudo "$@"
+}
+
 # Debian packages, installed with apt-get (as root); the package index is refreshed once.
 apt_updated=
 apt_install() {
   command -v apt-get >/dev/null 2>&1 || die "$* missing and no apt-get to install it"
-  if [[ -z $apt_updated ]]; then apt-get update -qq; apt_updated=1; fi
+  if [[ -z $apt_updated ]]; then as_root apt-get update -qq; apt_updated=1; fi
   say "installing $*"
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -qq --no-install-recommends "$@" >/dev/null
 }
 
 # A command, installed from the Debian package of the same name when missing.
@@ -51,18 +59,32 @@ ensure_uv() {
   fi
 }
 
+# PostgreSQL from the OS packages, for a DSN on this machine (the default) where none is
+# installed. The default DSN connects as postgres over TCP without a password, so local TCP
+# connections of the postgres role are trusted, as for a developer's own machine.
+install_postgres() {
+  apt_install postgresql
+  local version
+  version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  [[ -n $version ]] || die "postgresql was installed but /etc/postgresql holds no cluster"
+  as_root sed -i '1i host all postgres 127.0.0.1/32 trust\nhost all postgres ::1/128 trust' \
+    "/etc/postgresql/$version/main/pg_hba.conf"
+  # The package may have started the cluster already: make it read the new rule.
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main reload 2>/dev/null || true
+}
+
 # Starts the local PostgreSQL cluster when the DSN points at this machine and nothing answers.
 ensure_postgres() {
   local host port
   host=$(url_host "$MAILFLEET_POSTGRES__DSN"); port=$(url_port "$MAILFLEET_POSTGRES__DSN" 5432)
   port_open "$host" "$port" && return 0
   is_local "$host" || die "PostgreSQL at $host:$port does not answer (MAILFLEET_POSTGRES__DSN)"
-  command -v pg_ctlcluster >/dev/null 2>&1 && [[ -d /etc/postgresql ]] \
-    || die "PostgreSQL is not installed here: install it, or set MAILFLEET_POSTGRES__DSN"
+  command -v pg_ctlcluster >/dev/null 2>&1 && [[ -d /etc/postgresql ]] || install_postgres
   local version
   version=$(ls /etc/postgresql | sort -V | tail -n 1)
+  port_open "$host" "$port" && return 0  # the package may have started its cluster
   say "starting PostgreSQL $version"
-  pg_ctlcluster --skip-systemctl-redirect "$version" main start
+  as_root pg_ctlcluster --skip-systemctl-redirect "$version" main start
   [[ -n ${RUN_DIR:-} ]] && echo "$version" >"$RUN_DIR/started-postgresql"
   wait_port "$host" "$port" 60 PostgreSQL
 }
@@ -73,8 +95,15 @@ ensure_rabbitmq() {
   host=$(url_host "$MAILFLEET_RABBIT__URL"); port=$(url_port "$MAILFLEET_RABBIT__URL" 5672)
   port_open "$host" "$port" && return 0
   is_local "$host" || die "RabbitMQ at $host:$port does not answer (MAILFLEET_RABBIT__URL)"
-  command -v rabbitmq-server >/dev/null 2>&1 \
-    || die "RabbitMQ is not installed here: install it, or set MAILFLEET_RABBIT__URL"
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    apt_install rabbitmq-server
+    hash -r
+    # The package may have started the broker itself.
+    if timeout 60 rabbitmqctl await_startup >/dev/null 2>&1; then
+      wait_port "$host" "$port" 60 RabbitMQ
+      return 0
+    fi
+  fi
   say "starting RabbitMQ"
   rabbitmq-server -detached
   [[ -n ${RUN_DIR:-} ]] && touch "$RUN_DIR/started-rabbitmq"
