@@ -178,3 +178,11 @@ ensure_postfix() {
   stop_system_daemon postfix
   have_daemon postfix || die "postfix was installed but is not in /usr/sbin or on PATH"
 }
+
+# promtool evaluates the autoscalers' PromQL in the tests (tests/deploy). Debian ships it in
+# the prometheus package, whose server the installation may start: stopped, it is not needed.
+ensure_promtool() {
+  command -v promtool >/dev/null 2>&1 && return 0
+  apt_install prometheus
+  stop_system_daemon prometheus
+}
