@@ -21,6 +21,7 @@ sync:
 # login throttle tests), started if it does not answer.
 test: sync
 	@source deploy/local/services.sh && ensure_dovecot && ensure_postfix && ensure_redis
+	@source deploy/local/services.sh && ensure_prometheus
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 lint: sync
