@@ -4,6 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
 .PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
+.PHONY: dashboards
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -55,3 +56,9 @@ bench-dispatch: sync
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.
 chaos: sync
 	$(UV) run --frozen python -m bench.chaos $(CHAOS_ARGS)
+
+# Grafana dashboards (deploy/monitoring/grafana/dashboards) and the Kubernetes PrometheusRule
+# (deploy/k8s/monitoring), generated from deploy/monitoring/generate.py and alerts.yml.
+dashboards: sync
+	$(UV) run --frozen python deploy/monitoring/generate.py
+
