@@ -4,7 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
 .PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
-.PHONY: dashboards
+.PHONY: dashboards monitoring monitoring-down
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -62,3 +62,9 @@ chaos: sync
 dashboards: sync
 	$(UV) run --frozen python deploy/monitoring/generate.py
 
+# Prometheus and Alertmanager (Debian packages) against the `make up` stack, alert rules loaded.
+monitoring: sync
+	@deploy/local/monitoring up
+
+monitoring-down:
+	@deploy/local/monitoring down
