@@ -524,8 +524,12 @@ async def record_account_paused(
 
 @dataclass(frozen=True)
 class TrackingOutcome:
-    recorded: int
+    recorded_at: list[datetime]  # when each hit recorded now happened, by the tracker's clock
     unknown: int  # hits naming no message, dropped
+
+    @property
+    def recorded(self) -> int:
+        return len(self.recorded_at)
 
 
 async def record_tracking_hits(
@@ -554,9 +558,9 @@ async def record_tracking_hits(
                    i.event_key
             FROM input i JOIN messages m ON m.id = i.message_id
             ON CONFLICT (event_key, occurred_at) DO NOTHING
-            RETURNING 1
+            RETURNING occurred_at
         )
-        SELECT (SELECT count(*) FROM inserted) AS recorded,
+        SELECT (SELECT coalesce(array_agg(occurred_at), '{}') FROM inserted) AS recorded_at,
                (SELECT count(*) FROM input i
                 WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = i.message_id)) AS unknown
         """,
@@ -571,7 +575,7 @@ async def record_tracking_hits(
         [h.machine_reason for h in hits],
     )
     assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
-    return TrackingOutcome(int(row["recorded"]), int(row["unknown"]))
+    return TrackingOutcome(list(row["recorded_at"]), int(row["unknown"]))
 
 
 @dataclass(frozen=True)
