@@ -190,6 +190,8 @@ async def test_only_the_replica_holding_the_lock_exports_and_another_takes_over(
         assert await eventually(second.step, wait_s=5)
         assert not await first.step()
         assert samples(first_out) == {}
+        assert first_out.exposition() == b""
+        assert b"mailfleet_campaigns_running 1.0" in second_out.exposition()
         assert of(samples(second_out), "mailfleet_campaigns_running") == {None: 1}
     finally:
         await first.release()

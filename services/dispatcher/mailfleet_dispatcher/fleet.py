@@ -17,7 +17,7 @@ from uuid import UUID
 
 import asyncpg
 from mailfleet_common.settings import AccountRateSettings
-from prometheus_client import REGISTRY
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -205,20 +205,51 @@ class FleetCollector(Collector):
     """Serves the last snapshot while this replica holds the lock, and nothing otherwise.
 
     Each refresh replaces the whole snapshot, so an account archived or resumed since the
-    last one loses its series at once.
+    last one loses its series at once. The snapshot is also formatted once, when it is
+    published (`exposition()`): at 10,000 accounts formatting its ~40,000 series costs
+    about a tenth of a second, which every scrape would otherwise spend on the event loop
+    that runs the assignment.
     """
 
     def __init__(self) -> None:
         self.snapshot: FleetSnapshot | None = None
+        self._rendered = b""
 
     def collect(self) -> Iterable[Metric]:
         snapshot = self.snapshot
         return () if snapshot is None else list(_families(snapshot))
 
+    async def publish(self, snapshot: FleetSnapshot) -> None:
+        """Export `snapshot` from now on, formatted in a worker thread."""
+        self._rendered = await asyncio.to_thread(_render, snapshot)
+        self.snapshot = snapshot
 
-# The dispatcher's /metrics serves the default registry.
+    def clear(self) -> None:
+        """Export nothing."""
+        self.snapshot = None
+        self._rendered = b""
+
+    def exposition(self) -> bytes:
+        """The published snapshot in the Prometheus text format (empty when there is none)."""
+        return self._rendered if self.snapshot is not None else b""
+
+
+def _render(snapshot: FleetSnapshot) -> bytes:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Frozen(snapshot))
+    return generate_latest(registry)
+
+
+class _Frozen(Collector):
+    def __init__(self, snapshot: FleetSnapshot) -> None:
+        self._snapshot = snapshot
+
+    def collect(self) -> Iterable[Metric]:
+        return _families(self._snapshot)
+
+
+# The dispatcher's /metrics appends its exposition to the default registry's.
 COLLECTOR = FleetCollector()
-REGISTRY.register(COLLECTOR)
 
 
 class FleetGauges:
@@ -263,13 +294,13 @@ class FleetGauges:
                     log.info("this replica computes the fleet gauges")
             if self.leader:
                 started = time.perf_counter()
-                self._collector.snapshot = await compute(self._conn, self._rates)
+                await self._collector.publish(await compute(self._conn, self._rates))
                 log.debug(
                     "fleet gauges refreshed",
                     extra={"seconds": round(time.perf_counter() - started, 3)},
                 )
             else:
-                self._collector.snapshot = None
+                self._collector.clear()
         except Exception as exc:
             # Unsure whether the lock is still ours: export nothing, and start over on a new
             # connection (closing this one gives the lock up if it was held).
@@ -279,7 +310,7 @@ class FleetGauges:
 
     async def release(self) -> None:
         """Export nothing and give the lock up with the connection."""
-        self._collector.snapshot = None
+        self._collector.clear()
         self.leader = False
         conn, self._conn = self._conn, None
         if conn is not None and not conn.is_closed():
