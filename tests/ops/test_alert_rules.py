@@ -67,7 +67,7 @@ def test_the_prometheus_rule_for_kubernetes_holds_the_very_same_rules() -> None:
     assert rule["spec"] == yaml.safe_load(ALERTS.read_text())
 
 
-def test_every_service_in_the_base_is_scraped_by_a_pod_monitor_the_kustomization_applies() -> None:
+def test_every_scraped_deployment_has_a_pod_monitor_on_its_metrics_port() -> None:
     kustomization = yaml.safe_load((K8S / "monitoring" / "kustomization.yaml").read_text())
     applied = [
         document
