@@ -4,6 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
 .PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
+.PHONY: dashboards monitoring monitoring-down
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -21,6 +22,7 @@ sync:
 # login throttle tests), started if it does not answer.
 test: sync
 	@source deploy/local/services.sh && ensure_dovecot && ensure_postfix && ensure_redis
+	@source deploy/local/services.sh && ensure_prometheus
 	$(UV) run --frozen pytest $(PYTEST_ARGS)
 
 lint: sync
@@ -54,3 +56,15 @@ bench-dispatch: sync
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.
 chaos: sync
 	$(UV) run --frozen python -m bench.chaos $(CHAOS_ARGS)
+
+# Grafana dashboards (deploy/monitoring/grafana/dashboards) and the Kubernetes PrometheusRule
+# (deploy/k8s/monitoring), generated from deploy/monitoring/generate.py and alerts.yml.
+dashboards: sync
+	$(UV) run --frozen python deploy/monitoring/generate.py
+
+# Prometheus and Alertmanager (Debian packages) against the `make up` stack, alert rules loaded.
+monitoring: sync
+	@deploy/local/monitoring up
+
+monitoring-down:
+	@deploy/local/monitoring down

@@ -179,10 +179,31 @@ ensure_postfix() {
   have_daemon postfix || die "postfix was installed but is not in /usr/sbin or on PATH"
 }
 
-# promtool evaluates the autoscalers' PromQL in the tests (tests/deploy). Debian ships it in
-# the prometheus package, whose server the installation may start: stopped, it is not needed.
-ensure_promtool() {
-  command -v promtool >/dev/null 2>&1 && return 0
-  apt_install prometheus
-  stop_system_daemon prometheus
+# Prometheus (promtool), Alertmanager and the PostgreSQL exporter from Debian's packages, for the
+# monitoring tests (tests/ops) and `make monitoring`, which run their own on their own ports and
+# data directories: the system-wide daemons the packages start are stopped. Then RabbitMQ's
+# built-in Prometheus endpoint (port 15692) on a local broker.
+ensure_prometheus() {
+  local missing=() package
+  have_daemon promtool || missing+=(prometheus)
+  have_daemon prometheus-alertmanager || missing+=(prometheus-alertmanager)
+  have_daemon prometheus-postgres-exporter || missing+=(prometheus-postgres-exporter)
+  if ((${#missing[@]})); then
+    apt_install "${missing[@]}"
+    for package in "${missing[@]}"; do stop_system_daemon "$package"; done
+  fi
+  ensure_rabbitmq_prometheus
+}
+
+# Enables the rabbitmq_prometheus plugin (shipped with the broker) when the broker is local and
+# running and its endpoint does not answer yet.
+ensure_rabbitmq_prometheus() {
+  local host port
+  host=$(url_host "$MAILFLEET_RABBIT__URL"); port=$(url_port "$MAILFLEET_RABBIT__URL" 5672)
+  if ! is_local "$host" || ! port_open "$host" "$port"; then return 0; fi
+  port_open 127.0.0.1 15692 && return 0
+  PATH="$PATH:/usr/sbin:/sbin" command -v rabbitmq-plugins >/dev/null 2>&1 || return 0
+  say "enabling RabbitMQ's Prometheus endpoint (rabbitmq_prometheus, port 15692)"
+  PATH="$PATH:/usr/sbin:/sbin" rabbitmq-plugins enable rabbitmq_prometheus >/dev/null
+  wait_port 127.0.0.1 15692 30 "RabbitMQ's Prometheus endpoint"
 }

@@ -1,10 +1,12 @@
 """Queue status and clearing, statistics, and the anonymous ops endpoints."""
 
+import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import Conn, account_body
 
@@ -105,6 +107,23 @@ async def test_health_ready_and_metrics_answer_anonymously(
     assert "mailfleet_api_request_seconds_bucket" in metrics.text
 
 
+async def test_metrics_show_the_api_process_like_the_other_services(
+    client: httpx.AsyncClient,
+) -> None:
+    text = (await client.get("/metrics")).text
+    values = {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    # This process: the test runs the app in process, so the figures are the test's own.
+    assert values["process_resident_memory_bytes"] > 10_000_000
+    assert values["process_open_fds"] > 0
+    assert abs(values["process_start_time_seconds"] - started_at()) < 5
+    assert "python_info" in values
+    assert "python_gc_collections_total" in values
+
+
 async def test_openapi_documents_every_route_with_a_summary(client: httpx.AsyncClient) -> None:
     schema = (await client.get("/openapi.json")).json()
     operations = [op for path in schema["paths"].values() for op in path.values()]
@@ -116,3 +135,12 @@ async def test_openapi_documents_every_route_with_a_summary(client: httpx.AsyncC
         in enqueue["requestBody"]["content"]["application/json"]["schema"]["properties"]
     )
     assert (await client.get("/docs")).status_code == 200
+
+
+def started_at() -> float:
+    """When this process started, from /proc (what ProcessCollector reads too)."""
+    with open("/proc/self/stat") as stat:
+        start_ticks = float(stat.read().rsplit(")", 1)[1].split()[19])
+    with open("/proc/stat") as proc_stat:
+        boot = next(float(line.split()[1]) for line in proc_stat if line.startswith("btime"))
+    return boot + start_ticks / os.sysconf("SC_CLK_TCK")

@@ -161,3 +161,44 @@ async def test_invalid_tracking_payloads_are_dead_lettered(
 ) -> None:
     assert await is_dead_lettered(broker, routing_key, body)
     assert await db.fetchval("SELECT count(*) FROM events") == 0
+
+
+def latency(kind: str, sample: str) -> float:
+    value = REGISTRY.get_sample_value(
+        f"mailfleet_tracking_record_latency_seconds_{sample}", {"kind": kind}
+    )
+    return value or 0.0
+
+
+async def test_the_time_from_hit_to_record_is_observed_once_per_new_hit(
+    app: AsgiFastStream, db: Conn, broker: RabbitBroker
+) -> None:
+    campaign = await insert_campaign(db, status="completed")
+    ids = await insert_messages(db, campaign, 2, status="sent", account_id=await insert_account(db))
+    # Hits the tracker took 30 s ago (a broker outage held them back).
+    then = datetime.now(UTC) - timedelta(seconds=30)
+    batch = [
+        TrackingHit(key=f"{uuid4().hex[:8]}-{n}", message_id=i, occurred_at=then)
+        for n, i in enumerate(ids)
+    ]
+    count_before, sum_before = latency("click", "count"), latency("click", "sum")
+    within_60_before = REGISTRY.get_sample_value(
+        "mailfleet_tracking_record_latency_seconds_bucket", {"kind": "click", "le": "60.0"}
+    )
+
+    await publish(broker, "clicked", batch)
+    await publish(broker, "clicked", batch)  # a redelivery records nothing, observes nothing
+    await publish(broker, "clicked", [hit(ids[0], 1, url="https://example.com/")])
+
+    assert await recorded(db, "clicked", 3)
+
+    async def observed() -> bool:
+        return latency("click", "count") - count_before == 3
+
+    assert await eventually(observed)
+    # Two of 30 s and more, and one from 2030 (in the future: observed as 0).
+    assert 60 <= latency("click", "sum") - sum_before < 80
+    within_60 = REGISTRY.get_sample_value(
+        "mailfleet_tracking_record_latency_seconds_bucket", {"kind": "click", "le": "60.0"}
+    )
+    assert (within_60 or 0) - (within_60_before or 0) == 3

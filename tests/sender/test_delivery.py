@@ -5,6 +5,7 @@ from typing import Any
 from mailfleet_common import topology
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import Settings
+from prometheus_client import REGISTRY
 
 from tests.sender.conftest import (
     deliver_one,
@@ -291,3 +292,30 @@ async def test_account_config_change_reopens_the_smtp_session(
 async def _configured_port(sender: SenderReplica, account: Any, port: int) -> bool:
     subscription = sender.subscriptions.get(account)
     return subscription is not None and subscription.account.row.smtp_port == port
+
+
+def _delivery_latency(sample: str) -> float:
+    value = REGISTRY.get_sample_value(f"mailfleet_delivery_latency_seconds_{sample}")
+    return value or 0.0
+
+
+async def test_the_time_from_enqueue_to_acceptance_is_observed_for_accepted_messages_only(
+    sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
+) -> None:
+    account = await insert_account(db, smtp_peer.port)
+    campaign = await insert_campaign(db)
+    ids = await insert_messages(
+        db, campaign, account, ["latency@example.org", "reject-latency@example.org"]
+    )
+    # Enqueued ten minutes ago (a daily limit held them back, say).
+    await db.execute(
+        "UPDATE messages SET created_at = now() - interval '10 minutes' WHERE id = ANY($1)", ids
+    )
+    count_before, sum_before = _delivery_latency("count"), _delivery_latency("sum")
+
+    await publish_batch(rabbit_url, account, ids)
+    await wait_for(lambda: settled(db, ids[:1]))
+    await wait_for(lambda: settled(db, ids[1:], "failed"))
+
+    assert _delivery_latency("count") - count_before == 1
+    assert 600 <= _delivery_latency("sum") - sum_before < 660

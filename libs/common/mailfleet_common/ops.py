@@ -23,9 +23,16 @@ async def _respond(send: Send, status: int, body: bytes, content_type: bytes) ->
     await send({"type": "http.response.body", "body": body})
 
 
-def metrics_app(registry: CollectorRegistry = REGISTRY) -> ASGIApp:
+def metrics_app(
+    registry: CollectorRegistry = REGISTRY, rendered: Callable[[], bytes] | None = None
+) -> ASGIApp:
+    """The registry's metrics, followed by `rendered()`: text a service formatted beforehand."""
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
-        await _respond(send, 200, generate_latest(registry), CONTENT_TYPE_LATEST.encode())
+        body = generate_latest(registry)
+        if rendered is not None:
+            body += rendered()
+        await _respond(send, 200, body, CONTENT_TYPE_LATEST.encode())
 
     return app
 
@@ -52,10 +59,12 @@ def readiness_app(checks: Sequence[ReadinessCheck]) -> ASGIApp:
     return app
 
 
-def ops_routes(checks: Sequence[ReadinessCheck]) -> list[tuple[str, ASGIApp]]:
+def ops_routes(
+    checks: Sequence[ReadinessCheck], rendered_metrics: Callable[[], bytes] | None = None
+) -> list[tuple[str, ASGIApp]]:
     """The routes an AsgiFastStream worker mounts beside its broker."""
     return [
-        ("/metrics", metrics_app()),
+        ("/metrics", metrics_app(rendered=rendered_metrics)),
         ("/health", health_app()),
         ("/ready", readiness_app(checks)),
     ]

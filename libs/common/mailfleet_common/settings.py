@@ -48,6 +48,24 @@ class ReplicaSettings(BaseModel):
     timeout_s: float = Field(default=5.0, gt=0)
 
 
+class AccountRateSettings(BaseModel):
+    """The bounce and complaint rates at which the bouncer pauses an account.
+
+    Read from MAILFLEET_BOUNCER__BOUNCE_RATE_MAX, __COMPLAINT_RATE_MAX, __RATE_WINDOW_SENDS and
+    __RATE_MIN_SENDS by the bouncer, which judges accounts by them, and by the dispatcher, whose
+    fleet gauges export the same rates and thresholds: one setting, so the two cannot disagree.
+
+    - bounce_rate_max, complaint_rate_max: an account whose hard bounces or complaints among
+      its last rate_window_sends sends exceed these is paused; rates are judged once it has
+      rate_min_sends sends in the window (since it was last resumed).
+    """
+
+    bounce_rate_max: float = Field(default=0.05, gt=0, le=1)
+    complaint_rate_max: float = Field(default=0.003, gt=0, le=1)
+    rate_window_sends: int = Field(default=1000, ge=1)
+    rate_min_sends: int = Field(default=100, ge=1)
+
+
 class TrackingSettings(BaseModel):
     """Signed tracking and unsubscribe URLs, shared by the sender (signs) and tracker (checks).
 

@@ -11,7 +11,12 @@ from mailfleet_common import topology
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.db import create_pool
 from mailfleet_common.jsonlog import configure_logging
-from prometheus_client import CollectorRegistry
+from prometheus_client import (
+    CollectorRegistry,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+)
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from mailfleet_api.auth import PasswordHasherPool, TokenSigner
@@ -57,7 +62,12 @@ def create_app(settings: Settings) -> FastAPI:
     token_signer = TokenSigner.from_settings(settings.auth)
     secret_box = SecretBox.from_settings(settings.crypto)
     login_throttle = LoginThrottle.from_settings(settings.throttle)
+    # A registry per app (tests build several), with the process_* and python_* series the
+    # other services get from the default registry.
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[dict[str, Any]]:

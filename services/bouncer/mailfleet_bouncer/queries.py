@@ -414,20 +414,15 @@ async def account_rates(conn: Conn, account_id: UUID, window: int) -> Rates:
     """Hard bounces and complaints among the account's last `window` sends since rates_since."""
     row = await conn.fetchrow(
         """
-        SELECT count(*) AS sends,
-               count(*) FILTER (WHERE w.bounce = 'hard') AS hard_bounces,
-               count(*) FILTER (WHERE w.complained_at IS NOT NULL) AS complaints
-        FROM (
-            SELECT m.bounce, m.complained_at FROM messages m
-            WHERE m.account_id = $1 AND m.sent_at IS NOT NULL
-              AND m.sent_at > (SELECT rates_since FROM accounts WHERE id = $1)
-            ORDER BY m.sent_at DESC LIMIT $2
-        ) AS w
+        SELECT r.sends, r.hard_bounces, r.complaints
+        FROM accounts a CROSS JOIN LATERAL account_rates(a, $2) AS r
+        WHERE a.id = $1
         """,
         account_id,
         window,
     )
-    assert row is not None  # noqa: S101 - an aggregate always returns a row
+    if row is None:
+        return Rates(0, 0, 0)
     return Rates(row["sends"], row["hard_bounces"], row["complaints"])
 
 

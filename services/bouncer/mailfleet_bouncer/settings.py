@@ -1,15 +1,16 @@
 """The bouncer's settings: MAILFLEET_BOUNCER__POLL_S, MAILFLEET_BOUNCER__BOUNCE_RATE_MAX, ..."""
 
 from mailfleet_common.settings import (
+    AccountRateSettings,
     CryptoSettings,
     HttpSettings,
     ServiceSettings,
     TrackingSettings,
 )
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 
-class BouncerSettings(BaseModel):
+class BouncerSettings(AccountRateSettings):
     """How mailboxes are read and what the bouncer does about what it finds.
 
     Reading:
@@ -29,9 +30,8 @@ class BouncerSettings(BaseModel):
     - soft_bounce_limit within soft_bounce_window_days: that many of an address's messages
       soft-bounced (a message's repeated delay notices count once) suppress it, for
       soft_suppress_days (0: for good).
-    - bounce_rate_max, complaint_rate_max: an account whose hard bounces or complaints among
-      its last rate_window_sends sends exceed these is paused; rates are judged once it has
-      rate_min_sends sends in the window (since it was last resumed).
+    - bounce_rate_max, complaint_rate_max, rate_window_sends, rate_min_sends: see
+      AccountRateSettings (shared with the dispatcher's fleet gauges).
     """
 
     poll_s: float = Field(default=30.0, gt=0)
@@ -45,10 +45,6 @@ class BouncerSettings(BaseModel):
     soft_bounce_limit: int = Field(default=3, ge=1)
     soft_bounce_window_days: float = Field(default=7.0, gt=0)
     soft_suppress_days: float = Field(default=30.0, ge=0)
-    bounce_rate_max: float = Field(default=0.05, gt=0, le=1)
-    complaint_rate_max: float = Field(default=0.003, gt=0, le=1)
-    rate_window_sends: int = Field(default=1000, ge=1)
-    rate_min_sends: int = Field(default=100, ge=1)
 
 
 class BouncerHttp(HttpSettings):

@@ -11,6 +11,7 @@ from mailfleet_common.jsonlog import configure_logging
 from mailfleet_common.ops import ops_routes
 from mailfleet_common.serving import serve
 
+from mailfleet_dispatcher import fleet
 from mailfleet_dispatcher.handlers import create_router
 from mailfleet_dispatcher.runtime import Runtime
 from mailfleet_dispatcher.settings import Settings
@@ -29,7 +30,7 @@ def create_app(settings: Settings) -> AsgiFastStream:
     # MutableMapping. Same callables at run time.
     routes = cast(
         "Sequence[tuple[str, ASGIApp]]",
-        ops_routes([runtime.database_ready, runtime.broker_ready]),
+        ops_routes([runtime.database_ready, runtime.broker_ready], fleet.COLLECTOR.exposition),
     )
     return AsgiFastStream(
         broker,

@@ -524,8 +524,12 @@ async def record_account_paused(
 
 @dataclass(frozen=True)
 class TrackingOutcome:
-    recorded: int
+    recorded_at: list[datetime]  # when each hit recorded now happened, by the tracker's clock
     unknown: int  # hits naming no message, dropped
+
+    @property
+    def recorded(self) -> int:
+        return len(self.recorded_at)
 
 
 async def record_tracking_hits(
@@ -554,9 +558,9 @@ async def record_tracking_hits(
                    i.event_key
             FROM input i JOIN messages m ON m.id = i.message_id
             ON CONFLICT (event_key, occurred_at) DO NOTHING
-            RETURNING 1
+            RETURNING occurred_at
         )
-        SELECT (SELECT count(*) FROM inserted) AS recorded,
+        SELECT (SELECT coalesce(array_agg(occurred_at), '{}') FROM inserted) AS recorded_at,
                (SELECT count(*) FROM input i
                 WHERE NOT EXISTS (SELECT 1 FROM messages m WHERE m.id = i.message_id)) AS unknown
         """,
@@ -571,7 +575,7 @@ async def record_tracking_hits(
         [h.machine_reason for h in hits],
     )
     assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
-    return TrackingOutcome(int(row["recorded"]), int(row["unknown"]))
+    return TrackingOutcome(list(row["recorded_at"]), int(row["unknown"]))
 
 
 @dataclass(frozen=True)
@@ -637,3 +641,156 @@ async def assigned_before(conn: Conn, account_id: UUID, before: datetime | None)
         before,
     )
     return [r["id"] for r in rows]
+
+
+# -- Fleet gauges ---------------------------------------------------------------------------
+
+# Held, on a connection of its own, by the one replica that computes the fleet gauges.
+FLEET_GAUGES_LOCK = 0x6D66_6466_6C65_6574  # "mfdfleet"
+
+
+async def try_fleet_gauges_lock(conn: Conn) -> bool:
+    """Take the fleet-gauge lock for this session if no other session holds it."""
+    return bool(await conn.fetchval("SELECT pg_try_advisory_lock($1)", FLEET_GAUGES_LOCK))
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """Messages not yet finished, by state, and how long the oldest due one has waited."""
+
+    queued: int
+    assigned: int
+    deferred: int
+    sending: int
+    uncertain: int
+    oldest_queued_age_s: float
+
+
+async def backlog(conn: Conn) -> Backlog:
+    """Count each unfinished state, each from its own partial index.
+
+    The oldest queued message is looked for among running campaigns whose start has come
+    (each campaign's first entry of messages_queued_idx): messages of a paused or scheduled
+    campaign wait on purpose.
+    """
+    row = await conn.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM messages WHERE status = 'queued') AS queued,
+               (SELECT count(*) FROM messages WHERE status = 'assigned') AS assigned,
+               (SELECT count(*) FROM messages WHERE status = 'deferred') AS deferred,
+               (SELECT count(*) FROM messages WHERE status = 'sending') AS sending,
+               (SELECT count(*) FROM messages WHERE status = 'uncertain') AS uncertain,
+               coalesce(extract(epoch FROM now() - (
+                   SELECT min(q.created_at) FROM campaigns c CROSS JOIN LATERAL (
+                       SELECT m.created_at FROM messages m
+                       WHERE m.campaign_id = c.id AND m.status = 'queued'
+                       ORDER BY m.id LIMIT 1) q
+                   WHERE c.status = 'running' AND (c.start_at IS NULL OR c.start_at <= now())
+               )), 0)::float8 AS oldest_queued_age_s
+        """
+    )
+    assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
+    return Backlog(**dict(row))
+
+
+class AccountDay(NamedTuple):
+    """A configured account's state and its usage of `day` (one per account of the fleet)."""
+
+    id: UUID
+    status: str
+    status_reason: str | None
+    held: bool
+    min_gap_ms: int
+    tags: frozenset[str]
+    effective_limit: int
+    reserved: int
+    sent: int
+
+
+async def accounts_today(conn: Conn, day: date) -> list[AccountDay]:
+    """Every account that is not archived, with its effective limit and usage of `day`."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id, a.status, a.status_reason, account_held(a) AS held, a.min_gap_ms, a.tags,
+               account_effective_limit(a, $1) AS effective_limit,
+               coalesce(u.reserved, 0) AS reserved, coalesce(u.sent, 0) AS sent
+        FROM accounts a
+        LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = $1
+        WHERE a.status <> 'archived'
+        """,
+        day,
+    )
+    return [
+        AccountDay(r[0], r[1], r[2], r[3], r[4], frozenset(r[5]), r[6], r[7], r[8]) for r in rows
+    ]
+
+
+async def accounts_by_status(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM accounts GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+class AccountRates(NamedTuple):
+    account_id: UUID
+    sends: int
+    hard_bounces: int
+    complaints: int
+
+
+async def account_rates(conn: Conn, window_sends: int) -> list[AccountRates]:
+    """Active and paused accounts' sends, hard bounces and complaints in the bouncer's window.
+
+    account_rates() is the bouncer's own definition; only accounts with sends in it return.
+    """
+    rows = await conn.fetch(
+        """
+        SELECT a.id, r.sends, r.hard_bounces, r.complaints
+        FROM accounts a CROSS JOIN LATERAL account_rates(a, $1) AS r
+        WHERE a.status IN ('active', 'paused') AND r.sends > 0
+        """,
+        window_sends,
+    )
+    return [AccountRates(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+@dataclass(frozen=True)
+class CampaignDue:
+    """A running campaign, its pool and how many of its messages could be assigned now."""
+
+    campaign: Campaign
+    due: int
+
+
+async def campaigns_due(conn: Conn) -> list[CampaignDue]:
+    """Running campaigns whose start has come, with their queued and due deferred messages."""
+    rows = await conn.fetch(
+        """
+        SELECT c.id, c.account_ids, c.pool_tags,
+               (SELECT count(*) FROM messages m
+                WHERE m.campaign_id = c.id AND m.status = 'queued')
+             + (SELECT count(*) FROM messages m
+                WHERE m.campaign_id = c.id AND m.status = 'deferred'
+                  AND m.next_attempt_at <= now()) AS due
+        FROM campaigns c
+        WHERE c.status = 'running' AND (c.start_at IS NULL OR c.start_at <= now())
+        """
+    )
+    return [
+        CampaignDue(
+            Campaign(r["id"], frozenset(r["account_ids"]), frozenset(r["pool_tags"])), r["due"]
+        )
+        for r in rows
+    ]
+
+
+async def fleet_counts(conn: Conn) -> tuple[int, int]:
+    """Running campaigns, and suppressions in force (permanent or not yet expired)."""
+    row = await conn.fetchrow(
+        """
+        SELECT (SELECT count(*) FROM campaigns WHERE status = 'running') AS running,
+               (SELECT count(*) FROM suppressions
+                WHERE expires_at IS NULL OR expires_at > now()) AS suppressions
+        """
+    )
+    assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
+    return int(row["running"]), int(row["suppressions"])

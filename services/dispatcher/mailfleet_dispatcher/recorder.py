@@ -1,6 +1,7 @@
 """The recorder: writes what senders and the tracker report into events, attempts and usage."""
 
 import logging
+from datetime import UTC, datetime
 
 from mailfleet_common.db import Pool
 from mailfleet_common.messages import AccountPaused, SendAttempts, TrackingHits
@@ -37,6 +38,10 @@ async def record_tracking_hits(pool: Pool, batch: TrackingHits) -> int:
     """Record a batch of opens, clicks or unsubscribes; returns the hits that were new."""
     async with pool.acquire() as conn:
         outcome = await queries.record_tracking_hits(conn, batch.kind, batch.hits)
+    now = datetime.now(UTC)
+    latency = metrics.TRACKING_RECORD_LATENCY.labels(metrics.TRACKING_KIND[batch.kind])
+    for occurred_at in outcome.recorded_at:
+        latency.observe(max((now - occurred_at).total_seconds(), 0.0))
     duplicate = len(batch.hits) - outcome.recorded - outcome.unknown
     metrics.RECORDED.labels("events").inc(outcome.recorded)
     metrics.TRACKING_HITS.labels(batch.kind, "recorded").inc(outcome.recorded)

@@ -6,6 +6,7 @@ import logging
 from faststream.rabbit import RabbitBroker
 from mailfleet_common.db import Pool, create_pool
 
+from mailfleet_dispatcher import fleet
 from mailfleet_dispatcher.assignment import Assigner
 from mailfleet_dispatcher.bus import Bus
 from mailfleet_dispatcher.settings import Settings
@@ -53,6 +54,15 @@ class Runtime:
                     self._stopping
                 ),
                 name="stalls",
+            ),
+            asyncio.create_task(
+                fleet.FleetGauges(
+                    self.settings.postgres.dsn,
+                    fleet.COLLECTOR,
+                    settings.fleet_gauges_s,
+                    self.settings.bouncer,
+                ).run(self._stopping),
+                name="fleet-gauges",
             ),
         ]
         log.info("dispatcher started", extra={"tick_ms": settings.tick_ms})

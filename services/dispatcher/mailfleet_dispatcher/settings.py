@@ -1,6 +1,11 @@
 """The dispatcher's settings: MAILFLEET_DISPATCHER__TICK_MS, MAILFLEET_HTTP__PORT, ..."""
 
-from mailfleet_common.settings import HttpSettings, ReplicaSettings, ServiceSettings
+from mailfleet_common.settings import (
+    AccountRateSettings,
+    HttpSettings,
+    ReplicaSettings,
+    ServiceSettings,
+)
 from pydantic import BaseModel, Field
 
 
@@ -25,6 +30,9 @@ class DispatchSettings(BaseModel):
     # Longer than any SMTP conversation (connect, login and DATA, each within the sender's
     # smtp_timeout_s): a message `sending` this long under a live replica is `uncertain`.
     sending_timeout_s: float = Field(default=600.0, gt=0)
+    # How often the replica holding the fleet-gauge lock recomputes the fleet's gauges
+    # (backlog, accounts, rates); the others try to take the lock as often.
+    fleet_gauges_s: float = Field(default=15.0, gt=0)
 
 
 class DispatcherHttp(HttpSettings):
@@ -37,3 +45,5 @@ class Settings(ServiceSettings):
     http: DispatcherHttp = DispatcherHttp()
     dispatcher: DispatchSettings = DispatchSettings()
     replicas: ReplicaSettings = ReplicaSettings()
+    # The bouncer's thresholds, exported with the rates they judge (MAILFLEET_BOUNCER__...).
+    bouncer: AccountRateSettings = AccountRateSettings()

@@ -20,7 +20,7 @@ from prometheus_client import Counter
 
 from mailfleet_sender import queries
 from mailfleet_sender.claims import Claim, Committer, Outcome
-from mailfleet_sender.metrics import MESSAGES
+from mailfleet_sender.metrics import DELIVERY_LATENCY, MESSAGES
 from mailfleet_sender.mime import (
     MessageBuildError,
     TemplateCache,
@@ -310,6 +310,7 @@ class Deliverer:
         status: AttemptOutcome
         if result.verdict == "sent":
             status = "sent"
+            DELIVERY_LATENCY.observe(max((now - claimed.enqueued_at).total_seconds(), 0.0))
         elif (
             result.verdict == "temporary" and claimed.attempts < self._settings.sender.max_attempts
         ):

@@ -21,6 +21,17 @@ SMTP_SECONDS = Histogram(
     "Time for one SMTP transaction (MAIL FROM to the reply to DATA).",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
 )
+# From a message sent at once to one held back by limits, warm-up and retries for days.
+# fmt: off
+_SECONDS_TO_DAYS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400,
+                    43200, 86400, 172800)
+# fmt: on
+DELIVERY_LATENCY = Histogram(
+    "mailfleet_delivery_latency_seconds",
+    "From a message's enqueueing to the SMTP server accepting it (its 2xx to DATA), observed "
+    "by the sender replica that heard the 2xx.",
+    buckets=_SECONDS_TO_DAYS,
+)
 FLUSH_SIZE = Histogram(
     "mailfleet_sender_flush_size",
     "Claims plus outcomes written by one group commit.",

@@ -51,6 +51,8 @@ class ClaimedMessage:
     variables: dict[str, Any]
     attempts: int
     message_id: str
+    # When the message was enqueued: delivery latency is measured from it.
+    enqueued_at: datetime
     # The account's configuration version at claim time: a newer one than the replica holds
     # (new password, new host) is loaded before anything is sent.
     account_updated_at: datetime
@@ -190,15 +192,15 @@ claim AS (
              AND (s.expires_at IS NULL OR s.expires_at > now())
            LIMIT 1) IS NULL
     RETURNING m.id, m.campaign_id, m.email, m.name, m.variables, m.attempts, m.message_id,
-              a.updated_at AS account_updated_at
+              m.created_at, a.updated_at AS account_updated_at
 )
 SELECT 'claimed' AS kind, id, campaign_id, email, name, variables, attempts, message_id,
-       account_updated_at
+       created_at, account_updated_at
 FROM claim
 UNION ALL
-SELECT 'suppressed', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM suppressed
+SELECT 'suppressed', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM suppressed
 UNION ALL
-SELECT 'recorded', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
+SELECT 'recorded', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
 """
 
 
@@ -255,6 +257,7 @@ async def record_outcomes_and_claim(
                 variables=row["variables"],
                 attempts=row["attempts"],
                 message_id=row["message_id"],
+                enqueued_at=row["created_at"],
                 account_updated_at=row["account_updated_at"],
             )
         elif kind == "suppressed":

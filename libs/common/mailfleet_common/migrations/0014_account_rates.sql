@@ -1,0 +1,18 @@
+-- An account's bounce and complaint rates over the window the bouncer judges them by: its
+-- newest `window_sends` sends since rates_since (resuming an account starts a fresh window).
+-- One definition for the bouncer, which pauses an account over its limits, and the
+-- dispatcher's fleet gauges, which export the same rates. A plain SQL function, so the planner
+-- inlines it: over every account it is one set-based statement, each account reading its own
+-- slice of messages_account_sent_idx.
+CREATE FUNCTION account_rates(a accounts, window_sends integer)
+RETURNS TABLE (sends bigint, hard_bounces bigint, complaints bigint)
+LANGUAGE sql STABLE AS $$
+    SELECT count(*),
+           count(*) FILTER (WHERE w.bounce = 'hard'),
+           count(*) FILTER (WHERE w.complained_at IS NOT NULL)
+    FROM (
+        SELECT m.bounce, m.complained_at FROM messages m
+        WHERE m.account_id = a.id AND m.sent_at IS NOT NULL AND m.sent_at > a.rates_since
+        ORDER BY m.sent_at DESC LIMIT window_sends
+    ) AS w
+$$;
