@@ -33,6 +33,8 @@ class TableReport:
     rows: int = 0
     batches: int = 0
     max_batch_s: float = 0.0
+    # Time spent in its batches, all together.
+    seconds: float = 0.0
 
 
 @dataclass
@@ -43,6 +45,8 @@ class RetentionReport:
     events_before: datetime
     dropped_partitions: list[str] = field(default_factory=list)
     busy_partitions: list[str] = field(default_factory=list)
+    # The longest detach-and-drop of one partition, tries included.
+    max_partition_s: float = 0.0
     tables: list[TableReport] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -51,6 +55,7 @@ class RetentionReport:
             "events_before": self.events_before.isoformat(),
             "dropped_partitions": self.dropped_partitions,
             "busy_partitions": self.busy_partitions,
+            "max_partition_s": self.max_partition_s,
             "tables": {
                 t.table: {"rows": t.rows, "batches": t.batches, "max_batch_s": t.max_batch_s}
                 for t in self.tables
@@ -257,7 +262,9 @@ async def prune(
             # Rows another transaction holds: let it finish, then take the batch again.
             await asyncio.sleep(0.1)
             continue
-        report.max_batch_s = max(report.max_batch_s, time.perf_counter() - started)
+        took = time.perf_counter() - started
+        report.max_batch_s = max(report.max_batch_s, took)
+        report.seconds += took
         report.batches += 1
         report.rows += row["deleted"]
         if row["scanned"] < batch_size:
@@ -286,6 +293,7 @@ async def run_retention(
             report.tables.append(TableReport(table, await conn.fetchval(statement, before, *extra)))
         return report
     for name in partitions:
+        started = time.perf_counter()
         for attempt in range(_DETACH_TRIES):
             dropped = await drop_partition(conn, name)
             if dropped is not False:
@@ -295,6 +303,7 @@ async def run_retention(
             await asyncio.sleep(0.2 * (attempt + 1))
         else:
             report.busy_partitions.append(name)
+        report.max_partition_s = max(report.max_partition_s, time.perf_counter() - started)
     size = settings.batch_size
     report.tables = [
         await prune(conn, "events_default", _PRUNE_EVENTS_DEFAULT, cut.events, size),
