@@ -5,6 +5,7 @@ PYTEST_ARGS ?=
 
 .PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
 .PHONY: dashboards monitoring monitoring-down
+.PHONY: bench-retention
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -51,6 +52,10 @@ bench-bouncer: sync
 # The assignment tick at 50, 1,000 and 10,000 accounts (a throwaway database); one JSON line.
 bench-dispatch: sync
 	$(UV) run --frozen python -m bench.dispatch
+
+# `mailfleet retention` over millions of rows (a throwaway database) beside a writer; one JSON line.
+bench-retention: sync
+	$(UV) run --frozen python -m bench.retention $(RETENTION_ARGS)
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.

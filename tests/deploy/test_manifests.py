@@ -163,15 +163,22 @@ Pod = dict[str, str]
 def _pods(manifests: list[Manifest]) -> dict[str, tuple[Pod, dict[str, int]]]:
     """Workload name -> (pod labels, named container ports)."""
     pods = {}
-    for workload in [*of_kind(manifests, "Deployment"), *of_kind(manifests, "Job")]:
-        template = workload["spec"]["template"]
+    templates = [
+        (w["metadata"]["name"], w["spec"]["template"]) for w in of_kind(manifests, "Deployment")
+    ]
+    templates += [(w["metadata"]["name"], w["spec"]["template"]) for w in of_kind(manifests, "Job")]
+    templates += [
+        (w["metadata"]["name"], w["spec"]["jobTemplate"]["spec"]["template"])
+        for w in of_kind(manifests, "CronJob")
+    ]
+    for workload_name, template in templates:
         ports = {
             p["name"]: p["containerPort"]
             for c in template["spec"]["containers"]
             for p in c.get("ports", [])
             if "name" in p
         }
-        pods[workload["metadata"]["name"]] = (template["metadata"]["labels"], ports)
+        pods[workload_name] = (template["metadata"]["labels"], ports)
     return pods
 
 
@@ -247,7 +254,8 @@ def test_network_policies_allow_only_the_expected_paths() -> None:
     manifests = base_manifests()
     policies = list(of_kind(manifests, "NetworkPolicy"))
     pods = _pods(manifests)
-    name = {f"mailfleet-{s}": s for s in (*SERVICES, "redis", "migrate")}
+    jobs = ("migrate", "backup", "retention")
+    name = {f"mailfleet-{s}": s for s in (*SERVICES, "redis", *jobs)}
     http_port = {"api": 8000, "dispatcher": 8001, "sender": 8002, "tracker": 8003, "bouncer": 8004}
     outsider = ("default", {"app": "something"})
     ingress_controller = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
@@ -256,7 +264,7 @@ def test_network_policies_allow_only_the_expected_paths() -> None:
     def reaches_postgres(workload: str) -> bool:
         return egress_allowed(policies, pods[workload], 5432)
 
-    assert {name[w] for w in pods if reaches_postgres(w)} == {*SERVICES, "migrate"}
+    assert {name[w] for w in pods if reaches_postgres(w)} == {*SERVICES, *jobs}
     assert {name[w] for w in pods if egress_allowed(policies, pods[w], 5672)} == set(SERVICES)
     assert {name[w] for w in pods if egress_allowed(policies, pods[w], 25)} == {"sender"}
     assert {name[w] for w in pods if egress_allowed(policies, pods[w], 993)} == {"bouncer"}

@@ -16,6 +16,11 @@ Pool: TypeAlias = "asyncpg.Pool[asyncpg.Record]"
 
 T = TypeVar("T")
 
+# Held (pg_advisory_xact_lock) by whoever creates or drops partitions of `events`: the
+# dispatcher's monthly upkeep and `mailfleet retention`. Any constant works, as long as all
+# of them use this one.
+EVENTS_PARTITION_LOCK = 0x6D66_6470_6172_7473  # "mfdparts"
+
 log = logging.getLogger(__name__)
 
 # What PostgreSQL restarting, failing over or refusing connections looks like to a client:

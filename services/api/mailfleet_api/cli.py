@@ -17,6 +17,7 @@ from mailfleet_common.settings import HttpSettings
 from mailfleet_api import auth, queries, schemas
 from mailfleet_api.demo import DemoOptions, run_demo
 from mailfleet_api.keycheck import KeyCheck, check_secrets, explain
+from mailfleet_api.retention import RetentionReport, run_retention
 from mailfleet_api.settings import Settings
 
 app = typer.Typer(help="mailfleet: self-hosted email delivery.", no_args_is_help=True)
@@ -298,6 +299,42 @@ def demo(
     )  # fmt: skip
     if not run_demo(options):
         raise typer.Exit(code=1)
+
+
+@app.command()
+def retention(
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only count what would go; change nothing.")
+    ] = False,
+) -> None:
+    """Drop old events partitions and prune old rows in small batches (MAILFLEET_RETENTION__*).
+
+    Safe to run at any time, again, or several at once; an interrupted run is finished by the
+    next one.
+    """
+    settings = _settings()
+
+    async def run() -> RetentionReport:
+        conn = await asyncpg.connect(settings.postgres.dsn)
+        try:
+            return await run_retention(conn, settings.retention, dry_run=dry_run)
+        finally:
+            await conn.close()
+
+    report = asyncio.run(run())
+    verb = "would drop" if dry_run else "dropped"
+    partitions = ", ".join(report.dropped_partitions) or "none"
+    typer.echo(f"events before {report.events_before:%Y-%m-%d}: {verb} partitions {partitions}")
+    if report.busy_partitions:
+        typer.echo(f"left for the next run (locked): {', '.join(report.busy_partitions)}")
+    for table in report.tables:
+        if dry_run:
+            typer.echo(f"{table.table}: would delete {table.rows} rows")
+        else:
+            typer.echo(
+                f"{table.table}: deleted {table.rows} rows in {table.batches} batches "
+                f"(longest {table.max_batch_s * 1000:.0f} ms)"
+            )
 
 
 uncertain = typer.Typer(

@@ -54,6 +54,30 @@ class EnqueueSettings(BaseModel):
     max_variables_bytes: int = Field(default=8 * 1024, ge=2)
 
 
+class RetentionSettings(BaseModel):
+    """What `mailfleet retention` keeps (MAILFLEET_RETENTION__*).
+
+    ``events_months``: a monthly `events` partition is dropped once all of it is older (opens,
+    clicks and the rest of the history behind engagement figures go with it).
+    ``reports_days``: inbound reports (bounces, complaints, replies read by the bouncer) older
+    than this are deleted, once published; a mailbox read again from the start after that
+    (new UIDVALIDITY) would see such old messages as new, so keep it above how long mail
+    stays in the accounts' mailboxes.
+    ``attempts_days``: SMTP attempts older than this are deleted, but only those of messages
+    that are sent, failed or cancelled.
+    ``idempotency_key_hours``: an enqueue's Idempotency-Key is replayed for at least this long.
+    ``batch_size`` rows go per transaction; no statement waits longer than
+    ``lock_timeout_ms`` for a lock (it gives way and tries again).
+    """
+
+    events_months: int = Field(default=13, ge=1, le=1200)
+    reports_days: int = Field(default=180, ge=1)
+    attempts_days: int = Field(default=180, ge=1)
+    idempotency_key_hours: int = Field(default=7 * 24, ge=1)
+    batch_size: int = Field(default=5000, ge=1, le=100_000)
+    lock_timeout_ms: int = Field(default=2000, ge=10, le=60_000)
+
+
 class Settings(ServiceSettings):
     """MAILFLEET_POSTGRES__DSN, MAILFLEET_RABBIT__URL, MAILFLEET_AUTH__JWT_SECRET, ..."""
 
@@ -63,3 +87,4 @@ class Settings(ServiceSettings):
     enqueue: EnqueueSettings = EnqueueSettings()
     throttle: ThrottleSettings = ThrottleSettings()
     templates: TemplateSettings = TemplateSettings()
+    retention: RetentionSettings = RetentionSettings()

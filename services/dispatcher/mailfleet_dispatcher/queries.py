@@ -8,14 +8,12 @@ from uuid import UUID
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+from mailfleet_common.db import EVENTS_PARTITION_LOCK as PARTITION_LOCK
 from mailfleet_common.db import Conn as Connection
 from mailfleet_common.messages import SendAttempt, TrackingHit, TrackingKind
 
 # mailfleet_common.db.Conn names a bare connection; a pooled one is a proxy with the same API.
 Conn: TypeAlias = "Connection | PoolConnectionProxy[asyncpg.Record]"
-
-# Any constant works, as long as every dispatcher replica uses the same one.
-PARTITION_LOCK = 0x6D66_6470_6172_7473  # "mfdparts"
 
 
 class AccountRoom(NamedTuple):
