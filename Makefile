@@ -4,6 +4,7 @@ UV := $(shell command -v uv 2>/dev/null || echo python3 -m uv)
 PYTEST_ARGS ?=
 
 .PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
+.PHONY: bench-metrics
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -49,6 +50,11 @@ bench-bouncer: sync
 # The assignment tick at 50, 1,000 and 10,000 accounts (a throwaway database); one JSON line.
 bench-dispatch: sync
 	$(UV) run --frozen python -m bench.dispatch
+
+# The fleet gauges and the dispatcher's /metrics at 1,000 and 10,000 accounts (a throwaway
+# database); one JSON line.
+bench-metrics: sync
+	$(UV) run --frozen python -m bench.metrics_scale
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.
