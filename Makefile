@@ -6,6 +6,7 @@ PYTEST_ARGS ?=
 .PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
 .PHONY: dashboards monitoring monitoring-down
 .PHONY: bench-retention
+.PHONY: bench-metrics
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -56,6 +57,11 @@ bench-dispatch: sync
 # `mailfleet retention` over millions of rows (a throwaway database) beside a writer; one JSON line.
 bench-retention: sync
 	$(UV) run --frozen python -m bench.retention $(RETENTION_ARGS)
+
+# The fleet gauges and the dispatcher's /metrics at 1,000 and 10,000 accounts (a throwaway
+# database); one JSON line.
+bench-metrics: sync
+	$(UV) run --frozen python -m bench.metrics_scale
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.

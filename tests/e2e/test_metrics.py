@@ -4,8 +4,10 @@ import time
 from contextlib import aclosing
 from typing import Any
 
+import aio_pika
 import httpx
 import pytest
+from mailfleet_common import topology
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.e2e.conftest import create_account, start_campaign, wait_until
@@ -36,9 +38,29 @@ def exports_fleet(samples: dict[Any, float]) -> bool:
     return any(name == FLEET_SERIES for name, _ in samples)
 
 
+async def forget_earlier_reports(rabbit_url: str) -> None:
+    """Empty the queues the dispatcher records from.
+
+    Reports earlier tests left on the session's broker name message ids that this test's
+    database gives out again (identities restart with each test): recorded first, they
+    would take the place of this test's own.
+    """
+    queues = [topology.SEND_ATTEMPT_QUEUE, *topology.TRACKING_QUEUES.values()]
+    connection = await aio_pika.connect(rabbit_url)
+    async with connection:
+        for spec in queues:
+            channel = await connection.channel()
+            try:
+                queue = await channel.declare_queue(spec.name, passive=True)
+            except aio_pika.exceptions.ChannelClosed:
+                continue  # never declared: nothing left in it
+            await queue.purge()
+
+
 async def test_delivery_and_tracking_latencies_and_the_fleet_gauges_of_one_replica(
-    stack: Stack, db: Any
+    stack: Stack, db: Any, rabbit_url: str
 ) -> None:
+    await forget_earlier_reports(rabbit_url)
     sink = await stack.start_sink(maildir=True)
     api = await stack.start_api()
     first = await stack.start_dispatcher(GAUGES_EVERY)

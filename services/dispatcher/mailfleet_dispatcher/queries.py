@@ -668,8 +668,8 @@ async def backlog(conn: Conn) -> Backlog:
     """Count each unfinished state, each from its own partial index.
 
     The oldest queued message is looked for among running campaigns whose start has come
-    (each campaign's first entry of messages_queued_idx): messages of a paused or scheduled
-    campaign wait on purpose.
+    (each campaign's first entry of messages_queued_age_idx): messages of a paused or
+    scheduled campaign wait on purpose.
     """
     row = await conn.fetchrow(
         """
@@ -679,10 +679,9 @@ async def backlog(conn: Conn) -> Backlog:
                (SELECT count(*) FROM messages WHERE status = 'sending') AS sending,
                (SELECT count(*) FROM messages WHERE status = 'uncertain') AS uncertain,
                coalesce(extract(epoch FROM now() - (
-                   SELECT min(q.created_at) FROM campaigns c CROSS JOIN LATERAL (
-                       SELECT m.created_at FROM messages m
-                       WHERE m.campaign_id = c.id AND m.status = 'queued'
-                       ORDER BY m.id LIMIT 1) q
+                   SELECT min((SELECT min(m.created_at) FROM messages m
+                               WHERE m.campaign_id = c.id AND m.status = 'queued'))
+                   FROM campaigns c
                    WHERE c.status = 'running' AND (c.start_at IS NULL OR c.start_at <= now())
                )), 0)::float8 AS oldest_queued_age_s
         """
