@@ -48,3 +48,7 @@ TRACKING_KIND: dict[TrackingKind, str] = {
     "clicked": "click",
     "unsubscribed": "unsubscribe",
 }
+# Every kind's series exists from the start: rate() over a series born with its first hit
+# would miss that hit, and a dashboard would show nothing until the second.
+for _kind in TRACKING_KIND.values():
+    TRACKING_RECORD_LATENCY.labels(_kind)
