@@ -2,11 +2,12 @@
 on-call needs and has a unit test; Kubernetes gets the same rules and scrapes every service.
 """
 
+import re
 import subprocess
 
 import yaml
 
-from tests.ops.monitoring import ALERTS, ALERTS_TEST, K8S, alert_rules, command
+from tests.ops.monitoring import ALERTS, ALERTS_TEST, K8S, REPO, alert_rules, command
 
 EXPECTED_ALERTS = {
     "MailfleetAccountPaused",
@@ -59,6 +60,19 @@ def test_every_alert_has_a_severity_a_runbook_and_a_unit_test() -> None:
         assert annotations["description"], rule["alert"]
         # docs/operations.md has a heading per alert, named as the alert.
         assert annotations["runbook_url"] == f"docs/operations.md#{rule['alert'].lower()}"
+
+
+def test_the_runbook_explains_every_alert_and_no_other() -> None:
+    runbook = (REPO / "docs" / "operations.md").read_text()
+    alerts = runbook.split("\n## Alerts\n", 1)[1]
+    sections = re.split(r"^### (\S+)\n", alerts, flags=re.M)[1:]
+    explained = dict(zip(sections[::2], sections[1::2], strict=True))
+    assert set(explained) == EXPECTED_ALERTS
+    for rule in alert_rules():
+        text = explained[rule["alert"]]
+        # Its severity, and at least one thing to do.
+        assert rule["labels"]["severity"].capitalize() in text, rule["alert"]
+        assert "\n- " in text, rule["alert"]
 
 
 def test_the_prometheus_rule_for_kubernetes_holds_the_very_same_rules() -> None:
