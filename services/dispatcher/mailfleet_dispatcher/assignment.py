@@ -209,11 +209,20 @@ class Assigner:
         metrics.TICK_SECONDS.observe(time.perf_counter() - started)
         return TickResult(assigned=assigned, batches=batches, accounts=accounts)
 
-    async def _traces(self, assignments: Mapping[UUID, Sequence[int]], started_ns: int) -> Traces:
-        """The stored trace context of the assigned messages enqueued while tracing was on."""
+    async def _traces(
+        self, assignments: Mapping[UUID, Sequence[int]], started_ns: int
+    ) -> Traces | None:
+        """The stored trace context of the assigned messages enqueued while tracing was on.
+
+        None if it cannot be read: the commands go out untraced rather than not at all.
+        """
         ids = [i for ids in assignments.values() for i in ids]
-        async with self._pool.acquire() as conn:
-            return Traces(await queries.traceparents(conn, ids), started_ns)
+        try:
+            async with self._pool.acquire() as conn:
+                return Traces(await queries.traceparents(conn, ids), started_ns)
+        except Exception as exc:
+            log.warning("trace context not read; commands go untraced", extra={"error": repr(exc)})
+            return None
 
     def _cap(self, account: queries.AccountRoom) -> int:
         """What the account may take now: its pace's look-ahead and its limit left today."""
