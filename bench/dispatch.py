@@ -43,7 +43,9 @@ DAILY_LIMIT = 500
 
 
 class _Discard:
-    async def publish_batches(self, assignments: Mapping[UUID, Sequence[int]]) -> int:
+    async def publish_batches(
+        self, assignments: Mapping[UUID, Sequence[int]], traces: object = None
+    ) -> int:
         """Commands go nowhere: only the database work of a tick is measured."""
         return len(assignments)
 

@@ -93,7 +93,9 @@ class RecordingPublisher:
     def __init__(self) -> None:
         self.published: list[tuple[UUID, list[int]]] = []
 
-    async def publish_batches(self, assignments: Mapping[UUID, Sequence[int]]) -> int:
+    async def publish_batches(
+        self, assignments: Mapping[UUID, Sequence[int]], traces: object = None
+    ) -> int:
         self.published.extend((account, list(ids)) for account, ids in assignments.items())
         return len(assignments)
 

@@ -36,7 +36,9 @@ class FakeEvents:
         if self.down:
             raise ConnectionRefusedError("broker down")
 
-    async def publish(self, routing_key: str, body: bytes) -> None:
+    async def publish(
+        self, routing_key: str, body: bytes, headers: dict[str, object] | None = None
+    ) -> None:
         await self.connect()
         self.published.append((routing_key, TrackingHits.model_validate_json(body)))
 
@@ -45,6 +47,9 @@ class FakeEvents:
 
     def message_ids(self, kind: str) -> list[int]:
         return [h.message_id for key, batch in self.published if key == kind for h in batch.hits]
+
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
 def fill(buffer: HitBuffer, kind: str, message_ids: range) -> None:
@@ -63,8 +68,8 @@ async def eventually(check: object, wait_s: float = 5.0) -> bool:
 
 def test_encoded_hits_are_valid_tracking_hits() -> None:
     hits = [
-        (1, 42, 1_800_000_000.25, "192.0.2.1", "agent", None, None),
-        (2, 43, 1_800_000_001.0, None, None, "https://example.org/?a=1", "bot"),
+        (1, 42, 1_800_000_000.25, "192.0.2.1", "agent", None, None, None),
+        (2, 43, 1_800_000_001.0, None, None, "https://example.org/?a=1", "bot", TRACEPARENT),
     ]
 
     batch = TrackingHits.model_validate_json(encode_hits("clicked", hits, "abc"))
@@ -75,6 +80,7 @@ def test_encoded_hits_are_valid_tracking_hits() -> None:
     assert batch.hits[0].occurred_at.utcoffset() is not None
     assert (batch.hits[1].machine, batch.hits[1].machine_reason) == (True, "bot")
     assert (batch.hits[0].machine, batch.hits[0].machine_reason) == (False, None)
+    assert [h.traceparent for h in batch.hits] == [None, TRACEPARENT]
 
 
 def test_a_full_buffer_drops_new_hits_and_counts_them() -> None:

@@ -28,6 +28,9 @@ class SendBatch(_Message):
     account_id: UUID
     message_ids: list[int] = Field(min_length=1, max_length=10_000)
     dispatched_at: datetime
+    # Tracing on: the W3C traceparent of each traced message's dispatch, by message id. Each
+    # message continues its own trace (the enqueue's), so one header could not carry them.
+    traces: dict[int, str] | None = None
 
 
 Outcome = Literal["sent", "deferred", "failed", "uncertain"]
@@ -90,6 +93,8 @@ class TrackingHit(_Message):
     # Mail-privacy proxies and link scanners: recorded, but kept out of the human rates.
     machine: bool = False
     machine_reason: str | None = Field(default=None, max_length=64)
+    # Tracing on: the W3C traceparent of the request that made the hit, for the recorder.
+    traceparent: str | None = Field(default=None, max_length=64)
 
 
 class TrackingHits(_Message):

@@ -6,6 +6,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailfleet_common.templating import TemplateLimits
+from mailfleet_common.tracing import TracingSettings
 
 
 class PostgresSettings(BaseModel):
@@ -120,4 +121,5 @@ class ServiceSettings(BaseSettings):
 
     postgres: PostgresSettings = PostgresSettings()
     rabbit: RabbitSettings = RabbitSettings()
+    tracing: TracingSettings = TracingSettings()
     log_level: str = "INFO"

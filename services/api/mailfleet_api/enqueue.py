@@ -9,6 +9,7 @@ from uuid import UUID
 
 import anyio.to_thread
 from fastapi.exceptions import RequestValidationError
+from mailfleet_common import tracing
 from mailfleet_common.db import Conn
 from pydantic import ValidationError
 
@@ -72,6 +73,7 @@ async def _store(
         [c.email for c in storable],
         [c.name for c in storable],
         [c.variables_json for c in storable],
+        tracing.current_traceparent(),
     )
     for c in candidates:
         if c.email in suppressed:

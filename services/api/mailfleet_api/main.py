@@ -7,7 +7,8 @@ from typing import Any
 
 from fastapi import Depends, FastAPI
 from faststream.rabbit import RabbitBroker
-from mailfleet_common import topology
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+from mailfleet_common import topology, tracing
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.db import create_pool
 from mailfleet_common.jsonlog import configure_logging
@@ -76,6 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
             settings.rabbit.url.get_secret_value(),
             reconnect_interval=settings.rabbit.reconnect_s,
             logger=log,
+            middlewares=[RabbitTelemetryMiddleware()] if tracing.enabled() else (),
         )
         try:
             await broker.start()
@@ -97,7 +99,11 @@ def create_app(settings: Settings) -> FastAPI:
             await pool.close()
             await login_throttle.close()
 
+    # FastAPI traces requests itself (a SERVER span continuing the caller's traceparent, and
+    # spans for dependencies and the endpoint) once configure_tracing has installed a tracer
+    # provider; without one it does nothing.
     app = FastAPI(
+        telemetry={"metrics": False, "logs": False},
         title="mailfleet",
         summary="Self-hosted email delivery: accounts, campaigns and the delivery queue.",
         version="0.1.0",
@@ -120,4 +126,5 @@ def app_from_env() -> FastAPI:
     """The app with settings from MAILFLEET_* env vars (``uvicorn --factory``)."""
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-api")
+    tracing.configure_tracing(settings.tracing, "mailfleet-api")
     return create_app(settings)

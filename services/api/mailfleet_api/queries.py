@@ -778,12 +778,17 @@ async def insert_messages(
     emails: Sequence[str],
     names: Sequence[str | None],
     variables_json: Sequence[str],
+    traceparent: str | None = None,
 ) -> set[str]:
-    """Queue messages in the given order; returns the addresses that were not there yet."""
+    """Queue messages in the given order; returns the addresses that were not there yet.
+
+    ``traceparent``: the enqueue's trace context, kept so that the dispatcher and sender
+    continue its trace (None when tracing is off or the trace is not sampled).
+    """
     rows = await conn.fetch(
         """
-        INSERT INTO messages (campaign_id, email, name, variables)
-        SELECT $1, r.email, r.name, r.variables::jsonb
+        INSERT INTO messages (campaign_id, email, name, variables, traceparent)
+        SELECT $1, r.email, r.name, r.variables::jsonb, $5
         FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
              AS r (email, name, variables, position)
         ORDER BY r.position
@@ -794,6 +799,7 @@ async def insert_messages(
         list(emails),
         list(names),
         list(variables_json),
+        traceparent,
     )
     return {r["email"] for r in rows}
 

@@ -13,6 +13,7 @@ from typing import Protocol
 from uuid import UUID, uuid4
 
 import asyncpg
+from mailfleet_common import tracing
 from mailfleet_common.db import Pool
 
 from mailfleet_dispatcher import metrics, queries
@@ -21,8 +22,18 @@ from mailfleet_dispatcher.settings import DispatchSettings
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Traces:
+    """The trace context of a tick's traced messages, and when the tick started (ns)."""
+
+    parents: Mapping[int, str]
+    started_ns: int
+
+
 class BatchPublisher(Protocol):
-    async def publish_batches(self, assignments: Mapping[UUID, Sequence[int]]) -> int:
+    async def publish_batches(
+        self, assignments: Mapping[UUID, Sequence[int]], traces: Traces | None = None
+    ) -> int:
         """Publish SendBatch commands for these assignments; returns the batches published."""
         ...
 
@@ -179,6 +190,7 @@ class Assigner:
     async def tick(self) -> TickResult:
         """Assign what the active accounts can take now, commit, then publish the commands."""
         started = time.perf_counter()
+        started_ns = time.time_ns()
         for attempt in range(3):
             try:
                 assignments, accounts = await self._assign()
@@ -188,11 +200,29 @@ class Assigner:
                 # rare; the transaction rolled back whole, so trying again is safe.
                 if attempt == 2:
                     raise
-        batches = await self._publisher.publish_batches(assignments) if assignments else 0
+        traces = None
+        if assignments and tracing.enabled():
+            traces = await self._traces(assignments, started_ns)
+        batches = await self._publisher.publish_batches(assignments, traces) if assignments else 0
         assigned = sum(len(ids) for ids in assignments.values())
         metrics.MESSAGES_ASSIGNED.inc(assigned)
         metrics.TICK_SECONDS.observe(time.perf_counter() - started)
         return TickResult(assigned=assigned, batches=batches, accounts=accounts)
+
+    async def _traces(
+        self, assignments: Mapping[UUID, Sequence[int]], started_ns: int
+    ) -> Traces | None:
+        """The stored trace context of the assigned messages enqueued while tracing was on.
+
+        None if it cannot be read: the commands go out untraced rather than not at all.
+        """
+        ids = [i for ids in assignments.values() for i in ids]
+        try:
+            async with self._pool.acquire() as conn:
+                return Traces(await queries.traceparents(conn, ids), started_ns)
+        except Exception as exc:
+            log.warning("trace context not read; commands go untraced", extra={"error": repr(exc)})
+            return None
 
     def _cap(self, account: queries.AccountRoom) -> int:
         """What the account may take now: its pace's look-ahead and its limit left today."""

@@ -4,27 +4,59 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Any
 from uuid import UUID
 
 import aiormq
 import aiormq.abc
 from faststream.rabbit import RabbitBroker
-from mailfleet_common import topology
+from mailfleet_common import topology, tracing
 from mailfleet_common.messages import MessagesUncertain, SendBatch
 from mailfleet_common.publishing import BROKER_AWAY
+from opentelemetry.trace import Span, SpanKind, StatusCode
 
 from mailfleet_dispatcher import metrics
+from mailfleet_dispatcher.assignment import Traces
 
 log = logging.getLogger(__name__)
+_tracer = tracing.get_tracer("mailfleet_dispatcher")
 
 
-def _command_properties() -> aiormq.spec.Basic.Properties:
+def _command_properties(headers: dict[str, Any] | None = None) -> aiormq.spec.Basic.Properties:
     """Properties for one command, never shared.
 
     The client stamps a message id on them, by which it matches a returned command to its
     publish.
     """
-    return aiormq.spec.Basic.Properties(content_type="application/json", delivery_mode=1)
+    return aiormq.spec.Basic.Properties(
+        content_type="application/json", delivery_mode=1, headers=headers
+    )
+
+
+def _dispatch_spans(account_id: UUID, ids: Sequence[int], traces: Traces) -> dict[int, Span]:
+    """One PRODUCER span per traced message, continuing its enqueue's trace.
+
+    It starts with the tick that assigned the message and ends once its command is published.
+    """
+    spans = {}
+    for message_id in ids:
+        parent = traces.parents.get(message_id)
+        if parent is not None:
+            spans[message_id] = _tracer.start_span(
+                f"{topology.SEND.name} publish",
+                context=tracing.context_from(parent),
+                kind=SpanKind.PRODUCER,
+                start_time=traces.started_ns,
+                attributes={
+                    "messaging.system": "rabbitmq",
+                    "messaging.operation.type": "publish",
+                    "messaging.destination.name": topology.SEND.name,
+                    "messaging.rabbitmq.destination.routing_key": str(account_id),
+                    "mailfleet.message_id": message_id,
+                    "mailfleet.account_id": str(account_id),
+                },
+            )
+    return spans
 
 
 class CommandRefusedError(Exception):
@@ -65,7 +97,11 @@ class Bus:
         await channel.queue_bind(spec.name, topology.SEND.name, routing_key=spec.routing_key)
 
     async def _publish_command(
-        self, channel: aiormq.abc.AbstractChannel, account_id: UUID, body: bytes
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        account_id: UUID,
+        body: bytes,
+        headers: dict[str, Any] | None = None,
     ) -> None:
         """Publish one command to the account's queue, declaring the queue if it has none.
 
@@ -82,7 +118,7 @@ class Bus:
                     body,
                     exchange=topology.SEND.name,
                     routing_key=str(account_id),
-                    properties=_command_properties(),
+                    properties=_command_properties(headers),
                     mandatory=True,
                 )
                 # With confirms, a returned command is confirmed by the message itself.
@@ -99,16 +135,21 @@ class Bus:
                 await self._declare_send_queue(channel, account_id)
         raise CommandRefusedError(f"the command for account {account_id} could not be routed")
 
-    async def _publish_account(self, account_id: UUID, message_ids: Sequence[int]) -> int:
+    async def _publish_account(
+        self, account_id: UUID, message_ids: Sequence[int], traces: Traces | None
+    ) -> int:
         try:
             channel = await self._command_channel()
             published = 0
             # In order: a sender delivers an account's commands in the order they arrive.
             for start in range(0, len(message_ids), self._batch_size):
+                ids = list(message_ids[start : start + self._batch_size])
+                if traces is not None and traces.parents:
+                    await self._publish_traced(channel, account_id, ids, traces)
+                    published += 1
+                    continue
                 command = SendBatch(
-                    account_id=account_id,
-                    message_ids=list(message_ids[start : start + self._batch_size]),
-                    dispatched_at=datetime.now(UTC),
+                    account_id=account_id, message_ids=ids, dispatched_at=datetime.now(UTC)
                 )
                 # Straight onto the channel, the body being all a sender reads: a tick with
                 # thousands of accounts publishes a command for each, and the broker client's
@@ -118,7 +159,8 @@ class Bus:
                 # by the stall watch within seconds. Persisting it cost the broker about 1.3 ms
                 # of CPU per command once commands spread over thousands of queues (each
                 # queue's own index on disk), eight times the transient cost.
-                await self._publish_command(channel, account_id, command.model_dump_json().encode())
+                body = command.model_dump_json(exclude_none=True).encode()
+                await self._publish_command(channel, account_id, body)
                 published += 1
         except BROKER_AWAY as exc:
             # The messages stay `assigned`; the stall watch commands them again once the
@@ -137,10 +179,47 @@ class Bus:
         metrics.BATCHES_PUBLISHED.inc(published)
         return published
 
-    async def publish_batches(self, assignments: Mapping[UUID, Sequence[int]]) -> int:
+    async def _publish_traced(
+        self,
+        channel: aiormq.abc.AbstractChannel,
+        account_id: UUID,
+        ids: list[int],
+        traces: Traces,
+    ) -> None:
+        """Publish one command carrying the trace context of each of its traced messages.
+
+        The ``traceparent`` header names the first traced message's dispatch, for whatever
+        reads the standard header; the sender continues each message's own from the body.
+        """
+        spans = _dispatch_spans(account_id, ids, traces)
+        command = SendBatch(
+            account_id=account_id,
+            message_ids=ids,
+            dispatched_at=datetime.now(UTC),
+            traces={i: tracing.span_traceparent(span) for i, span in spans.items()} or None,
+        )
+        headers: dict[str, Any] | None = None
+        if spans:
+            headers = {}
+            tracing.inject(headers, next(iter(spans.values())))
+        try:
+            body = command.model_dump_json(exclude_none=True).encode()
+            await self._publish_command(channel, account_id, body, headers)
+        except Exception as exc:
+            for span in spans.values():
+                span.record_exception(exc)
+                span.set_status(StatusCode.ERROR)
+            raise
+        finally:
+            for span in spans.values():
+                span.end()
+
+    async def publish_batches(
+        self, assignments: Mapping[UUID, Sequence[int]], traces: Traces | None = None
+    ) -> int:
         """Publish each account's messages as SendBatch commands; returns how many went out."""
         counts = await asyncio.gather(
-            *(self._publish_account(account, ids) for account, ids in assignments.items())
+            *(self._publish_account(a, ids, traces) for a, ids in assignments.items())
         )
         return sum(counts)
 

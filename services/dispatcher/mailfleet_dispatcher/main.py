@@ -7,6 +7,8 @@ from typing import cast
 from faststream.asgi import AsgiFastStream
 from faststream.asgi.types import ASGIApp
 from faststream.rabbit import RabbitBroker
+from faststream.rabbit.opentelemetry import RabbitTelemetryMiddleware
+from mailfleet_common import tracing
 from mailfleet_common.jsonlog import configure_logging
 from mailfleet_common.ops import ops_routes
 from mailfleet_common.serving import serve
@@ -23,6 +25,7 @@ def create_app(settings: Settings) -> AsgiFastStream:
         settings.rabbit.url.get_secret_value(),
         reconnect_interval=settings.rabbit.reconnect_s,
         logger=logging.getLogger("mailfleet_dispatcher.broker"),
+        middlewares=[RabbitTelemetryMiddleware()] if tracing.enabled() else (),
     )
     runtime = Runtime(settings, broker)
     broker.include_router(create_router(runtime))
@@ -47,4 +50,5 @@ def run() -> None:
     """Serve the dispatcher until SIGTERM or SIGINT."""
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-dispatcher")
+    tracing.configure_tracing(settings.tracing, "mailfleet-dispatcher")
     serve(create_app(settings), settings.http, loop="uvloop", lifespan="on")

@@ -254,6 +254,18 @@ async def lock_candidates(
     return [Candidate(r["id"], r["campaign_id"]) for r in rows]
 
 
+async def traceparents(conn: Conn, message_ids: Sequence[int]) -> dict[int, str]:
+    """The stored trace context of those of the messages that have one (tracing on)."""
+    rows = await conn.fetch(
+        """
+        SELECT id, traceparent FROM messages
+        WHERE id = ANY($1::bigint[]) AND traceparent IS NOT NULL
+        """,
+        message_ids,
+    )
+    return {r["id"]: r["traceparent"] for r in rows}
+
+
 async def assign_and_reserve(
     conn: Conn, message_ids: Sequence[int], account_ids: Sequence[UUID], day: date
 ) -> int:

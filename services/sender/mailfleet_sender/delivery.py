@@ -6,16 +6,19 @@ import logging
 import random
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
+from mailfleet_common import tracing
 from mailfleet_common.crypto import SecretBox, SecretBoxError
 from mailfleet_common.db import Pool, while_database_away
 from mailfleet_common.messages import AccountPaused, SendAttempt
 from mailfleet_common.messages import Outcome as AttemptOutcome
 from mailfleet_common.templating import InvalidTemplateError
 from mailfleet_common.topology import ACCOUNT_PAUSED_KEY
+from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter
 
 from mailfleet_sender import queries
@@ -36,6 +39,7 @@ from mailfleet_sender.smtp import AccountTransport, SmtpEndpoint, SmtpOptions, S
 from mailfleet_sender.tracking import Tracker
 
 log = logging.getLogger(__name__)
+_tracer = tracing.get_tracer("mailfleet_sender")
 
 _DETAIL_MAX = 1000
 _NEVER = datetime.min.replace(tzinfo=UTC)
@@ -129,6 +133,7 @@ def reconfigure_account(account: Account, row: AccountRow, secrets: SecretBox | 
 @dataclass
 class _Batch:
     ids: deque[int]
+    traces: Mapping[int, str] | None = None  # each traced message's dispatch traceparent
     halted: bool = False  # the account was paused: its messages went back to the queue
     interrupted: bool = False  # shutting down: a pulled id was left unprocessed
 
@@ -157,10 +162,18 @@ class Deliverer:
         self._tracker = tracker
 
     async def deliver_batch(
-        self, account: Account, message_ids: list[int], stopping: asyncio.Event
+        self,
+        account: Account,
+        message_ids: list[int],
+        stopping: asyncio.Event,
+        traces: Mapping[int, str] | None = None,
     ) -> bool:
-        """Deliver the messages; False if shutdown interrupted before every one was handled."""
-        batch = _Batch(deque(message_ids))
+        """Deliver the messages; False if shutdown interrupted before every one was handled.
+
+        ``traces``: the trace context of each traced message (tracing on); its SMTP
+        transaction is recorded as a span continuing it.
+        """
+        batch = _Batch(deque(message_ids), traces)
         workers = min(account.transport.size, len(message_ids))
         if workers <= 1:
             # One connection (the default): no task of its own, which costs more than the
@@ -203,7 +216,10 @@ class Deliverer:
             if claimed.account_updated_at > account.row.updated_at:
                 await self._refresh(account)
             try:
-                result = await self._attempt(account, slot, claimed)
+                if batch.traces and (parent := batch.traces.get(message_id)):
+                    result = await self._traced_attempt(account, slot, claimed, parent)
+                else:
+                    result = await self._attempt(account, slot, claimed)
             except Exception as exc:
                 log.exception("delivery crashed", extra={"message_id": claimed.id})
                 # Whether anything reached the server is unknown: never retry it blindly.
@@ -277,6 +293,30 @@ class Deliverer:
         row = await while_database_away(fetch, "account reload")
         if row is not None and row.updated_at > account.row.updated_at:
             reconfigure_account(account, row, self._secrets)
+
+    async def _traced_attempt(
+        self, account: Account, slot: int, claimed: ClaimedMessage, parent: str
+    ) -> SmtpResult:
+        """The attempt in a CLIENT span, a child of the message's dispatch in its trace."""
+        with _tracer.start_as_current_span(
+            "smtp transaction",
+            context=tracing.context_from(parent),
+            kind=SpanKind.CLIENT,
+            attributes={
+                "mailfleet.message_id": claimed.id,
+                "mailfleet.account_id": str(account.id),
+                "mailfleet.attempt": claimed.attempts,
+                "server.address": account.row.smtp_host,
+                "server.port": account.row.smtp_port,
+            },
+        ) as span:
+            result = await self._attempt(account, slot, claimed)
+            span.set_attribute("mailfleet.smtp.verdict", result.verdict)
+            if result.code is not None:
+                span.set_attribute("mailfleet.smtp.code", result.code)
+            if result.verdict != "sent":
+                span.set_status(StatusCode.ERROR, result.detail[:_DETAIL_MAX])
+            return result
 
     async def _attempt(self, account: Account, slot: int, claimed: ClaimedMessage) -> SmtpResult:
         try:

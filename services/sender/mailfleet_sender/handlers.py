@@ -5,14 +5,18 @@ import logging
 from datetime import UTC, datetime
 
 from aio_pika.abc import AbstractIncomingMessage
+from mailfleet_common import topology, tracing
 from mailfleet_common.db import DATABASE_AWAY
 from mailfleet_common.messages import SendBatch
+from opentelemetry.context import Context
+from opentelemetry.trace import SpanKind
 from pydantic import ValidationError
 
 from mailfleet_sender.delivery import Account, Deliverer
 from mailfleet_sender.membership import CommandLag
 
 log = logging.getLogger(__name__)
+_tracer = tracing.get_tracer("mailfleet_sender")
 
 
 async def deliver_send_batch(
@@ -46,7 +50,10 @@ async def deliver_send_batch(
         waited_from = max(batch.dispatched_at, account.free_at)
         lag.note((datetime.now(UTC) - waited_from).total_seconds())
     try:
-        settled = await deliverer.deliver_batch(account, batch.message_ids, stopping)
+        if tracing.enabled() and (parent := tracing.extract(message.headers)) is not None:
+            settled = await _deliver_traced(deliverer, account, batch, stopping, parent)
+        else:
+            settled = await deliverer.deliver_batch(account, batch.message_ids, stopping)
     except DATABASE_AWAY as exc:
         # Only a replica shutting down gives up waiting for the database. The command goes
         # back to the queue whole: what it handled is no longer `assigned` and is skipped.
@@ -63,6 +70,33 @@ async def deliver_send_batch(
         await _settle(message, "reject")
         return
     await _settle(message, "ack" if settled else "requeue")
+
+
+async def _deliver_traced(
+    deliverer: Deliverer,
+    account: Account,
+    batch: SendBatch,
+    stopping: asyncio.Event,
+    parent: Context,
+) -> bool:
+    """Deliver a command that came with trace context, in a CONSUMER span continuing it.
+
+    The header's context is the command's (its first traced message's dispatch); each message
+    continues its own trace from ``batch.traces``.
+    """
+    with _tracer.start_as_current_span(
+        f"{topology.SEND.name} process",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        attributes={
+            "messaging.system": "rabbitmq",
+            "messaging.operation.type": "process",
+            "messaging.destination.name": topology.SEND.name,
+            "messaging.batch.message_count": len(batch.message_ids),
+            "mailfleet.account_id": str(account.id),
+        },
+    ):
+        return await deliverer.deliver_batch(account, batch.message_ids, stopping, batch.traces)
 
 
 async def _settle(message: AbstractIncomingMessage, how: str) -> None:

@@ -7,6 +7,7 @@ from typing import cast
 from faststream.asgi import AsgiFastStream
 from faststream.asgi.types import ASGIApp
 from faststream.rabbit import RabbitBroker
+from mailfleet_common import tracing
 from mailfleet_common.jsonlog import configure_logging
 from mailfleet_common.ops import ops_routes
 from mailfleet_common.publishing import BrokerPublisher
@@ -50,6 +51,7 @@ def run() -> None:
     """Console script: read the environment, log JSON, serve until SIGTERM."""
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-sender")
+    tracing.configure_tracing(settings.tracing, "mailfleet-sender")
     # One SMTP session per account: let the session budget use all the process may open.
     raise_open_file_limit()
     try:

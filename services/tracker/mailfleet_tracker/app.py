@@ -23,6 +23,7 @@ from urllib.parse import quote, urlsplit
 
 import asyncpg
 from mailfleet_common.ops import Receive, Scope, Send, health_app, metrics_app, readiness_app
+from mailfleet_common.tracing import current_traceparent
 from mailfleet_common.tracking import Token, TokenKind, TokenSigner
 
 from mailfleet_tracker import metrics, pages
@@ -233,7 +234,9 @@ class TrackerApp:
         now = time.time()
         user_agent, reason = read_user_agent(raw_agent)
         reason = machine_reason(reason, token.issued_at, now, self._machine_window_s)
-        self._add_hit(kind, token.message_id, now, ip, user_agent, url, reason)
+        self._add_hit(
+            kind, token.message_id, now, ip, user_agent, url, reason, current_traceparent()
+        )
 
     async def _open(self, scope: Scope, text: str, send: Send) -> None:
         """The pixel; a GET records an open."""
@@ -332,6 +335,14 @@ class TrackerApp:
                 await self.runtime.stop()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+
+def route_of(path: str) -> str:
+    """A request's route for its span name, without the token: the token is the credential."""
+    for prefix in (_OPEN, _CLICK, _UNSUBSCRIBE):
+        if path.startswith(prefix):
+            return prefix + "{token}"
+    return path
 
 
 def _forwarded_ip(header: bytes) -> str | None:

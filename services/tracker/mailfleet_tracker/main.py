@@ -4,11 +4,12 @@ import logging
 import sys
 from typing import Any
 
+from mailfleet_common import tracing
 from mailfleet_common.jsonlog import configure_logging
 from mailfleet_common.serving import serve
 from mailfleet_common.tracking import InvalidTrackingKeysError, TokenSigner, parse_keys
 
-from mailfleet_tracker.app import TrackerApp
+from mailfleet_tracker.app import TrackerApp, route_of
 from mailfleet_tracker.runtime import Runtime
 from mailfleet_tracker.settings import Settings
 
@@ -42,9 +43,14 @@ def run() -> None:
     """Serve the tracker until SIGTERM or SIGINT."""
     settings = Settings()
     configure_logging(settings.log_level, service="mailfleet-tracker")
+    tracing.configure_tracing(settings.tracing, "mailfleet-tracker")
     try:
         app = create_app(settings)
     except InvalidTrackingKeysError as exc:
         log.error("cannot start: %s", exc)
         sys.exit(2)
-    serve(app, settings.http, lifespan="on", **UVICORN_OPTIONS)
+    if tracing.enabled():
+        traced = tracing.TracingMiddleware(app, "mailfleet-tracker", route_of)
+        serve(traced, settings.http, lifespan="on", **UVICORN_OPTIONS)
+    else:
+        serve(app, settings.http, lifespan="on", **UVICORN_OPTIONS)

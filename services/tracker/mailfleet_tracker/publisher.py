@@ -17,19 +17,24 @@ import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Protocol
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
-from mailfleet_common import topology
+from mailfleet_common import topology, tracing
+from opentelemetry import trace
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanContext, SpanKind
 
 from mailfleet_tracker import metrics
 from mailfleet_tracker.metrics import KINDS
 
 log = logging.getLogger(__name__)
+_tracer = tracing.get_tracer("mailfleet_tracker")
 
-# (sequence number, message id, occurred at in Unix seconds, ip, user agent, url, machine reason)
-Hit = tuple[int, int, float, str | None, str | None, str | None, str | None]
+# (sequence number, message id, occurred at in Unix seconds, ip, user agent, url, machine reason,
+# traceparent of the request when tracing is on)
+Hit = tuple[int, int, float, str | None, str | None, str | None, str | None, str | None]
 
 _DROP_LOG_INTERVAL_S = 10.0
 _BACKOFF_FIRST_S = 0.1
@@ -61,13 +66,23 @@ class HitBuffer:
         user_agent: str | None,
         url: str | None,
         machine_reason: str | None,
+        traceparent: str | None = None,
     ) -> bool:
         """Buffer one hit; False if the buffer is full and the hit was dropped."""
         if self._size >= self.capacity:
             self._drop()
             return False
         self._hits[kind].append(
-            (next(self._sequence), message_id, occurred_at, ip, user_agent, url, machine_reason)
+            (
+                next(self._sequence),
+                message_id,
+                occurred_at,
+                ip,
+                user_agent,
+                url,
+                machine_reason,
+                traceparent,
+            )
         )
         self._size += 1
         metrics.HITS[kind].inc()
@@ -125,6 +140,9 @@ def _utc_iso(timestamp: float) -> str:
     return f"{_utc_second(second)}.{int((timestamp - second) * 1e6):06d}+00:00"
 
 
+_TRACEPARENT = '"traceparent":'
+
+
 def encode_hits(kind: str, hits: Sequence[Hit], instance_id: str) -> bytes:
     """A TrackingHits message as JSON, written field by field.
 
@@ -138,8 +156,9 @@ def encode_hits(kind: str, hits: Sequence[Hit], instance_id: str) -> bytes:
         f'"user_agent":{"null" if user_agent is None else _quote_repeated(user_agent)},'
         f'"url":{"null" if url is None else _quote_repeated(url)},'
         f'"machine":{"false" if reason is None else "true"},'
-        f'"machine_reason":{"null" if reason is None else _quote_repeated(reason)}}}'
-        for seq, message_id, occurred_at, ip, user_agent, url, reason in hits
+        f'"machine_reason":{"null" if reason is None else _quote_repeated(reason)}'
+        f"{'' if traceparent is None else f',{_TRACEPARENT}{_quote(traceparent)}'}}}"
+        for seq, message_id, occurred_at, ip, user_agent, url, reason, traceparent in hits
     ]
     return f'{{"kind":"{kind}","hits":[{",".join(parts)}]}}'.encode()
 
@@ -152,7 +171,9 @@ class EventSink(Protocol):
 
     async def connect(self) -> None: ...
 
-    async def publish(self, routing_key: str, body: bytes) -> None: ...
+    async def publish(
+        self, routing_key: str, body: bytes, headers: dict[str, Any] | None = None
+    ) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -198,11 +219,14 @@ class RabbitEvents:
             raise
         self._connection, self._exchange = connection, exchange
 
-    async def publish(self, routing_key: str, body: bytes) -> None:
+    async def publish(
+        self, routing_key: str, body: bytes, headers: dict[str, Any] | None = None
+    ) -> None:
         await self.connect()
         assert self._exchange is not None  # noqa: S101 - connect() sets it or raises
         message = aio_pika.Message(
             body,
+            headers=headers,
             content_type="application/json",
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         )
@@ -300,7 +324,41 @@ class Publisher:
         """
         batches = [(kind, self._buffer.peek(kind, self._batch_max)) for kind in KINDS]
         for kind, batch in sorted((b for b in batches if b[1]), key=lambda b: b[1][0][0]):
-            await self._events.publish(kind, encode_hits(kind, batch, self.instance_id))
+            body = encode_hits(kind, batch, self.instance_id)
+            if tracing.enabled() and any(hit[7] for hit in batch):
+                await self._publish_traced(kind, batch, body)
+            else:
+                await self._events.publish(kind, body)
             # Only now: a batch whose confirm never came stays and is published again.
             self._buffer.discard(kind, len(batch))
             metrics.PUBLISHED[kind].inc(len(batch))
+
+    async def _publish_traced(self, kind: str, batch: Sequence[Hit], body: bytes) -> None:
+        """Publish a batch holding traced hits in a PRODUCER span, its context in the headers.
+
+        The span continues the first traced hit's trace and links the others; the recorder
+        continues each hit's own trace from the ``traceparent`` in its body.
+        """
+        parents = [tracing.context_from(hit[7]) for hit in batch if hit[7]]
+        links = [Link(span_context) for ctx in parents[1:] if (span_context := _span_of(ctx))]
+        with _tracer.start_as_current_span(
+            f"{topology.EVENTS.name} publish",
+            context=parents[0],
+            kind=SpanKind.PRODUCER,
+            links=links,
+            attributes={
+                "messaging.system": "rabbitmq",
+                "messaging.operation.type": "publish",
+                "messaging.destination.name": topology.EVENTS.name,
+                "messaging.rabbitmq.destination.routing_key": kind,
+                "messaging.batch.message_count": len(batch),
+            },
+        ):
+            headers: dict[str, Any] = {}
+            tracing.inject(headers)
+            await self._events.publish(kind, body, headers)
+
+
+def _span_of(ctx: Context) -> SpanContext | None:
+    span_context = trace.get_current_span(ctx).get_span_context()
+    return span_context if span_context.is_valid else None
