@@ -5,6 +5,7 @@ typer's CliRunner (or as a process, to be interrupted), with an API key made by 
 """
 
 import asyncio
+import contextlib
 import csv
 import json
 import os
@@ -12,7 +13,7 @@ import re
 import signal
 import subprocess
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -262,21 +263,25 @@ async def test_events_tail_follows_new_events_as_json_lines(api: Api, tmp_path: 
     sink = await api.stack.start_sink()
     await api.stack.start_dispatcher()
     await api.stack.start_sender()
-    async with httpx.AsyncClient(
-        base_url=api.url, headers={"Authorization": f"Bearer {api.key}"}
-    ) as client:
+    headers = {"Authorization": f"Bearer {api.key}"}
+    async with httpx.AsyncClient(base_url=api.url, headers=headers) as client:
         account = await create_account(client, f"tail-{uuid.uuid4().hex[:6]}", sink.port)
+        # Where the feed ends now: a tail started from "now" could miss what the start sends
+        # while the process is still starting.
+        response = await client.get(FEED_PATH)
+        assert response.status_code == 200, response.text
+        since = response.json()["next_cursor"]
     campaign_id = _create_campaign(api, tmp_path, "--account", account["id"])
-    tail = _start_tail(
-        api, "--json", "--type", "sent", "--campaign", campaign_id, "--count", "3",
-        "--interval", "0.2",
-    )  # fmt: skip
     path = tmp_path / "three.csv"
     path.write_text("email,code\na@example.com,1\nb@example.com,2\nc@example.com,3\n")
     assert _enqueue(api, path, campaign_id)["accepted"] == 3
     assert api.json("campaigns", "start", campaign_id)["status"] == "running"
 
-    stdout, stderr = await asyncio.to_thread(tail.communicate, timeout=60)
+    with _tail(
+        api, "--json", "--type", "sent", "--campaign", campaign_id, "--count", "3",
+        "--since", since, "--interval", "0.2",
+    ) as tail:  # fmt: skip
+        stdout, stderr = await asyncio.to_thread(tail.communicate, timeout=60)
     assert tail.returncode == 0, stderr
     events = [json.loads(line) for line in stdout.splitlines()]
     assert len(events) == 3
@@ -284,25 +289,32 @@ async def test_events_tail_follows_new_events_as_json_lines(api: Api, tmp_path: 
     assert len({e["message_id"] for e in events}) == 3
 
 
-def _start_tail(api: Api, *args: str) -> "subprocess.Popen[str]":
-    return subprocess.Popen(
+@contextlib.contextmanager
+def _tail(api: Api, *args: str) -> Iterator["subprocess.Popen[str]"]:
+    """`mailfleet events tail` as a process, killed at the end if still running."""
+    with subprocess.Popen(
         [executable("mailfleet"), "events", "tail", *args],
         env={**os.environ, **api.env},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
+    ) as process:
+        try:
+            yield process
+        finally:
+            if process.poll() is None:
+                process.kill()
 
 
 async def test_events_tail_stops_cleanly_on_ctrl_c(api: Api) -> None:
     api.skip_without(FEED_PATH)
-    tail = _start_tail(api)
-    assert tail.stderr is not None
-    first = await asyncio.wait_for(asyncio.to_thread(tail.stderr.readline), timeout=30)
-    assert "following events" in first
-    tail.send_signal(signal.SIGINT)
-    _, stderr = await asyncio.to_thread(tail.communicate, timeout=30)
+    with _tail(api) as tail:
+        assert tail.stderr is not None
+        first = await asyncio.wait_for(asyncio.to_thread(tail.stderr.readline), timeout=30)
+        assert "following events" in first
+        tail.send_signal(signal.SIGINT)
+        _, stderr = await asyncio.to_thread(tail.communicate, timeout=30)
     assert tail.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert "mailfleet events tail --since " in stderr

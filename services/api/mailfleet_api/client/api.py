@@ -64,10 +64,13 @@ class ApiProblemError(Exception):
 
     def describe(self) -> str:
         title = self.document.get("title") or "error"
-        lines = [f"error {self.status} {title}: {self.document.get('detail', '')}".rstrip(": ")]
+        detail = str(self.document.get("detail", ""))
+        lines = [f"error {self.status} {title}: {detail}".rstrip(": ")]
         for field in self.document.get("errors") or []:
             where = ".".join(str(part) for part in field.get("loc", []))
-            lines.append(f"  {where}: {field.get('msg', '')}")
+            reason = f"{where}: {field.get('msg', '')}"
+            if reason not in detail:  # the detail names the first few already
+                lines.append(f"  {reason}")
         return "\n".join(lines)
 
 

@@ -50,7 +50,10 @@ class Output:
             self.err.print(Text(text, style="dim"), soft_wrap=True)
 
     def warn(self, text: str) -> None:
-        self.err.print(Text(text, style="yellow"), soft_wrap=True)
+        if self.as_json:
+            sys.stderr.write(to_json({"warning": text}) + "\n")
+        else:
+            self.err.print(Text(text, style="yellow"), soft_wrap=True)
 
     def fail(self, message: str, code: int = 1) -> NoReturn:
         if self.as_json:
