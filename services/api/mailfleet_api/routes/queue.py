@@ -5,7 +5,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Header, Request, Response
 
 from mailfleet_api import enqueue, queries, schemas
-from mailfleet_api.deps import BrokerDep, DbConn, Operator, SettingsDep, Viewer
+from mailfleet_api.deps import HEAVY, BrokerDep, DbConn, Operator, SettingsDep, Viewer
 from mailfleet_api.events import announce_recipients
 
 router = APIRouter(prefix="/api/queue", tags=["queue"])
@@ -27,7 +27,12 @@ _ENQUEUE_BODY = {
 }
 
 
-@router.post("/enqueue", response_model=schemas.EnqueueResult, openapi_extra=_ENQUEUE_BODY)
+@router.post(
+    "/enqueue",
+    response_model=schemas.EnqueueResult,
+    openapi_extra=_ENQUEUE_BODY,
+    dependencies=[HEAVY],
+)
 async def enqueue_recipients(
     request: Request,
     conn: DbConn,
