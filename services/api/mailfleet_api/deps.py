@@ -164,7 +164,6 @@ Operator = Annotated[Principal, _require("operator")]
 Admin = Annotated[Principal, _require("admin")]
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")]
 Cursor = Annotated[
     str | None, Query(max_length=200, description="The next_cursor of the previous page.")
 ]

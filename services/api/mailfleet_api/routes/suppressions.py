@@ -44,10 +44,10 @@ async def list_suppressions(
     cursor: Cursor = None,
 ) -> schemas.SuppressionPage:
     """List suppressions, newest first, a page at a time."""
-    after = None if cursor is None else pages.decode_cursor(cursor)
-    items, more = await queries.list_suppressions(conn, filters, limit, after)
-    next_cursor = pages.encode_cursor(items[-1].created_at, items[-1].id) if more else None
-    return schemas.SuppressionPage(items=items, limit=limit, next_cursor=next_cursor)
+    items, more = await queries.list_suppressions(conn, filters, limit, pages.after(cursor))
+    return pages.cursor_page(
+        schemas.SuppressionPage, items, more, limit, lambda s: (s.created_at, s.id)
+    )
 
 
 @router.post(

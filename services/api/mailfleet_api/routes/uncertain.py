@@ -27,10 +27,10 @@ async def list_uncertain_messages(
     cursor: Cursor = None,
 ) -> schemas.UncertainPage:
     """List messages that may or may not have been delivered, newest first, a page at a time."""
-    after = None if cursor is None else pages.decode_cursor(cursor)
-    items, more = await queries.list_uncertain(conn, filters, limit, after)
-    next_cursor = pages.encode_cursor(items[-1].flagged_at, items[-1].id) if more else None
-    return schemas.UncertainPage(items=items, limit=limit, next_cursor=next_cursor)
+    items, more = await queries.list_uncertain(conn, filters, limit, pages.after(cursor))
+    return pages.cursor_page(
+        schemas.UncertainPage, items, more, limit, lambda m: (m.flagged_at, m.id)
+    )
 
 
 @router.post("/resolve")
@@ -66,7 +66,8 @@ async def list_uncertain_resolutions(
     cursor: Cursor = None,
 ) -> schemas.UncertainResolutionPage:
     """List how uncertain messages were resolved, by whom and when, newest first."""
-    after = None if cursor is None else pages.decode_cursor(cursor)
+    after = pages.after(cursor)
     items, more = await queries.list_uncertain_resolutions(conn, message_id, limit, after)
-    next_cursor = pages.encode_cursor(items[-1].resolved_at, items[-1].id) if more else None
-    return schemas.UncertainResolutionPage(items=items, limit=limit, next_cursor=next_cursor)
+    return pages.cursor_page(
+        schemas.UncertainResolutionPage, items, more, limit, lambda r: (r.resolved_at, r.id)
+    )
