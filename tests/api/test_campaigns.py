@@ -93,7 +93,7 @@ async def test_tracking_and_unsubscribe_scope_are_set_at_creation_and_changed_la
 
     # Once started, senders render with the flag it started with: only the scope may change.
     started = await client.post(f"{path}/start", json={}, headers=h)
-    assert started.status_code == 200, started.text
+    assert started.status_code == 202, started.text
     refused = await client.patch(path, json={"tracking": True}, headers=h)
     assert refused.status_code == 409
     assert "draft" in refused.json()["detail"]
@@ -152,7 +152,7 @@ async def test_campaign_lifecycle_start_pause_start(
     started = await client.post(
         f"/api/campaigns/{campaign_id}/start", json={"start_at": start_at}, headers=h
     )
-    assert started.status_code == 200, started.text
+    assert started.status_code == 202, started.text
     assert started.json()["status"] == "running"
     assert datetime.fromisoformat(started.json()["start_at"]) == datetime(2031, 5, 1, 8, tzinfo=UTC)
     assert (await client.post(f"/api/campaigns/{campaign_id}/start", headers=h)).status_code == 409

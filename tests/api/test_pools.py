@@ -186,7 +186,7 @@ async def test_a_campaign_whose_pool_has_no_active_account_cannot_start(
 
     assert refused.status_code == 409
     assert "no active account" in refused.json()["detail"]
-    assert started.status_code == 200, started.text
+    assert started.status_code == 202, started.text
     assert started.json()["status"] == "running"
 
 

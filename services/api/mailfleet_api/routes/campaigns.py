@@ -112,7 +112,7 @@ async def update_campaign(
     return await _campaign(conn, campaign_id)
 
 
-@router.post("/{campaign_id}/start")
+@router.post("/{campaign_id}/start", status_code=status.HTTP_202_ACCEPTED)
 async def start_campaign(
     campaign_id: UUID,
     conn: DbConn,
@@ -121,6 +121,9 @@ async def start_campaign(
     body: Annotated[schemas.CampaignStart | None, Body()] = None,
 ) -> schemas.Campaign:
     """Start (or resume) a draft or paused campaign, optionally not before ``start_at``.
+
+    202: the campaign is running; its messages go out afterwards, as the dispatcher assigns
+    them.
 
     A campaign whose pool (account_ids, pools) has no active account is refused: it could
     send nothing.

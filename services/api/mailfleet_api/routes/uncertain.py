@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response, status
 
 from mailfleet_api import pages, queries, schemas
 from mailfleet_api.deps import Cursor, DbConn, Limit, Operator, Principal, Viewer
@@ -33,15 +33,26 @@ async def list_uncertain_messages(
     )
 
 
-@router.post("/resolve")
+@router.post(
+    "/resolve",
+    responses={
+        status.HTTP_202_ACCEPTED: {
+            "model": schemas.UncertainResolved,
+            "description": "Resolved to resend: the messages are queued again, to go out later.",
+        }
+    },
+)
 async def resolve_uncertain_messages(
-    body: schemas.UncertainResolve, conn: DbConn, principal: Operator
+    body: schemas.UncertainResolve, conn: DbConn, principal: Operator, response: Response
 ) -> schemas.UncertainResolved:
     """Resolve uncertain messages by ids or by filter: mark them sent, or queue them again.
 
-    Resending needs `accept_duplicate_risk: true`. Each resolution is recorded with who made
-    it and when, and as an `uncertain-resolved` event.
+    Resending needs `accept_duplicate_risk: true` and answers 202 (the messages go out later);
+    marking sent answers 200. Each resolution is recorded with who made it and when, and as
+    an `uncertain-resolved` event.
     """
+    if body.resolution == "resend":
+        response.status_code = status.HTTP_202_ACCEPTED
     by = resolver(principal)
     resolved = await queries.resolve_uncertain(
         conn, body.resolution, body.message_ids, body.filter, by, body.note
