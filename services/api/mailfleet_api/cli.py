@@ -253,18 +253,21 @@ def rotate_secrets() -> None:
         conn = await asyncpg.connect(settings.postgres.dsn)
         try:
             async with conn.transaction():
-                rows = await queries.fetch_account_secrets(conn)
-                for row in rows:
+                accounts = await queries.fetch_account_secrets(conn)
+                for account in accounts:
                     await queries.set_account_secrets(
                         conn,
-                        row["id"],
-                        rotated(row["smtp_password_enc"]),
-                        rotated(row["imap_password_enc"]),
+                        account.model_copy(
+                            update={
+                                "smtp_password_enc": rotated(account.smtp_password_enc),
+                                "imap_password_enc": rotated(account.imap_password_enc),
+                            }
+                        ),
                     )
                 return sum(
-                    row[column] is not None
-                    for row in rows
-                    for column in ("smtp_password_enc", "imap_password_enc")
+                    token is not None
+                    for account in accounts
+                    for token in (account.smtp_password_enc, account.imap_password_enc)
                 )
         finally:
             await conn.close()

@@ -8,11 +8,12 @@ across key rotation (any configured key may decrypt) and needs nothing stored be
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 from uuid import UUID
 
 from mailfleet_common.crypto import SecretBox, SecretBoxError
 from mailfleet_common.settings import CryptoSettings
+
+from mailfleet_api.queries.accounts import AccountSecrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +47,8 @@ class KeyCheck:
     key_error: str | None  # no key, or a malformed one
 
 
-def check_secrets(settings: CryptoSettings, rows: Sequence[Any]) -> KeyCheck:
-    """Try each stored password (rows as queries.fetch_account_secrets returns them)."""
+def check_secrets(settings: CryptoSettings, accounts: Sequence[AccountSecrets]) -> KeyCheck:
+    """Try each stored password of these accounts."""
     box: SecretBox | None = None
     key_error = None
     try:
@@ -61,18 +62,18 @@ def check_secrets(settings: CryptoSettings, rows: Sequence[Any]) -> KeyCheck:
         if box is None:
             return True
         try:
-            box.decrypt(bytes(token))
+            box.decrypt(token)
         except SecretBoxError:
             return True
         return False
 
     found = []
-    for row in rows:
-        smtp, imap = locked(row["smtp_password_enc"]), locked(row["imap_password_enc"])
+    for account in accounts:
+        smtp, imap = locked(account.smtp_password_enc), locked(account.imap_password_enc)
         if smtp or imap:
-            mailbox = f"{row['imap_username']}@{row['imap_host']}" if imap else None
-            found.append(LockedSecret(row["id"], row["name"], smtp, imap, mailbox))
-    return KeyCheck(len(rows), found, key_error)
+            mailbox = f"{account.imap_username}@{account.imap_host}" if imap else None
+            found.append(LockedSecret(account.id, account.name, smtp, imap, mailbox))
+    return KeyCheck(len(accounts), found, key_error)
 
 
 def explain(check: KeyCheck) -> str:

@@ -2,9 +2,7 @@
 
 from mailfleet_api.queries.accounts import (
     ACCOUNT_SELECT,
-    ACCOUNT_WRITABLE,
     FEEDBACK_COUNTS,
-    account_from_row,
     account_health,
     archive_account,
     delete_mailbox_checkpoint,
@@ -98,9 +96,7 @@ from mailfleet_api.queries.users import (
 
 __all__ = [
     "ACCOUNT_SELECT",
-    "ACCOUNT_WRITABLE",
     "FEEDBACK_COUNTS",
-    "account_from_row",
     "account_health",
     "actively_suppressed",
     "archive_account",
