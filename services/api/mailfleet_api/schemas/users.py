@@ -4,7 +4,9 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
+from limits import parse
 from pydantic import (
+    AfterValidator,
     BaseModel,
     Field,
     SecretStr,
@@ -47,10 +49,37 @@ class UserPage(CursorPage[User]):
     """A page of users, oldest first."""
 
 
+# A key's own rate: fixed windows of a second up to a day, so a key cannot be handed a budget
+# it could spend at once and then wait weeks on.
+MAX_KEY_RATE_WINDOW_S = 86_400
+
+
+def _key_rate(value: str) -> str:
+    if parse(value).get_expiry() > MAX_KEY_RATE_WINDOW_S:
+        raise ValueError("the window is at most one day")
+    return value
+
+
+KeyRate = Annotated[
+    str,
+    Field(
+        max_length=40,
+        # One rate in the `limits` notation, stricter than what it parses ("1/0 minutes"
+        # reads as 1/minute; "1/minute;5/hour" as its first rate only).
+        pattern=r"^[1-9][0-9]{0,8}/([1-9][0-9]{0,4} )?(second|minute|hour|day)s?$",
+        description="Requests per window, e.g. 600/minute, 50/second, 10000/day or "
+        "100/15 minutes; counted instead of the server's default rate.",
+    ),
+    AfterValidator(_key_rate),
+]
+_KEY_RATE = "The key's own rate limit; null: the server's default (MAILFLEET_RATE_LIMIT__DEFAULT)."
+
+
 class ApiKeyCreate(Body):
     name: Name
     # Defaults to the caller's role; never above it.
     role: Role | None = None
+    rate_limit: KeyRate | None = Field(default=None, description=_KEY_RATE)
 
 
 class ApiKey(BaseModel):
@@ -62,6 +91,7 @@ class ApiKey(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    rate_limit: str | None = Field(default=None, description=_KEY_RATE)
 
 
 class ApiKeyPage(CursorPage[ApiKey]):
