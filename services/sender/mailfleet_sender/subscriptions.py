@@ -322,6 +322,8 @@ class AccountSubscription:
                     await self._recycle()
         finally:
             self.idle_since = asyncio.get_running_loop().time()
+            # Idle now: whatever is left comes with its own command, straight from the queue.
+            self.account.urgent.clear()
 
     async def _work(self, message: AbstractIncomingMessage) -> None:
         if message.consumer_tag != self._tag or message.channel.is_closed:
