@@ -34,6 +34,7 @@ from mailfleet_api.routes import (
     queue,
     stats,
     suppressions,
+    transactional,
     uncertain,
     users,
 )
@@ -54,6 +55,7 @@ _ROUTES = (
     suppressions,
     inbound_reports,
     uncertain,
+    transactional,
 )
 
 
