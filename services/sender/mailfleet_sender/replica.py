@@ -212,8 +212,9 @@ class SenderReplica:
             return
         subscription = self.subscriptions.get(notice.account_id)
         # Only the replica working the account's commands acts: it is the queue's active
-        # consumer, and it sends them on the account's own connection, at its pace.
-        if subscription is not None and subscription.busy:
+        # consumer, and it sends them on the account's own connection, at its pace. Ids
+        # already sent through their command are skipped at claim (compare-and-set).
+        if subscription is not None and subscription.serving:
             subscription.account.urgent.extend(notice.message_ids)
 
     async def _load_campaign(self, campaign_id: UUID) -> CampaignRow | None:
