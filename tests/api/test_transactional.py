@@ -63,7 +63,8 @@ async def test_messages_are_queued_with_their_content_and_answered_202(
     response = await _send(client, operator["headers"], body)
     assert response.status_code == 202, response.text
     answer = response.json()
-    assert answer["accepted"] == 2 and answer["rejected"] == []
+    assert answer["accepted"] == 2
+    assert answer["rejected"] == []
     ids = [m["id"] for m in answer["messages"]]
     assert [m["index"] for m in answer["messages"]] == [0, 1]
     rows = await db.fetch(
@@ -212,5 +213,6 @@ async def test_the_dispatcher_is_told_at_once(
         body = _body(account_id, {"to": "a@example.com"})
         sent = await _send(client, operator["headers"], body)
         event = await asyncio.wait_for(received.get(), 10)
-    assert event.transactional and event.count == 1
+    assert event.transactional
+    assert event.count == 1
     assert str(event.campaign_id) == sent.json()["stream_id"]
