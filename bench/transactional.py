@@ -181,6 +181,12 @@ async def run(
         "max_ms": round(max(latencies), 1) if latencies else None,
         "assign_ms_p50_p99": _pair([float(r["assign_ms"]) for r in stages]),
         "assigned_to_recorded_ms_p50_p99": _pair([float(r["send_ms"]) for r in stages]),
+        # The slowest message's stages: which side held it.
+        "slowest_assign_send_ms": max(
+            ([round(float(r["assign_ms"]), 1), round(float(r["send_ms"]), 1)] for r in stages),
+            key=sum,
+            default=None,
+        ),
         "campaign_per_s_during": round(campaign_in_window / max(window_end - window_start, 1e-9)),
         "campaign_left_at_end": left,
         "duplicates": sum(len(at) - 1 for at in arrived.values()),
