@@ -5,7 +5,7 @@ PYTEST_ARGS ?=
 
 .PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
 .PHONY: dashboards monitoring monitoring-down
-.PHONY: bench-retention
+.PHONY: bench-retention bench-transactional
 .PHONY: bench-metrics
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
@@ -39,6 +39,10 @@ bench: sync
 # The fleet benchmark: 10,000 messages over 50, 1,000 and 10,000 accounts; one JSON line.
 bench-fleet: sync
 	$(UV) run --frozen python -m bench.fleet
+
+# p50/p95/p99 from 202 to SMTP-accepted of transactional sends while a 100k campaign drains
+bench-transactional: sync
+	$(UV) run --frozen python -m bench.transactional
 
 # The tracker benchmark (wrk against the open pixel); installs wrk if missing.
 bench-tracker: sync

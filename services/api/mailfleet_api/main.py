@@ -35,6 +35,7 @@ from mailfleet_api.routes import (
     queue,
     stats,
     suppressions,
+    transactional,
     uncertain,
     users,
 )
@@ -55,6 +56,7 @@ _ROUTES = (
     suppressions,
     inbound_reports,
     uncertain,
+    transactional,
 )
 
 

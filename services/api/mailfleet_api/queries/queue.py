@@ -46,7 +46,7 @@ async def insert_messages(
         FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
              AS r (email, name, variables, position)
         ORDER BY r.position
-        ON CONFLICT (campaign_id, lower(email)) DO NOTHING
+        ON CONFLICT (campaign_id, lower(email)) WHERE NOT transactional DO NOTHING
         RETURNING email
         """,
         campaign_id,
