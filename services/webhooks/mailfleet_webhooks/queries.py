@@ -1,6 +1,6 @@
 """Every SQL statement the webhook worker runs: claiming deliveries and recording attempts."""
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeAlias
@@ -59,24 +59,32 @@ class Disabled:
 
 
 async def claim_due(
-    conn: Conn, limit: int, lease_s: float, skip_endpoints: Sequence[UUID]
+    conn: Conn, limit: int, lease_s: float, room: Mapping[UUID, int], per_endpoint: int
 ) -> list[Claimed]:
     """Lease up to `limit` due deliveries of enabled endpoints, oldest due first.
 
-    Rows another worker holds are skipped, not waited for; the lease moves next_attempt_at
-    past it, so a worker that dies mid-request leaves them due again when it expires.
+    At most `room[endpoint]` (`per_endpoint` for endpoints not in `room`) of one endpoint's:
+    what this worker takes it can post at once. Rows another worker holds are skipped, not
+    waited for; the lease moves next_attempt_at past it, so a worker that dies mid-request
+    leaves them due again when it expires.
     """
     rows = await conn.fetch(
         """
         WITH due AS (
-            SELECT d.id FROM webhook_deliveries d
-            JOIN webhook_endpoints e ON e.id = d.endpoint_id
-            WHERE d.status = 'pending' AND d.next_attempt_at <= now()
-              AND e.enabled AND e.secret_enc IS NOT NULL
-              AND NOT (d.endpoint_id = ANY ($3::uuid[]))
+            SELECT d.id FROM webhook_endpoints e
+            LEFT JOIN unnest($3::uuid[], $4::int[]) AS busy (endpoint_id, room)
+                ON busy.endpoint_id = e.id
+            CROSS JOIN LATERAL (
+                SELECT d.id, d.next_attempt_at FROM webhook_deliveries d
+                WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                  AND d.next_attempt_at <= now()
+                ORDER BY d.next_attempt_at
+                LIMIT coalesce(busy.room, $5)
+                FOR UPDATE SKIP LOCKED
+            ) d
+            WHERE e.enabled AND e.secret_enc IS NOT NULL
             ORDER BY d.next_attempt_at
             LIMIT $1
-            FOR UPDATE OF d SKIP LOCKED
         )
         UPDATE webhook_deliveries d
         SET next_attempt_at = now() + make_interval(secs => $2)
@@ -87,7 +95,9 @@ async def claim_due(
         """,
         limit,
         lease_s,
-        list(skip_endpoints),
+        list(room),
+        list(room.values()),
+        per_endpoint,
     )
     return [
         Claimed(

@@ -13,9 +13,9 @@ class WebhookSettings(BaseModel):
     Claiming and posting:
     - batch: deliveries claimed per query (FOR UPDATE SKIP LOCKED: replicas share the work).
     - max_in_flight, per_endpoint: requests open at once in this replica, overall and to one
-      endpoint (an endpoint at its bound is left out of the next claims).
+      endpoint (claims take no more of an endpoint's deliveries than its room).
     - lease_s: how long a claimed delivery is this replica's; a replica that dies leaves it
-      due again after this. Must exceed timeout_s with room for the wait behind per_endpoint.
+      due again after this. Must exceed timeout_s.
     - poll_s: the longest wait for new work (a notification wakes the worker sooner).
     - connect_timeout_s, timeout_s: one request's limits (connect; whole request).
     - max_response_bytes: the most of a response body read, and kept in the delivery log.

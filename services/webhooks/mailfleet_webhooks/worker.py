@@ -4,8 +4,8 @@ Several replicas share the outbox: claims skip rows another holds (FOR UPDATE SK
 and lease what they take by moving its next_attempt_at forward, so a replica killed
 mid-request leaves its deliveries due again when the lease expires (at least once: the
 receiver may get such a delivery twice, with the same webhook-id). Results are written in
-batches by one recorder task; a delivery whose lease is nearly over when its turn to be
-posted comes is dropped unposted, for whoever claims it next.
+batches by one recorder task. A worker claims no more of an endpoint's deliveries than it
+may post at once (per_endpoint), so nothing it holds waits behind its own lease.
 """
 
 import asyncio
@@ -158,10 +158,11 @@ class WebhookWorker:
         room = self._config.max_in_flight - len(self._tasks)
         if room <= 0:
             return []
-        saturated = [e for e, n in self._in_flight.items() if n >= self._config.per_endpoint]
+        per_endpoint = self._config.per_endpoint
+        busy = {e: max(0, per_endpoint - n) for e, n in self._in_flight.items()}
         async with self.pool.acquire() as conn:
             return await queries.claim_due(
-                conn, min(room, self._config.batch), self._config.lease_s, saturated
+                conn, min(room, self._config.batch), self._config.lease_s, busy, per_endpoint
             )
 
     def _start(self, item: Claimed) -> None:
@@ -198,7 +199,7 @@ class WebhookWorker:
         config = self._config
         metrics.IN_FLIGHT.inc()
         try:
-            # Claimed rows to a slow endpoint wait their turn here, within the lease.
+            # Never post what may already be another worker's (a claim answered late).
             if time.monotonic() - claimed_at > config.lease_s - config.timeout_s:
                 return
             now = datetime.now().astimezone()

@@ -42,7 +42,7 @@ CREATE TABLE webhook_deliveries (
     replay_of        bigint,
     created_at       timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (next_attempt_at)
+CREATE INDEX webhook_deliveries_due_idx ON webhook_deliveries (endpoint_id, next_attempt_at)
     WHERE status = 'pending';
 CREATE INDEX webhook_deliveries_endpoint_idx ON webhook_deliveries (endpoint_id, id);
 
