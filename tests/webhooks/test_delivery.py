@@ -7,7 +7,6 @@ import time
 from collections import Counter
 from typing import Any
 
-import asyncpg
 import httpx
 from standardwebhooks.webhooks import Webhook
 
@@ -30,7 +29,8 @@ async def insert_events(db: Db, count: int) -> list[int]:
         rows = await db.fetch(
             """
             INSERT INTO events (occurred_at, type, data)
-            SELECT now(), t, jsonb_build_object('n', n) FROM unnest($1::text[], $2::int[]) AS u (t, n)
+            SELECT now(), t, jsonb_build_object('n', n)
+            FROM unnest($1::text[], $2::int[]) AS u (t, n)
             RETURNING id
             """,
             types,
@@ -106,7 +106,8 @@ async def test_every_event_arrives_signed_through_failures_timeouts_and_a_killed
     assert duplicates <= 8 * 2  # at most what the killed worker had in flight to the endpoint
     by_id = dict(received)
     sample = by_id[f"msg_{ids[0]}"]
-    assert sample["type"] == "message.queued" and sample["data"]["details"] == {"n": 0}
+    assert sample["type"] == "message.queued"
+    assert sample["data"]["details"] == {"n": 0}
     attempts = await db.fetchval(
         "SELECT count(*) FROM webhook_attempts WHERE endpoint_id = $1 AND status_code = 500",
         endpoint_id,
