@@ -7,12 +7,13 @@ import secrets
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from uuid import UUID
 
 import asyncpg
 import httpx
 import pytest
+from mailfleet_api.schemas.webhooks import WebhookEventType
 from mailfleet_common.crypto import SecretBox
 
 from tests.conftest import RABBIT_URL
@@ -29,22 +30,7 @@ FAST_WORKER_ENV = {
     "MAILFLEET_WEBHOOKS__DISABLE_AFTER_FAILURES": "100000",
 }
 
-EVERY_TYPE = [
-    "message.queued",
-    "message.sent",
-    "message.deferred",
-    "message.failed",
-    "message.uncertain",
-    "message.opened",
-    "message.clicked",
-    "message.unsubscribed",
-    "message.bounced",
-    "message.complained",
-    "message.replied",
-    "account.paused",
-    "account.resumed",
-    "campaign.completed",
-]
+EVERY_TYPE = list(get_args(WebhookEventType))
 
 
 class Receiver(ServiceProcess):

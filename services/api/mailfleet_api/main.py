@@ -36,6 +36,7 @@ from mailfleet_api.routes import (
     suppressions,
     uncertain,
     users,
+    webhooks,
 )
 from mailfleet_api.settings import Settings
 from mailfleet_api.throttle import LoginThrottle
@@ -54,6 +55,7 @@ _ROUTES = (
     suppressions,
     inbound_reports,
     uncertain,
+    webhooks,
 )
 
 

@@ -4,6 +4,7 @@
 
 CREATE TABLE webhook_endpoints (
     id                   uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    seq                  bigint GENERATED ALWAYS AS IDENTITY UNIQUE,  -- list order, cursors
     owner_id             uuid NOT NULL REFERENCES users (id),
     url                  text NOT NULL,
     description          text NOT NULL DEFAULT '',
@@ -21,7 +22,7 @@ CREATE TABLE webhook_endpoints (
     created_at           timestamptz NOT NULL DEFAULT now(),
     updated_at           timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX webhook_endpoints_owner_idx ON webhook_endpoints (owner_id, created_at, id);
+CREATE INDEX webhook_endpoints_owner_idx ON webhook_endpoints (owner_id, created_at, seq);
 
 -- One event to one endpoint. `next_attempt_at` doubles as the lease: a worker claiming a row
 -- moves it past the lease, so a worker that dies leaves the row due again when it expires.
