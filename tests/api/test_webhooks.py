@@ -1,5 +1,6 @@
 """Webhook endpoints through the API: validation, ownership, secrets, the log and replays."""
 
+import json
 from typing import Any
 
 import httpx
@@ -7,7 +8,7 @@ import pytest
 from mailfleet_common.crypto import SecretBox, generate_key
 from standardwebhooks.webhooks import Webhook
 
-from tests.api.conftest import Conn, UserFactory
+from tests.api.conftest import Conn, UserFactory, account_body, campaign_body
 from tests.api.test_cli import mailfleet
 
 ENDPOINTS = "/api/webhooks/endpoints"
@@ -258,3 +259,45 @@ async def test_check_keys_and_rotate_secrets_cover_webhook_secrets(
     assert row["secret_enc"] is None
     assert row["enabled"] is False
     assert "rotate it" in row["disabled_reason"]
+
+
+async def test_enqueue_records_queued_events_only_while_an_endpoint_wants_them(
+    client: httpx.AsyncClient, operator: dict[str, Any], admin: dict[str, Any], db: Conn
+) -> None:
+    campaign = await client.post("/api/campaigns", json=campaign_body(), headers=admin["headers"])
+    campaign_id = campaign.json()["id"]
+
+    async def enqueue(email: str) -> None:
+        answer = await client.post(
+            "/api/queue/enqueue",
+            json={"campaign_id": campaign_id, "recipients": [{"email": email}]},
+            headers=admin["headers"],
+        )
+        assert answer.status_code < 300, answer.text
+
+    await enqueue("a@example.com")
+    assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'queued'") == 0
+    endpoint = await create(client, operator, event_types=["message.queued"])
+    await enqueue("b@example.com")
+    row = await db.fetchrow("SELECT endpoint_id, payload FROM webhook_deliveries")
+    assert str(row["endpoint_id"]) == endpoint["id"]
+    payload = json.loads(row["payload"])
+    assert payload["type"] == "message.queued"
+    assert payload["data"]["email"] == "b@example.com"
+    assert payload["data"]["campaign_id"] == campaign_id
+
+
+async def test_pausing_and_resuming_an_account_through_the_api_are_events(
+    client: httpx.AsyncClient, operator: dict[str, Any], admin: dict[str, Any], db: Conn
+) -> None:
+    await create(client, operator, event_types=["account.paused", "account.resumed"])
+    account = await client.post(
+        "/api/admin/accounts", json=account_body(), headers=admin["headers"]
+    )
+    path = f"/api/admin/accounts/{account.json()['id']}"
+    for state in ("paused", "active"):
+        answer = await client.patch(path, json={"status": state}, headers=operator["headers"])
+        assert answer.status_code == 200, answer.text
+    rows = await db.fetch("SELECT event_type, payload FROM webhook_deliveries ORDER BY id")
+    assert [r["event_type"] for r in rows] == ["account.paused", "account.resumed"]
+    assert json.loads(rows[0]["payload"])["data"]["account_id"] == account.json()["id"]

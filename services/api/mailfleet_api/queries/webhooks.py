@@ -273,3 +273,26 @@ async def has_secret(conn: Conn, endpoint_id: UUID) -> bool:
             endpoint_id,
         )
     )
+
+
+async def record_account_status(
+    conn: Conn, account_id: UUID, status: str, previous: str, reason: str | None
+) -> None:
+    """Record an account paused, or resumed (paused to active), through the API.
+
+    The sender and bouncer record their pauses themselves (pause_account()).
+    """
+    kind = "account-paused" if status == "paused" else "account-resumed"
+    if kind == "account-resumed" and status != "active":
+        return  # paused -> disabled: neither
+    await conn.execute(
+        """
+        INSERT INTO events (occurred_at, type, account_id, data)
+        VALUES (now(), $1, $2, jsonb_build_object('reason', $3::text, 'source', 'api',
+                                                  'previous_status', $4::text))
+        """,
+        kind,
+        account_id,
+        reason,
+        previous,
+    )
