@@ -133,6 +133,10 @@ class WebhookWorker:
 
     async def _claim_loop(self) -> None:
         while not self._stopping.is_set():
+            # Cleared before claiming: a notification or a finished request during the claim
+            # must still cut the wait below short.
+            self._wake.clear()
+            self._slot_free.clear()
             claimed: list[Claimed] = []
             try:
                 await self._ensure_listener()
@@ -145,8 +149,6 @@ class WebhookWorker:
             full = len(self._tasks) >= self._config.max_in_flight
             if claimed and not full:
                 continue
-            self._wake.clear()
-            self._slot_free.clear()
             waits = [self._wake.wait()] if not full else []
             waits.append(self._slot_free.wait())
             pending = [asyncio.ensure_future(w) for w in waits]
