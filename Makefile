@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 .PHONY: dashboards monitoring monitoring-down
 .PHONY: bench-retention bench-transactional
 .PHONY: bench-metrics
+.PHONY: bench-webhooks
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -66,6 +67,11 @@ bench-retention: sync
 # database); one JSON line.
 bench-metrics: sync
 	$(UV) run --frozen python -m bench.metrics_scale
+
+# Webhook deliveries per second from the outbox to a local receiver (a throwaway database); one
+# JSON line.
+bench-webhooks: sync
+	$(UV) run --frozen python -m bench.webhooks $(WEBHOOKS_ARGS)
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.

@@ -38,6 +38,7 @@ from mailfleet_api.routes import (
     transactional,
     uncertain,
     users,
+    webhooks,
 )
 from mailfleet_api.settings import Settings
 from mailfleet_api.throttle import CounterStorage, LoginThrottle
@@ -57,6 +58,7 @@ _ROUTES = (
     inbound_reports,
     uncertain,
     transactional,
+    webhooks,
 )
 
 
