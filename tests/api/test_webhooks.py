@@ -301,3 +301,35 @@ async def test_pausing_and_resuming_an_account_through_the_api_are_events(
     rows = await db.fetch("SELECT event_type, payload FROM webhook_deliveries ORDER BY id")
     assert [r["event_type"] for r in rows] == ["account.paused", "account.resumed"]
     assert json.loads(rows[0]["payload"])["data"]["account_id"] == account.json()["id"]
+
+
+async def test_transactional_sends_record_queued_events_only_while_an_endpoint_wants_them(
+    client: httpx.AsyncClient, operator: dict[str, Any], admin: dict[str, Any], db: Conn
+) -> None:
+    account = await client.post(
+        "/api/admin/accounts", json=account_body(), headers=admin["headers"]
+    )
+    body = {
+        "account_id": account.json()["id"],
+        "subject": "Your code",
+        "text_body": "Hello",
+        "messages": [{"to": "a@example.com"}],
+    }
+
+    async def send(to: str) -> int:
+        answer = await client.post(
+            "/api/messages",
+            json={**body, "messages": [{"to": to}]},
+            headers=operator["headers"],
+        )
+        assert answer.status_code == 202, answer.text
+        return int(answer.json()["messages"][0]["id"])
+
+    await send("a@example.com")
+    assert await db.fetchval("SELECT count(*) FROM events WHERE type = 'queued'") == 0
+    await create(client, operator, event_types=["message.queued"])
+    message_id = await send("b@example.com")
+    payload = json.loads(await db.fetchval("SELECT payload FROM webhook_deliveries"))
+    assert payload["type"] == "message.queued"
+    assert payload["data"]["email"] == "b@example.com"
+    assert payload["data"]["message_id"] == message_id
