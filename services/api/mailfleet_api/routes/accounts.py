@@ -11,6 +11,7 @@ from pydantic import SecretStr
 from mailfleet_api import pages, queries, schemas
 from mailfleet_api.deps import Admin, Cursor, DbConn, Limit, Operator, SecretBoxDep, Viewer
 from mailfleet_api.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
+from mailfleet_api.queries import webhooks as webhook_queries
 from mailfleet_api.queries.accounts import AccountRow
 from mailfleet_api.schemas.accounts import AccountPage
 
@@ -181,6 +182,10 @@ async def update_account(
         row = account_row(body, current, box, principal.role)
         resumed = row.status == "active" and current.status != "active"
         await queries.update_account(conn, account_id, row, restart_rates=resumed)
+        if row.status != current.status and "paused" in (row.status, current.status):
+            await webhook_queries.record_account_status(
+                conn, account_id, row.status, current.status, row.status_reason
+            )
         if any(getattr(row, c) != getattr(current, c) for c in _MAILBOX_IDENTITY):
             await queries.delete_mailbox_checkpoint(conn, account_id)
     account = await queries.fetch_account(conn, account_id)
