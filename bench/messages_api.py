@@ -62,7 +62,7 @@ async def _built(dsn: str, messages: int) -> bool:
         found = None
     finally:
         await db.close()
-    return found == messages
+    return bool(found == messages)
 
 
 async def _recreate(name: str) -> None:
@@ -296,9 +296,10 @@ async def latencies(client: httpx.AsyncClient, db: Any, requests: int) -> dict[s
         )
     ]
 
-    def window() -> dict[str, str]:
+    def window(field: str) -> dict[str, str]:
         begin = first + timedelta(seconds=rng.uniform(0, span - 3600))
-        return {"from": begin.isoformat(), "to": (begin + timedelta(hours=1)).isoformat()}
+        end = begin + timedelta(hours=1)
+        return {f"{field}_after": begin.isoformat(), f"{field}_before": end.isoformat()}
 
     cases: dict[str, Any] = {
         "none": lambda: {},
@@ -307,8 +308,8 @@ async def latencies(client: httpx.AsyncClient, db: Any, requests: int) -> dict[s
         "status_failed": lambda: {"status": "failed"},
         "status_uncertain": lambda: {"status": "uncertain"},
         "email": lambda: {"email": f"R{rng.randint(1, top)}@Example.com"},
-        "created": window,
-        "sent": lambda: {**window(), "time_field": "sent"},
+        "created": lambda: window("created"),
+        "sent": lambda: window("sent"),
         "campaign_status": lambda: {
             "campaign_id": str(rng.choice(campaigns)),
             "status": "deferred",
@@ -391,11 +392,16 @@ async def run(messages: int, requests: int, rebuild: bool, drop: bool) -> dict[s
                     client, api.pid, f"/api/campaigns/{large}/export", {"format": "csv"}
                 )
                 line.update({f"export_campaign_{k}": v for k, v in campaign.items()})
-                first, last = await db.fetchrow(
+                bounds = await db.fetchrow(
                     "SELECT min(created_at), max(created_at) FROM messages "
                     "WHERE id <= (SELECT min(id) + 999999 FROM messages)"
                 )
-                params = {"format": "csv", "from": first.isoformat(), "to": last.isoformat()}
+                assert bounds is not None
+                params = {
+                    "format": "csv",
+                    "created_after": bounds[0].isoformat(),
+                    "created_before": (bounds[1] + timedelta(microseconds=1)).isoformat(),
+                }
                 listed = await export(client, api.pid, "/api/messages/export", params)
                 line.update({f"export_messages_{k}": v for k, v in listed.items()})
                 line["rss_hwm_mib"] = round(_vm(api.pid)["VmHWM"] / 1024, 1)

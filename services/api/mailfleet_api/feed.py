@@ -37,6 +37,10 @@ class Snapshot:
         xmin, xmax, xip = text.split(":")
         return cls(int(xmin), int(xmax), tuple(int(x) for x in xip.split(",") if x))
 
+    def without(self, xids: set[int]) -> "Snapshot":
+        """The snapshot leaving out these running transactions (32-bit xids, as in pg_stat)."""
+        return Snapshot(self.xmin, self.xmax, tuple(x for x in self.xip if x % 2**32 not in xids))
+
     def ended(self, xid: int) -> bool:
         """Whether this transaction had ended (committed or aborted) when the snapshot was taken."""
         return xid < self.xmax and xid not in self.xip
@@ -117,7 +121,9 @@ def safe_end(position: Position, ids: list[int], now: Snapshot, now_ms: int) -> 
             if known.permanent(now, now_ms):
                 reached = found
                 continue
-            return Position(reached, Gap(expected, known.end, known.seen_ms, known.xmax, known.xids))
+            return Position(
+                reached, Gap(expected, known.end, known.seen_ms, known.xmax, known.xids)
+            )
         xids = now.xip if len(now.xip) <= MAX_TRACKED_XIDS else None
         return Position(reached, Gap(expected, found, now_ms, now.xmax, xids))
     return Position(reached)

@@ -28,7 +28,10 @@ from mailfleet_api.routes import (
     accounts,
     auth,
     campaigns,
+    events,
+    exports,
     inbound_reports,
+    messages,
     ops,
     pools,
     queue,
@@ -54,6 +57,9 @@ _ROUTES = (
     suppressions,
     inbound_reports,
     uncertain,
+    exports,
+    messages,
+    events,
 )
 
 
