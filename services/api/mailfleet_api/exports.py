@@ -40,6 +40,12 @@ class Export:
     shape: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
 
+def _timestamp(value: datetime) -> str:
+    # As the API's JSON writes it (pydantic): UTC as Z.
+    text = value.isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
 def csv_cell(value: Any) -> str:
     """A value as CSV text that no spreadsheet takes for a formula: those get a leading '."""
     if value is None:
@@ -47,7 +53,7 @@ def csv_cell(value: Any) -> str:
     if isinstance(value, bool):
         text = "true" if value else "false"
     elif isinstance(value, datetime):
-        text = value.isoformat()
+        text = _timestamp(value)
     elif isinstance(value, dict | list):
         text = json.dumps(value, separators=(",", ":"), default=str)
     else:
@@ -57,7 +63,7 @@ def csv_cell(value: Any) -> str:
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, datetime):
-        return value.isoformat()
+        return _timestamp(value)
     if isinstance(value, UUID):
         return str(value)
     return value
