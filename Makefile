@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 .PHONY: dashboards monitoring monitoring-down
 .PHONY: bench-retention
 .PHONY: bench-metrics
+.PHONY: bench-messages
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -62,6 +63,11 @@ bench-retention: sync
 # database); one JSON line.
 bench-metrics: sync
 	$(UV) run --frozen python -m bench.metrics_scale
+
+# GET /api/messages and /api/messages/{id} at 10M messages, and 1M-row exports' memory; one
+# JSON line (builds, once, a database kept for the next run).
+bench-messages: sync
+	$(UV) run --frozen python -m bench.messages_api $(MESSAGES_ARGS)
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.
