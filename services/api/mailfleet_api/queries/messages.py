@@ -109,9 +109,14 @@ async def fetch_tracking(conn: Conn, message_id: int) -> tuple[list[asyncpg.Reco
     """A message's newest tracking hits (at most TRACKING_SHOWN), and how many there are."""
     rows = await conn.fetch(
         """
-        SELECT type, occurred_at, data, count(*) OVER () AS total FROM events
-        WHERE message_id = $1 AND type IN ('opened', 'clicked', 'unsubscribed')
-          AND NOT data ? 'report_id'
+        -- Materialized: with the LIMIT alone, the planner may walk every open and click
+        -- newest first (events_type_idx) looking for this message's.
+        WITH hits AS MATERIALIZED (
+            SELECT id, type, occurred_at, data FROM events
+            WHERE message_id = $1 AND type IN ('opened', 'clicked', 'unsubscribed')
+              AND NOT data ? 'report_id'
+        )
+        SELECT type, occurred_at, data, count(*) OVER () AS total FROM hits
         ORDER BY occurred_at DESC, id DESC
         LIMIT $2
         """,
