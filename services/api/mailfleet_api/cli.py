@@ -1,4 +1,8 @@
-"""The ``mailfleet`` command: migrate, users and API keys, secrets and keys, serve, demo."""
+"""The ``mailfleet`` command: migrate, users and API keys, secrets and keys, serve, demo.
+
+The commands for API consumers (campaigns, enqueue, messages, events) are in
+``mailfleet_api.client``; they talk to the API, not to the database.
+"""
 
 import asyncio
 import getpass
@@ -15,12 +19,25 @@ from mailfleet_common.serving import serve
 from mailfleet_common.settings import HttpSettings
 
 from mailfleet_api import auth, queries, schemas
+from mailfleet_api.client import campaigns as campaign_commands
+from mailfleet_api.client import enqueue as enqueue_commands
+from mailfleet_api.client import events as event_commands
+from mailfleet_api.client import messages as message_commands
 from mailfleet_api.demo import DemoOptions, run_demo
 from mailfleet_api.keycheck import KeyCheck, check_secrets, explain
 from mailfleet_api.retention import RetentionReport, run_retention
 from mailfleet_api.settings import Settings
 
-app = typer.Typer(help="mailfleet: self-hosted email delivery.", no_args_is_help=True)
+# No locals in tracebacks: they would show API keys and passwords.
+app = typer.Typer(
+    help="mailfleet: self-hosted email delivery.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+app.add_typer(campaign_commands.app, name="campaigns")
+app.add_typer(message_commands.app, name="messages")
+app.add_typer(event_commands.app, name="events")
+app.command("enqueue")(enqueue_commands.enqueue_csv)
 
 Role = Annotated[str, typer.Option(help="admin, operator or viewer.")]
 

@@ -19,6 +19,9 @@ from mailfleet_api.recipients import Candidate, RecipientScreen, Rejection
 from mailfleet_api.settings import EnqueueSettings
 
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+# The messages are queued; they are delivered later. A replay answers what was first
+# answered (200 for keys stored before enqueue answered 202).
+ACCEPTED = 202
 # Recipients screened (in a worker thread) and stored per round trip.
 _CHUNK = 1000
 
@@ -157,12 +160,12 @@ async def enqueue(
             }
             if idempotency_key is not None:
                 await queries.store_idempotent_response(
-                    conn, principal, idempotency_key, 200, response
+                    conn, principal, idempotency_key, ACCEPTED, response
                 )
     except _KeyTakenError:
         stored = await queries.fetch_idempotent_response(conn, principal, idempotency_key or "")
         return _replay(stored, request_hash)
-    return Enqueued(200, response, campaign_id, accepted)
+    return Enqueued(ACCEPTED, response, campaign_id, accepted)
 
 
 def encode(response: dict[str, Any]) -> bytes:

@@ -194,6 +194,24 @@ def install_error_handlers(app: FastAPI) -> None:
 _PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _FASTAPI_VALIDATION = "#/components/schemas/HTTPValidationError"
 _CHALLENGE = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+_COUNT = {"type": "integer", "minimum": 0}
+# draft-ietf-httpapi-ratelimit-headers; absent while the rate-limit storage is unreachable.
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {"description": "Requests allowed in the window.", "schema": _COUNT},
+    "RateLimit-Remaining": {"description": "Requests left in the window.", "schema": _COUNT},
+    "RateLimit-Reset": {"description": "Seconds until the window ends.", "schema": _COUNT},
+    "RateLimit-Policy": {
+        "description": 'Each policy counted: `3000;w=60;name="default"`.',
+        "schema": {"type": "string"},
+    },
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "required": True,
+        "schema": _COUNT,
+    }
+}
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -209,6 +227,7 @@ def _error_answers(operation: dict[str, Any]) -> dict[int, str]:
         answers[403] = "The caller's role does not allow this."
         if changes_state:
             answers[409] = "The request clashes with the current state."
+        answers[429] = "Over the credential's rate limit: wait Retry-After seconds."
     if "path" in parameters or (secured and changes_state and has_body):
         answers[404] = "Something the request names does not exist."
     if has_body:
@@ -230,6 +249,12 @@ def _document_problems(document: dict[str, Any]) -> None:
                 responses.setdefault(str(code), {"description": description})
             if "401" in responses:
                 responses["401"].setdefault("headers", _CHALLENGE)
+            if operation.get("security"):
+                # Every answer after authentication is counted, and says so.
+                for code, response in responses.items():
+                    if code not in ("401", "500"):
+                        response.setdefault("headers", {}).update(RATE_LIMIT_HEADERS)
+                responses["429"]["headers"].update(_RETRY_AFTER)
             for code, response in responses.items():
                 content = response.get("content", {})
                 refs = [c.get("schema", {}).get("$ref") for c in content.values()]
@@ -249,8 +274,9 @@ def document_errors(app: FastAPI) -> None:
     """Document every operation's error answers as problems, routes added later included.
 
     Derived from the generated document itself, when it is first built: credentials needed
-    (401, 403; 409 if it changes state), path parameters (404), a body (400, 413, 415), anything
-    validated (422), 500 everywhere. Error answers a route declares itself (login's 401 and
+    (401, 403, 429 with Retry-After and the RateLimit fields on every answer after 401; 409 if
+    it changes state), path parameters (404), a body (400, 413, 415), anything validated (422),
+    500 everywhere. Error answers a route declares itself (login's 401 and
     429) get the problem schema too.
     """
     build = app.openapi

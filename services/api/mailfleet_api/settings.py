@@ -31,6 +31,12 @@ class AuthSettings(BaseModel):
     verify_queue: int = Field(default=64, ge=1)
 
 
+def a_rate(value: str) -> str:
+    """A rate in the ``limits`` notation ("600/minute"); ValueError otherwise."""
+    parse(value)  # raises ValueError on anything but "N/period"
+    return value
+
+
 class ThrottleSettings(BaseModel):
     """Failed-login limits (MAILFLEET_THROTTLE__*), in the ``limits`` notation ("10/15 minutes").
 
@@ -40,14 +46,30 @@ class ThrottleSettings(BaseModel):
 
     storage_url: SecretStr = SecretStr("")
     key_prefix: str = Field(default="mailfleet", min_length=1, max_length=100)
+    # How long a call to Redis may take before the request goes on without it.
+    storage_timeout_s: float = Field(default=0.25, gt=0, le=10)
     login_per_account: str = "10/15 minutes"
     login_per_client: str = "50/15 minutes"
 
-    @field_validator("login_per_account", "login_per_client")
-    @classmethod
-    def _a_rate(cls, value: str) -> str:
-        parse(value)  # raises ValueError on anything but "N/period"
-        return value
+    _rates = field_validator("login_per_account", "login_per_client")(a_rate)
+
+
+class RateLimitSettings(BaseModel):
+    """Request rate limits (MAILFLEET_RATE_LIMIT__*), per API key or per user (access tokens).
+
+    Counted where the login throttle counts (MAILFLEET_THROTTLE__STORAGE_URL).
+    ``default`` applies to every authenticated request, unless the key was created with a
+    rate of its own; ``heavy`` applies besides to the routes that queue or stream a lot
+    (enqueue, suppression imports and exports). ``enabled=false`` turns both off.
+    """
+
+    enabled: bool = True
+    default: str = "3000/minute"
+    heavy: str = "300/minute"
+    # While the storage is unreachable, requests go on unlimited; it is tried again after this.
+    storage_retry_s: float = Field(default=5.0, ge=0, le=300)
+
+    _rates = field_validator("default", "heavy")(a_rate)
 
 
 class EnqueueSettings(BaseModel):
@@ -99,6 +121,7 @@ class Settings(ServiceSettings):
     crypto: CryptoSettings = CryptoSettings()
     enqueue: EnqueueSettings = EnqueueSettings()
     throttle: ThrottleSettings = ThrottleSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
     templates: TemplateSettings = TemplateSettings()
     retention: RetentionSettings = RetentionSettings()
     privacy: PrivacySettings = PrivacySettings()

@@ -16,6 +16,7 @@ from mailfleet_api.schemas.common import (
     AccountStatus,
     Body,
     CampaignStatus,
+    CursorPage,
     Moment,
     Name,
     Tags,
@@ -78,6 +79,10 @@ class CampaignSummary(BaseModel):
     created_at: datetime
     updated_at: datetime
     completed_at: datetime | None
+
+
+class CampaignPage(CursorPage[CampaignSummary]):
+    """A page of campaigns, newest first."""
 
 
 class CampaignPool(BaseModel):

@@ -94,13 +94,6 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Page(BaseModel, Generic[T]):
-    items: list[T]
-    total: int
-    limit: int
-    offset: int
-
-
 class CursorPage(BaseModel, Generic[T]):
     """A page of a list read newest first; the next one starts after its last item."""
 

@@ -12,7 +12,7 @@ from pydantic import (
 )
 
 from mailfleet_api.auth import password_problem
-from mailfleet_api.schemas.common import Body, EmailAddress, Name, Role
+from mailfleet_api.schemas.common import Body, CursorPage, EmailAddress, Name, Role
 
 
 class UserCreate(Body):
@@ -43,6 +43,10 @@ class User(BaseModel):
     created_at: datetime
 
 
+class UserPage(CursorPage[User]):
+    """A page of users, oldest first."""
+
+
 class ApiKeyCreate(Body):
     name: Name
     # Defaults to the caller's role; never above it.
@@ -58,6 +62,10 @@ class ApiKey(BaseModel):
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+
+
+class ApiKeyPage(CursorPage[ApiKey]):
+    """A page of API keys, oldest first."""
 
 
 class ApiKeyCreated(ApiKey):
