@@ -15,6 +15,8 @@ EVENT_COLUMNS = ("id", "occurred_at", "type", "campaign_id", "message_id", "acco
 _SELECT = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"  # noqa: S608 - constants
 # Ids the feed reads past per call looking for events that match its filters.
 FEED_SCAN = 20_000
+# A feed started without a cursor waits on gaps among this many of the newest ids.
+FEED_START_WINDOW = 1000
 
 
 def _where(filters: schemas.EventFilter | schemas.FeedFilter, args: list[Any]) -> str:
@@ -64,8 +66,10 @@ async def read_feed(
 ) -> tuple[list[asyncpg.Record], feed.Position]:
     """The matching events after `start`, oldest first, that no late commit can precede.
 
-    Without a start, the feed begins among the newest `limit` events. One snapshot for the
-    whole call (repeatable read): the ids seen, the gaps judged and the rows read agree.
+    Without a start, the feed begins at its end: no events, and a position after the newest
+    (before any gap among the newest FEED_START_WINDOW ids, so what commits late there still
+    follows). One snapshot for the whole call (repeatable read): the ids seen, the gaps judged
+    and the rows read agree.
     """
     async with conn.transaction(readonly=True, isolation="repeatable_read"):
         state = await conn.fetchrow(
@@ -75,17 +79,22 @@ async def read_feed(
             """
         )
         assert state is not None  # noqa: S101 - a SELECT without FROM returns one row
-        if start is None:
-            newest = await conn.fetchval(
-                "SELECT id FROM events ORDER BY id DESC OFFSET $1 LIMIT 1", limit
-            )
-            start = feed.Position(0 if newest is None else newest)
-        ids = await conn.fetch(
-            "SELECT id FROM events WHERE id > $1 ORDER BY id LIMIT $2", start.after, FEED_SCAN
-        )
         snapshot = feed.Snapshot.parse(state["snapshot"])
         if snapshot.xip:
             snapshot = snapshot.without(await _foreign_xids(conn))
+        if start is None:
+            newest = await conn.fetch(
+                "SELECT id FROM events ORDER BY id DESC LIMIT $1", FEED_START_WINDOW
+            )
+            window = sorted(r["id"] for r in newest)
+            if not window:
+                return [], feed.Position(0)
+            return [], feed.safe_end(
+                feed.Position(window[0] - 1), window, snapshot, state["now_ms"]
+            )
+        ids = await conn.fetch(
+            "SELECT id FROM events WHERE id > $1 ORDER BY id LIMIT $2", start.after, FEED_SCAN
+        )
         end = feed.safe_end(start, [r["id"] for r in ids], snapshot, state["now_ms"])
         if end.after == start.after:
             return [], end
