@@ -8,7 +8,7 @@ import asyncpg
 from mailfleet_common.db import Conn
 
 from mailfleet_api.exports import Export
-from mailfleet_api.queries.pages import newest_first, param
+from mailfleet_api.queries.pages import keyset_page, param
 from mailfleet_api.schemas import messages as schemas
 
 MESSAGE_COLUMNS = (
@@ -21,20 +21,48 @@ TRACKING_SHOWN = 500
 FEEDBACK_TYPES = ("bounced", "complained", "replied", "auto-replied", "unsubscribed")
 
 
-def _where(filters: schemas.MessageFilter | schemas.CampaignResultFilter, args: list[Any]) -> str:
+def _lead(filters: schemas.MessageFilter) -> str | None:
+    """The column whose index (leading with it, then created_at, id) a page is read from.
+
+    Without it, the planner may walk messages_created_idx newest first, taking the campaign's
+    or account's messages for spread over time: a large campaign of last month costs a walk
+    over every newer message (tens of seconds at 10M).
+    """
+    if filters.by_sent:
+        return None
+    for column in ("campaign_id", "account_id", "status"):
+        if getattr(filters, column) is not None:
+            return column
+    return None
+
+
+def _held(column: str, value: Any, lead: str | None, args: list[Any]) -> str:
+    # The leading column as a range of one value: an equality would make it a constant the
+    # planner drops from the ORDER BY, and any index on created_at would do again.
+    if column == lead:
+        placeholder = param(args, value)
+        return f"{column} >= {placeholder} AND {column} <= {placeholder}"
+    return f"{column} = {param(args, value)}"
+
+
+def _where(
+    filters: schemas.MessageFilter | schemas.CampaignResultFilter,
+    args: list[Any],
+    lead: str | None = None,
+) -> str:
     """The condition for the filters given; their values are appended to `args`."""
     clauses: list[str] = []
     if isinstance(filters, schemas.MessageFilter):
         if filters.campaign_id is not None:
-            clauses.append(f"campaign_id = {param(args, filters.campaign_id)}")
+            clauses.append(_held("campaign_id", filters.campaign_id, lead, args))
         if filters.account_id is not None:
-            clauses.append(f"account_id = {param(args, filters.account_id)}")
+            clauses.append(_held("account_id", filters.account_id, lead, args))
         if filters.created_after is not None:
             clauses.append(f"created_at >= {param(args, filters.created_after)}")
         if filters.created_before is not None:
             clauses.append(f"created_at < {param(args, filters.created_before)}")
     if filters.status is not None:
-        clauses.append(f"status = {param(args, filters.status)}")
+        clauses.append(_held("status", filters.status, lead, args))
     if filters.email is not None:
         # messages_email_idx is on lower(email).
         clauses.append(f"lower(email) = lower({param(args, filters.email)})")
@@ -64,10 +92,14 @@ async def list_messages(
 ) -> tuple[list[schemas.Message], bool]:
     """A page of matching messages, newest first (by sent time with a sent bound)."""
     args: list[Any] = []
-    where = _where(filters, args)
-    rows, more = await newest_first(
-        conn, _SELECT, _order_column(filters), where, args, limit, after
-    )
+    lead = _lead(filters)
+    where = _where(filters, args, lead)
+    keys: tuple[str, ...] = (_order_column(filters), "id")
+    position: tuple[Any, ...] | None = after
+    if lead is not None:
+        keys = (lead, *keys)
+        position = None if after is None else (getattr(filters, lead), *after)
+    rows, more = await keyset_page(conn, _SELECT, keys, where, args, limit, position)
     return [schemas.Message.model_validate(dict(r)) for r in rows], more
 
 
@@ -129,10 +161,11 @@ async def fetch_tracking(conn: Conn, message_id: int) -> tuple[list[asyncpg.Reco
 def message_export(filters: schemas.MessageFilter) -> Export:
     """The matching messages, in the list's order."""
     args: list[Any] = []
-    where = _where(filters, args)
-    at = _order_column(filters)
+    lead = _lead(filters)
+    where = _where(filters, args, lead)
+    keys = ([lead] if lead else []) + [_order_column(filters), "id"]
     return Export(
-        f"{_SELECT} WHERE {where} ORDER BY {at} DESC, id DESC",
+        f"{_SELECT} WHERE {where} ORDER BY {' DESC, '.join(keys)} DESC",
         args,
         MESSAGE_COLUMNS,
     )
