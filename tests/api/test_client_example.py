@@ -135,3 +135,10 @@ async def test_the_example_runs_after_logging_in(api: Api) -> None:
     assert f"campaign {run.campaign_id} is running" in run.stdout
     assert run.campaign_id in run.listed
     assert sorted(run.listed) == await _running_campaigns(api)
+
+
+def test_the_readme_quotes_the_example_as_it_is() -> None:
+    readme = (EXAMPLE.parent / "README.md").read_text()
+    quoted = re.search(r"^```python\n(.*?)^```$", readme, re.DOTALL | re.MULTILINE)
+    assert quoted, "no ```python block in docs/api/README.md"
+    assert quoted[1] == EXAMPLE.read_text(), "docs/api/README.md: paste client_example.py again"
