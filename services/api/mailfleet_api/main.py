@@ -35,8 +35,10 @@ from mailfleet_api.routes import (
     queue,
     stats,
     suppressions,
+    transactional,
     uncertain,
     users,
+    webhooks,
 )
 from mailfleet_api.settings import Settings
 from mailfleet_api.throttle import CounterStorage, LoginThrottle
@@ -55,6 +57,8 @@ _ROUTES = (
     suppressions,
     inbound_reports,
     uncertain,
+    transactional,
+    webhooks,
 )
 
 

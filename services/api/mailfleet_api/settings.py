@@ -76,6 +76,20 @@ class EnqueueSettings(BaseModel):
     max_variables_bytes: int = Field(default=8 * 1024, ge=2)
 
 
+class TransactionalSettings(BaseModel):
+    """POST /api/messages (MAILFLEET_TRANSACTIONAL__*): batch size and attachment limits.
+
+    The request as a whole is also bounded by MAILFLEET_ENQUEUE__MAX_BODY_BYTES (base64 makes
+    a file a third larger in the request than in the message).
+    """
+
+    max_messages: int = Field(default=100, ge=1, le=1000)
+    max_attachments: int = Field(default=10, ge=0, le=100)
+    max_attachment_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    # All of one message's files together.
+    max_attachments_total_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+
+
 class RetentionSettings(BaseModel):
     """What `mailfleet retention` keeps (MAILFLEET_RETENTION__*).
 
@@ -107,6 +121,7 @@ class Settings(ServiceSettings):
     auth: AuthSettings = AuthSettings()
     crypto: CryptoSettings = CryptoSettings()
     enqueue: EnqueueSettings = EnqueueSettings()
+    transactional: TransactionalSettings = TransactionalSettings()
     throttle: ThrottleSettings = ThrottleSettings()
     rate_limit: RateLimitSettings = RateLimitSettings()
     templates: TemplateSettings = TemplateSettings()

@@ -11,6 +11,7 @@ from mailfleet_common.crypto import SecretBox
 from mailfleet_api import pages, queries, schemas
 from mailfleet_api.deps import Admin, Cursor, DbConn, Limit, Operator, SecretBoxDep, Viewer
 from mailfleet_api.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
+from mailfleet_api.queries import webhooks as webhook_queries
 from mailfleet_api.schemas.accounts import AccountPage
 
 router = APIRouter(prefix="/api/admin/accounts", tags=["accounts"])
@@ -175,6 +176,13 @@ async def update_account(
         values = _changed_columns(body, current, box, principal.role)
         resumed = values["status"] == "active" and current["status"] != "active"
         await queries.update_account(conn, account_id, values, restart_rates=resumed)
+        if values["status"] != current["status"] and "paused" in (
+            values["status"],
+            current["status"],
+        ):
+            await webhook_queries.record_account_status(
+                conn, account_id, values["status"], current["status"], values["status_reason"]
+            )
         if any(values[column] != current[column] for column in _MAILBOX_IDENTITY):
             await queries.delete_mailbox_checkpoint(conn, account_id)
     account = await queries.fetch_account(conn, account_id)
