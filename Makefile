@@ -8,6 +8,7 @@ PYTEST_ARGS ?=
 .PHONY: bench-retention bench-transactional
 .PHONY: bench-metrics
 .PHONY: bench-webhooks
+.PHONY: bench-messages
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -72,6 +73,11 @@ bench-metrics: sync
 # JSON line.
 bench-webhooks: sync
 	$(UV) run --frozen python -m bench.webhooks $(WEBHOOKS_ARGS)
+
+# GET /api/messages and /api/messages/{id} at 10M messages, and 1M-row exports' memory; one
+# JSON line (builds, once, a database kept for the next run).
+bench-messages: sync
+	$(UV) run --frozen python -m bench.messages_api $(MESSAGES_ARGS)
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.

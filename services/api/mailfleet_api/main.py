@@ -29,7 +29,10 @@ from mailfleet_api.routes import (
     accounts,
     auth,
     campaigns,
+    events,
+    exports,
     inbound_reports,
+    messages,
     ops,
     pools,
     queue,
@@ -59,6 +62,9 @@ _ROUTES = (
     uncertain,
     transactional,
     webhooks,
+    exports,
+    messages,
+    events,
 )
 
 

@@ -1,5 +1,7 @@
 """Settings of the API service and the mailfleet CLI."""
 
+from typing import Literal
+
 from limits import parse
 from mailfleet_common.settings import (
     CryptoSettings,
@@ -114,6 +116,17 @@ class RetentionSettings(BaseModel):
     lock_timeout_ms: int = Field(default=2000, ge=10, le=60_000)
 
 
+class PrivacySettings(BaseModel):
+    """What the API shows of recipients' tracking hits (MAILFLEET_PRIVACY__*).
+
+    ``ip``: ``full`` shows the address an open or click came from as recorded; ``truncated``
+    (the default) only its network, the first 24 bits of an IPv4 address and the first 48 of
+    an IPv6 one (192.0.2.0, 2001:db8:1::); ``none`` shows no address at all.
+    """
+
+    ip: Literal["full", "truncated", "none"] = "truncated"
+
+
 class Settings(ServiceSettings):
     """MAILFLEET_POSTGRES__DSN, MAILFLEET_RABBIT__URL, MAILFLEET_AUTH__JWT_SECRET, ..."""
 
@@ -126,3 +139,4 @@ class Settings(ServiceSettings):
     rate_limit: RateLimitSettings = RateLimitSettings()
     templates: TemplateSettings = TemplateSettings()
     retention: RetentionSettings = RetentionSettings()
+    privacy: PrivacySettings = PrivacySettings()

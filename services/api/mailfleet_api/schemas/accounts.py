@@ -24,6 +24,7 @@ from mailfleet_api.schemas.common import (
     SmtpUsername,
     Tags,
     filled,
+    page_config,
     single_line,
 )
 
@@ -317,15 +318,7 @@ class Account(BaseModel):
 class AccountPage(CursorPage[Account]):
     """A page of accounts, oldest first."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "items": [_ACCOUNT_EXAMPLE],
-                    "limit": 1,
-                    "next_cursor": "MjAyNS0wMi0yNFQxMDowMjoxMSswMDowMHwwZjZiNWQxZS04YzJhLTRiN2U"
-                    "tOWEzMS01YzJkN2U0ZjhhMTA",
-                }
-            ]
-        }
+    model_config = page_config(
+        _ACCOUNT_EXAMPLE,
+        "MjAyNS0wMi0yNFQxMDowMjoxMSswMDowMHwwZjZiNWQxZS04YzJhLTRiN2UtOWEzMS01YzJkN2U0ZjhhMTA",
     )

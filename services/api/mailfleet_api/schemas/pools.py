@@ -8,7 +8,7 @@ from pydantic import (
     Field,
 )
 
-from mailfleet_api.schemas.common import AccountStatus, CampaignStatus, CursorPage
+from mailfleet_api.schemas.common import AccountStatus, CampaignStatus, CursorPage, page_config
 
 _POOL_EXAMPLE: dict[str, Any] = {
     "tag": "eu",
@@ -38,8 +38,4 @@ class Pool(BaseModel):
 class PoolPage(CursorPage[Pool]):
     """A page of pools, by tag."""
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [{"items": [_POOL_EXAMPLE], "limit": 1, "next_cursor": "ZXU"}]
-        }
-    )
+    model_config = page_config(_POOL_EXAMPLE, "ZXU")

@@ -1,13 +1,20 @@
 """Webhook endpoints, their deliveries and attempts, and replays."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from uuid import UUID
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-from mailfleet_api.schemas.common import Body, CursorPage, Moment, no_nul, single_line
+from mailfleet_api.schemas.common import (
+    Body,
+    CursorPage,
+    Moment,
+    no_nul,
+    page_config,
+    single_line,
+)
 
 WebhookEventType = Literal[
     "message.queued",
@@ -104,6 +111,22 @@ class WebhookEndpointUpdate(Body):
         return self
 
 
+_ENDPOINT_EXAMPLE: dict[str, Any] = {
+    "id": _ENDPOINT_ID,
+    "owner_id": "8b0e4f52-2d1a-4c3b-9f6e-7a5d4c3b2a10",
+    "url": "https://hooks.example.com/mailfleet",
+    "description": "CRM sync",
+    "event_types": ["message.bounced", "message.sent"],
+    "enabled": True,
+    "disabled_reason": None,
+    "disabled_at": None,
+    "failing_since": None,
+    "consecutive_failures": 0,
+    "created_at": "2025-05-01T09:30:00Z",
+    "updated_at": "2025-05-01T09:30:00Z",
+}
+
+
 class WebhookEndpoint(BaseModel):
     id: UUID
     owner_id: UUID
@@ -120,26 +143,7 @@ class WebhookEndpoint(BaseModel):
     created_at: datetime
     updated_at: datetime
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": _ENDPOINT_ID,
-                    "owner_id": "8b0e4f52-2d1a-4c3b-9f6e-7a5d4c3b2a10",
-                    "url": "https://hooks.example.com/mailfleet",
-                    "description": "CRM sync",
-                    "event_types": ["message.bounced", "message.sent"],
-                    "enabled": True,
-                    "disabled_reason": None,
-                    "disabled_at": None,
-                    "failing_since": None,
-                    "consecutive_failures": 0,
-                    "created_at": "2025-05-01T09:30:00Z",
-                    "updated_at": "2025-05-01T09:30:00Z",
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_ENDPOINT_EXAMPLE]})
 
 
 class WebhookEndpointCreated(WebhookEndpoint):
@@ -150,9 +154,37 @@ class WebhookEndpointCreated(WebhookEndpoint):
         examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
     )
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{**_ENDPOINT_EXAMPLE, "secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"}]
+        }
+    )
+
 
 class WebhookEndpointPage(CursorPage[WebhookEndpoint]):
-    pass
+    model_config = page_config(_ENDPOINT_EXAMPLE)
+
+
+_DELIVERY_EXAMPLE: dict[str, Any] = {
+    "id": 1042,
+    "endpoint_id": _ENDPOINT_ID,
+    "webhook_id": "msg_88123",
+    "event_type": "message.sent",
+    "occurred_at": "2025-05-01T09:31:02.120000Z",
+    "status": "delivered",
+    "attempts": 1,
+    "next_attempt_at": None,
+    "last_status_code": 200,
+    "last_error": None,
+    "delivered_at": "2025-05-01T09:31:02.300000Z",
+    "replay_of": None,
+    "created_at": "2025-05-01T09:31:02.120000Z",
+    "payload": {
+        "type": "message.sent",
+        "timestamp": "2025-05-01T09:31:02.120000Z",
+        "data": {"message_id": 5, "email": "ann@example.com", "details": {}},
+    },
+}
 
 
 class WebhookDelivery(BaseModel):
@@ -173,36 +205,23 @@ class WebhookDelivery(BaseModel):
     created_at: datetime
     payload: dict[str, object]
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": 1042,
-                    "endpoint_id": _ENDPOINT_ID,
-                    "webhook_id": "msg_88123",
-                    "event_type": "message.sent",
-                    "occurred_at": "2025-05-01T09:31:02.120000Z",
-                    "status": "delivered",
-                    "attempts": 1,
-                    "next_attempt_at": None,
-                    "last_status_code": 200,
-                    "last_error": None,
-                    "delivered_at": "2025-05-01T09:31:02.300000Z",
-                    "replay_of": None,
-                    "created_at": "2025-05-01T09:31:02.120000Z",
-                    "payload": {
-                        "type": "message.sent",
-                        "timestamp": "2025-05-01T09:31:02.120000Z",
-                        "data": {"message_id": 5, "email": "ann@example.com", "details": {}},
-                    },
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_DELIVERY_EXAMPLE]})
 
 
 class WebhookDeliveryPage(CursorPage[WebhookDelivery]):
-    pass
+    model_config = page_config(_DELIVERY_EXAMPLE)
+
+
+_ATTEMPT_EXAMPLE: dict[str, Any] = {
+    "id": 7,
+    "delivery_id": 1042,
+    "attempt": 1,
+    "attempted_at": "2025-05-01T09:31:02.150000Z",
+    "status_code": 503,
+    "latency_ms": 41.2,
+    "response": "Service Unavailable",
+    "error": None,
+}
 
 
 class WebhookAttempt(BaseModel):
@@ -217,26 +236,11 @@ class WebhookAttempt(BaseModel):
     response: str | None = Field(description="The start of the response body (4 kB at most).")
     error: str | None
 
-    model_config = ConfigDict(
-        json_schema_extra={
-            "examples": [
-                {
-                    "id": 7,
-                    "delivery_id": 1042,
-                    "attempt": 1,
-                    "attempted_at": "2025-05-01T09:31:02.150000Z",
-                    "status_code": 503,
-                    "latency_ms": 41.2,
-                    "response": "Service Unavailable",
-                    "error": None,
-                }
-            ]
-        }
-    )
+    model_config = ConfigDict(json_schema_extra={"examples": [_ATTEMPT_EXAMPLE]})
 
 
 class WebhookAttemptPage(CursorPage[WebhookAttempt]):
-    pass
+    model_config = page_config(_ATTEMPT_EXAMPLE)
 
 
 class WebhookReplay(Body):
