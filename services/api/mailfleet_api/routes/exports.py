@@ -1,5 +1,6 @@
 """Exports of messages, events and a campaign's results, streamed as CSV or JSON Lines."""
 
+import json
 from typing import Annotated, Any
 from uuid import UUID
 
@@ -19,12 +20,37 @@ router = APIRouter(tags=["exports"])
 Format = Annotated[
     exports.Format, Query(description="csv (a header row first) or jsonl (JSON Lines).")
 ]
-_FILE: dict[int | str, dict[str, Any]] = {
-    200: {
-        "content": {media: {} for media in exports.MEDIA_TYPES.values()},
-        "description": "The rows, streamed.",
+
+
+def _file(*rows: dict[str, Any]) -> dict[int | str, dict[str, Any]]:
+    """The 200 answer of an export: the rows given, as an example in each format."""
+    csv_example = ",".join(rows[0]) + "\n"
+    csv_example += "".join(",".join(str(v) for v in row.values()) + "\n" for row in rows)
+    jsonl_example = "".join(json.dumps(row) + "\n" for row in rows)
+    examples = {"csv": csv_example, "jsonl": jsonl_example}
+    return {
+        200: {
+            "content": {
+                media: {"example": examples[fmt]} for fmt, media in exports.MEDIA_TYPES.items()
+            },
+            "description": "The rows, streamed.",
+        }
     }
-}
+
+
+_MESSAGE_ROW = {
+    "id": 1042, "campaign_id": "5f0c2a8e-3b1d-4c7a-9e2f-8d6b1a4c3e21",
+    "email": "ann@example.com", "status": "sent", "attempts": 1, "last_code": 250,
+    "created_at": "2026-03-02T09:00:00+00:00", "sent_at": "2026-03-02T09:00:04+00:00",
+}  # fmt: skip
+_EVENT_ROW = {
+    "id": 88001, "occurred_at": "2026-03-02T09:12:30+00:00", "type": "opened",
+    "campaign_id": "5f0c2a8e-3b1d-4c7a-9e2f-8d6b1a4c3e21", "message_id": 1042,
+}  # fmt: skip
+_RESULT_ROW = {
+    "id": 1042, "email": "ann@example.com", "status": "sent", "attempts": 1,
+    "opened": True, "clicked": False, "bounced": False, "complained": False,
+}  # fmt: skip
 
 
 async def _download(conn: DbConn, export: exports.Export, fmt: exports.Format, stem: str) -> Any:
@@ -35,7 +61,7 @@ async def _download(conn: DbConn, export: exports.Export, fmt: exports.Format, s
     )
 
 
-@router.get("/api/messages/export", response_class=StreamingResponse, responses=_FILE)
+@router.get("/api/messages/export", response_class=StreamingResponse, responses=_file(_MESSAGE_ROW))
 async def export_messages(
     conn: DbConn,
     _: Viewer,
@@ -48,7 +74,7 @@ async def export_messages(
     return response
 
 
-@router.get("/api/events/export", response_class=StreamingResponse, responses=_FILE)
+@router.get("/api/events/export", response_class=StreamingResponse, responses=_file(_EVENT_ROW))
 async def export_events(
     conn: DbConn,
     _: Viewer,
@@ -70,7 +96,9 @@ async def export_events(
 
 
 @router.get(
-    "/api/campaigns/{campaign_id}/export", response_class=StreamingResponse, responses=_FILE
+    "/api/campaigns/{campaign_id}/export",
+    response_class=StreamingResponse,
+    responses=_file(_RESULT_ROW),
 )
 async def export_campaign_results(
     campaign_id: UUID,
