@@ -1,0 +1,92 @@
+"""SQL of queued messages: enqueue, counts by status, clearing."""
+
+from collections.abc import Sequence
+from uuid import UUID
+
+from mailfleet_common.db import Conn
+
+from mailfleet_api import schemas
+
+
+async def suppressed_among(conn: Conn, campaign_id: UUID, emails: Sequence[str]) -> set[str]:
+    """The given addresses suppressed (globally or for this campaign) and not expired."""
+    rows = await conn.fetch(
+        """
+        SELECT e.email FROM unnest($2::text[]) AS e (email)
+        WHERE EXISTS (
+            SELECT 1 FROM suppressions s
+            WHERE lower(s.email) = lower(e.email)
+              AND (s.campaign_id IS NULL OR s.campaign_id = $1)
+              AND (s.expires_at IS NULL OR s.expires_at > now())
+        )
+        """,
+        campaign_id,
+        list(emails),
+    )
+    return {r["email"] for r in rows}
+
+
+async def insert_messages(
+    conn: Conn,
+    campaign_id: UUID,
+    emails: Sequence[str],
+    names: Sequence[str | None],
+    variables_json: Sequence[str],
+    traceparent: str | None = None,
+) -> set[str]:
+    """Queue messages in the given order; returns the addresses that were not there yet.
+
+    ``traceparent``: the enqueue's trace context, kept so that the dispatcher and sender
+    continue its trace (None when tracing is off or the trace is not sampled).
+    """
+    rows = await conn.fetch(
+        """
+        INSERT INTO messages (campaign_id, email, name, variables, traceparent)
+        SELECT $1, r.email, r.name, r.variables::jsonb, $5
+        FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+             AS r (email, name, variables, position)
+        ORDER BY r.position
+        ON CONFLICT (campaign_id, lower(email)) DO NOTHING
+        RETURNING email
+        """,
+        campaign_id,
+        list(emails),
+        list(names),
+        list(variables_json),
+        traceparent,
+    )
+    return {r["email"] for r in rows}
+
+
+async def count_messages_by_status(conn: Conn) -> dict[str, int]:
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM messages GROUP BY status")
+    return {r["status"]: r["n"] for r in rows}
+
+
+async def count_account_messages_by_status(conn: Conn) -> list[schemas.AccountQueue]:
+    """Per account, its messages in each status (messages not tied to an account left out)."""
+    rows = await conn.fetch(
+        """
+        SELECT a.id AS account_id, a.name, jsonb_object_agg(m.status, m.n) AS by_status
+        FROM (SELECT account_id, status, count(*) AS n FROM messages
+              WHERE account_id IS NOT NULL GROUP BY 1, 2) m
+        JOIN accounts a ON a.id = m.account_id
+        GROUP BY a.id, a.name ORDER BY a.name, a.id
+        """
+    )
+    return [schemas.AccountQueue.model_validate(dict(r)) for r in rows]
+
+
+async def delete_failed_messages(conn: Conn, campaign_id: UUID | None) -> int:
+    removed = await conn.fetchval(
+        """
+        WITH gone AS (
+            DELETE FROM messages
+            WHERE status = 'failed' AND ($1::uuid IS NULL OR campaign_id = $1)
+            RETURNING 1
+        )
+        SELECT count(*) FROM gone
+        """,
+        campaign_id,
+    )
+    return int(removed)

@@ -1,0 +1,218 @@
+"""Sender accounts: SMTP and IMAP settings, tags, today's usage."""
+
+from datetime import date, datetime
+from typing import Annotated
+from uuid import UUID
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    Field,
+    SecretStr,
+    model_validator,
+)
+
+from mailfleet_api.schemas.common import (
+    AccountStatus,
+    Body,
+    EmailAddress,
+    Name,
+    SettableAccountStatus,
+    SmtpTls,
+    SmtpUsername,
+    Tags,
+    filled,
+    single_line,
+)
+
+
+class _AccountFields(Body):
+    smtp_port: Annotated[int, Field(ge=1, le=65535)]
+    smtp_tls: SmtpTls
+    smtp_username: SmtpUsername | None = None
+    smtp_password: Annotated[SecretStr, Field(max_length=4096)] | None = None
+    from_email: EmailAddress
+    from_name: Name | None = None
+    daily_limit: Annotated[int, Field(ge=0, le=10_000_000)]
+    min_gap_ms: Annotated[int, Field(ge=0, le=86_400_000)] = 0
+    warmup_enabled: bool = False
+    warmup_initial: Annotated[int, Field(ge=0, le=10_000_000)] = 20
+    warmup_increment: Annotated[int, Field(ge=0, le=10_000_000)] = 20
+
+
+HostName = Annotated[str, Field(min_length=1, max_length=253, pattern=r"^[A-Za-z0-9.:\[\]-]+$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+ImapUsername = Annotated[str, Field(min_length=1, max_length=320), AfterValidator(single_line)]
+ImapPassword = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
+MailboxName = Annotated[
+    str, Field(min_length=1, max_length=200), AfterValidator(single_line), AfterValidator(filled)
+]
+IMAP_PORTS: dict[str, int] = {"implicit": 993, "starttls": 143, "none": 143}
+
+_IMAP_FOLDER = "The folder read for bounces, complaints and replies."
+_IMAP_PROCESSED_FOLDER = (
+    "Where processed messages are moved (created if absent); null leaves them in place, "
+    "flagged as seen."
+)
+
+
+def _distinct_folders(folder: str | None, processed_folder: str | None) -> None:
+    if folder is not None and folder == processed_folder:
+        raise ValueError("processed_folder must differ from folder")
+
+
+class ImapCreate(Body):
+    """The mailbox where an account's bounces, complaints and replies arrive."""
+
+    host: HostName
+    port: Port | None = Field(default=None, description="Default: 993 with implicit TLS, else 143.")
+    tls: SmtpTls = "implicit"
+    username: ImapUsername
+    password: ImapPassword
+    folder: MailboxName = Field(default="INBOX", description=_IMAP_FOLDER)
+    processed_folder: MailboxName | None = Field(default=None, description=_IMAP_PROCESSED_FOLDER)
+
+    @model_validator(mode="after")
+    def _folders_differ(self) -> "ImapCreate":
+        _distinct_folders(self.folder, self.processed_folder)
+        return self
+
+
+class ImapUpdate(Body):
+    """Only the fields present change; the rest of the stored settings stay."""
+
+    host: HostName | None = None
+    port: Port | None = None
+    tls: SmtpTls | None = None
+    username: ImapUsername | None = None
+    password: ImapPassword | None = None
+    folder: MailboxName | None = Field(default=None, description=_IMAP_FOLDER)
+    processed_folder: MailboxName | None = Field(default=None, description=_IMAP_PROCESSED_FOLDER)
+
+    @model_validator(mode="after")
+    def _no_nulls(self) -> "ImapUpdate":
+        for field in self.model_fields_set - {"processed_folder"}:
+            if getattr(self, field) is None:
+                raise ValueError(f"imap.{field} cannot be null (send imap: null to remove IMAP)")
+        _distinct_folders(self.folder, self.processed_folder)
+        return self
+
+
+class ImapSettings(BaseModel):
+    host: str
+    port: int
+    tls: SmtpTls
+    username: str
+    folder: str = Field(description=_IMAP_FOLDER)
+    processed_folder: str | None = Field(description=_IMAP_PROCESSED_FOLDER)
+    has_password: bool
+
+
+_IMAP = "Where the account's returns arrive. The password is stored encrypted, never returned."
+
+
+_ACCOUNT_TAGS = (
+    "The pools the account belongs to; a campaign naming one of them in `pools` may send "
+    "through it. At most 32."
+)
+
+
+class AccountCreate(_AccountFields):
+    name: Name
+    smtp_host: HostName
+    status: SettableAccountStatus = "active"
+    tags: Tags = Field(default=[], description=_ACCOUNT_TAGS)
+    imap: ImapCreate | None = Field(default=None, description=_IMAP)
+
+
+class AccountUpdate(Body):
+    """Only the fields present change; ``smtp_password: null`` removes the password."""
+
+    name: Name | None = None
+    smtp_host: HostName | None = None
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    smtp_tls: SmtpTls | None = None
+    smtp_username: SmtpUsername | None = None
+    smtp_password: Annotated[SecretStr, Field(max_length=4096)] | None = None
+    from_email: EmailAddress | None = None
+    from_name: Name | None = None
+    daily_limit: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    min_gap_ms: Annotated[int, Field(ge=0, le=86_400_000)] | None = None
+    warmup_enabled: bool | None = None
+    warmup_initial: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    warmup_increment: Annotated[int, Field(ge=0, le=10_000_000)] | None = None
+    status: SettableAccountStatus | None = None
+    tags: Tags | None = Field(default=None, description=_ACCOUNT_TAGS + " Replaces the list.")
+    imap: ImapUpdate | None = Field(
+        default=None,
+        description=_IMAP + " Fields given change, null removes the IMAP settings. A new "
+        "host, username or folder makes the bouncer read the mailbox from its start.",
+    )
+
+    @model_validator(mode="after")
+    def _required_stay_set(self) -> "AccountUpdate":
+        required = (
+            "name",
+            "smtp_host",
+            "smtp_port",
+            "smtp_tls",
+            "from_email",
+            "daily_limit",
+            "min_gap_ms",
+            "warmup_enabled",
+            "warmup_initial",
+            "warmup_increment",
+            "status",
+            "tags",
+        )
+        for field in required:
+            if field in self.model_fields_set and getattr(self, field) is None:
+                raise ValueError(f"{field} cannot be null")
+        return self
+
+
+class AccountUsage(BaseModel):
+    day: date
+    reserved: int
+    sent: int
+    failed: int
+    effective_limit: int
+
+
+class Account(BaseModel):
+    id: UUID
+    name: str
+    kind: str
+    smtp_host: str
+    smtp_port: int
+    smtp_tls: SmtpTls
+    smtp_username: str | None
+    has_password: bool
+    from_email: str
+    from_name: str | None
+    daily_limit: int
+    min_gap_ms: int
+    warmup_enabled: bool
+    warmup_started_on: date | None
+    warmup_initial: int
+    warmup_increment: int
+    status: AccountStatus
+    status_reason: str | None
+    tags: list[str] = Field(description=_ACCOUNT_TAGS)
+    held_until: datetime | None = Field(
+        default=None,
+        description="Set while the account waits for its SMTP server after a failed connection "
+        "(refused, unreachable, timed out): it gets no new work until then, and what it held "
+        "went to other accounts. Null when it is not waiting.",
+    )
+    held_reason: str | None = Field(
+        default=None, description="The last connection failure, while the account waits."
+    )
+    rates_since: datetime | None = Field(
+        description="Bounce and complaint rates count sends after this (null: every send); "
+        "set when the account is resumed."
+    )
+    imap: ImapSettings | None = Field(description=_IMAP)
+    created_at: datetime
+    updated_at: datetime
+    today: AccountUsage
