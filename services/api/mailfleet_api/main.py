@@ -26,6 +26,7 @@ from mailfleet_api.errors import document_errors, install_error_handlers
 from mailfleet_api.middleware import PlainErrorsAsProblems, RequestMetrics
 from mailfleet_api.routes import (
     accounts,
+    analytics,
     auth,
     campaigns,
     inbound_reports,
@@ -44,6 +45,7 @@ log = logging.getLogger(__name__)
 
 _ROUTES = (
     ops,
+    analytics,
     auth,
     users,
     accounts,
