@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 .PHONY: dashboards monitoring monitoring-down
 .PHONY: bench-retention
 .PHONY: bench-metrics
+.PHONY: bench-analytics
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -62,6 +63,11 @@ bench-retention: sync
 # database); one JSON line.
 bench-metrics: sync
 	$(UV) run --frozen python -m bench.metrics_scale
+
+# Read latency of the analytics, campaign and stats routes over 10M messages and 30M events
+# (a database built once by bench.dataset and kept); one JSON line.
+bench-analytics: sync
+	$(UV) run --frozen python -m bench.analytics $(ANALYTICS_ARGS)
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.
