@@ -23,6 +23,14 @@ async def campaign_engagement(
     conn: Conn, campaign_id: UUID
 ) -> tuple[schemas.Engagement, list[schemas.AccountEngagement]]:
     """A campaign's engagement, overall and for each account that sent its messages."""
+    engagement, by_account, _ = await campaign_figures(conn, campaign_id)
+    return engagement, by_account
+
+
+async def campaign_figures(
+    conn: Conn, campaign_id: UUID
+) -> tuple[schemas.Engagement, list[schemas.AccountEngagement], schemas.Feedback]:
+    """A campaign's engagement (overall, by account) and feedback, from one read of counters."""
     totals = await counters.campaign_totals(conn, campaign_id)
     overall = totals.pop(counters.EVERY, None)
     names = await _account_names(conn, list(totals))
@@ -33,8 +41,12 @@ async def campaign_engagement(
     ]
     by_account.sort(key=lambda e: (e.name is None, e.name or "", str(e.account_id)))
     if overall is None:
-        return schemas.Engagement.from_counts({}), by_account
-    return schemas.Engagement.from_counts(counters.engagement_counts(overall)), by_account
+        return schemas.Engagement.from_counts({}), by_account, schemas.Feedback.from_counts({})
+    return (
+        schemas.Engagement.from_counts(counters.engagement_counts(overall)),
+        by_account,
+        schemas.Feedback.from_counts(counters.feedback_counts(overall)),
+    )
 
 
 def _engaged(row: asyncpg.Record) -> bool:
