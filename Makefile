@@ -5,9 +5,11 @@ PYTEST_ARGS ?=
 
 .PHONY: up down test lint bench bench-fleet bench-tracker bench-bouncer bench-dispatch chaos sync
 .PHONY: dashboards monitoring monitoring-down
-.PHONY: bench-retention
+.PHONY: bench-retention bench-transactional
 .PHONY: bench-metrics
 .PHONY: bench-analytics
+.PHONY: bench-webhooks
+.PHONY: bench-messages
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -41,6 +43,10 @@ bench: sync
 bench-fleet: sync
 	$(UV) run --frozen python -m bench.fleet
 
+# p50/p95/p99 from 202 to SMTP-accepted of transactional sends while a 100k campaign drains
+bench-transactional: sync
+	$(UV) run --frozen python -m bench.transactional
+
 # The tracker benchmark (wrk against the open pixel); installs wrk if missing.
 bench-tracker: sync
 	@source deploy/local/services.sh && ensure_command wrk
@@ -68,6 +74,15 @@ bench-metrics: sync
 # (a database built once by bench.dataset and kept); one JSON line.
 bench-analytics: sync
 	$(UV) run --frozen python -m bench.analytics $(ANALYTICS_ARGS)
+# Webhook deliveries per second from the outbox to a local receiver (a throwaway database); one
+# JSON line.
+bench-webhooks: sync
+	$(UV) run --frozen python -m bench.webhooks $(WEBHOOKS_ARGS)
+
+# GET /api/messages and /api/messages/{id} at 10M messages, and 1M-row exports' memory; one
+# JSON line (builds, once, a database kept for the next run).
+bench-messages: sync
+	$(UV) run --frozen python -m bench.messages_api $(MESSAGES_ARGS)
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.

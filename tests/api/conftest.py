@@ -144,3 +144,20 @@ async def campaign_id(client: httpx.AsyncClient, operator: dict[str, Any]) -> st
     )
     assert response.status_code == 201, response.text
     return str(response.json()["id"])
+
+
+async def walk_pages(
+    client: httpx.AsyncClient, path: str, headers: dict[str, str], **params: Any
+) -> list[list[dict[str, Any]]]:
+    """Every page of a list, following next_cursor until it is null: the items of each page."""
+    pages: list[list[dict[str, Any]]] = []
+    cursor = None
+    while True:
+        query = {**params, **({"cursor": cursor} if cursor else {})}
+        response = await client.get(path, params=query, headers=headers)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        pages.append(body["items"])
+        cursor = body["next_cursor"]
+        if cursor is None:
+            return pages

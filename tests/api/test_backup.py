@@ -78,7 +78,7 @@ async def fill(client: httpx.AsyncClient, admin: dict[str, Any], h: dict[str, st
             json={"campaign_id": campaign, "recipients": recipients},
             headers={**h, "Idempotency-Key": f"fill-{n}"},
         )
-        assert enqueued.status_code == 200, enqueued.text
+        assert enqueued.status_code == 202, enqueued.text
     for body in (
         {"email": "gone@example.com", "reason": "complaint"},
         {"email": "r3-0@example.com", "reason": "asked", "campaign_id": campaigns[0]},

@@ -34,7 +34,7 @@ async def test_valid_recipients_are_stored_as_queued_messages(
         {"email": "bob@example.org"},
     ]
     response = await _enqueue(client, operator["headers"], campaign_id, recipients)
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text
     assert response.json() == {
         "campaign_id": campaign_id,
         "accepted": 2,
@@ -69,7 +69,7 @@ async def test_bad_addresses_names_and_variables_are_rejected_one_by_one(
         {"email": "x" * 400 + "@example.com"},
     ]
     response = await _enqueue(client, operator["headers"], campaign_id, recipients)
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text
     body = response.json()
     assert body["accepted"] == 1
     rejected = {r["index"]: r["reason"] for r in body["rejected"]}
@@ -140,7 +140,7 @@ async def test_a_retry_with_the_same_idempotency_key_replays_the_first_response(
     first = await _enqueue(client, h, campaign_id, recipients, key="batch-1")
     await db.execute("DELETE FROM messages")  # a real repeat would now insert again
     second = await _enqueue(client, h, campaign_id, recipients, key="batch-1")
-    assert second.status_code == 200
+    assert second.status_code == 202
     assert second.json() == first.json()
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
 
@@ -166,7 +166,7 @@ async def test_concurrent_requests_with_one_idempotency_key_insert_once(
     responses = await asyncio.gather(*(
         _enqueue(client, operator["headers"], campaign_id, recipients, key="same") for _ in range(4)
     ))  # fmt: skip
-    assert {r.status_code for r in responses} == {200}
+    assert {r.status_code for r in responses} == {202}
     assert all(r.json() == responses[0].json() for r in responses)
     assert responses[0].json()["accepted"] == 50
     assert await db.fetchval("SELECT count(*) FROM messages") == 50
@@ -208,7 +208,7 @@ async def test_enqueue_into_unknown_cancelled_or_completed_campaigns(
 
     await db.execute("UPDATE campaigns SET status = 'completed', completed_at = now()")
     reopened = await _enqueue(client, h, campaign_id, [{"email": "a@example.com"}])
-    assert reopened.status_code == 200
+    assert reopened.status_code == 202
     detail = (await client.get(f"/api/campaigns/{campaign_id}", headers=h)).json()
     assert detail["status"] == "running"
     assert detail["completed_at"] is None
@@ -265,7 +265,7 @@ async def test_ten_thousand_recipients_in_one_call_are_all_stored(
     ]
     payload = json.dumps({"campaign_id": created.json()["id"], "recipients": recipients})
     response = await client.post("/api/queue/enqueue", content=payload, headers=headers)
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text
     assert response.json()["accepted"] == 10_000
     stored = await db.fetch("SELECT email, variables FROM messages ORDER BY id")
     assert [r["email"] for r in stored] == [r["email"] for r in recipients]

@@ -6,7 +6,7 @@ from uuid import UUID
 
 import httpx
 
-from .conftest import Conn, account_body, campaign_body
+from .conftest import Conn, account_body, campaign_body, walk_pages
 
 ACCOUNTS = "/api/admin/accounts"
 NO_ACCOUNTS = {"active": 0, "paused": 0, "disabled": 0, "archived": 0}
@@ -93,7 +93,7 @@ async def test_accounts_are_listed_by_tag(
 
     assert ids(one) == [eu]
     assert ids(two) == [eu, us]
-    assert two.json()["total"] == 2
+    assert two.json()["next_cursor"] is None
     assert ids(none) == []
     assert (bad.status_code, too_many.status_code) == (422, 422)
 
@@ -186,7 +186,7 @@ async def test_a_campaign_whose_pool_has_no_active_account_cannot_start(
 
     assert refused.status_code == 409
     assert "no active account" in refused.json()["detail"]
-    assert started.status_code == 200, started.text
+    assert started.status_code == 202, started.text
     assert started.json()["status"] == "running"
 
 
@@ -237,7 +237,6 @@ async def test_pools_list_members_capacity_and_campaigns_by_tag(
     invalid = await client.get("/api/admin/pools/No%20Such", headers=h)
 
     assert listed.status_code == 200, listed.text
-    assert listed.json()["total"] == 2
     eu_pool, us_pool = listed.json()["items"]
     assert eu_pool == {
         "tag": "eu",
@@ -263,10 +262,7 @@ async def test_pools_are_listed_a_page_at_a_time(
     await create_account(client, admin, tags=["a", "b", "c"])
     await create_account(client, admin, tags=["c", "d"])
 
-    page = await client.get(
-        "/api/admin/pools", params={"limit": 2, "offset": 1}, headers=viewer["headers"]
-    )
+    pages = await walk_pages(client, "/api/admin/pools", viewer["headers"], limit=3)
 
-    assert [p["tag"] for p in page.json()["items"]] == ["b", "c"]
-    assert page.json()["total"] == 4
-    assert page.json()["items"][1]["accounts"]["active"] == 2
+    assert [[p["tag"] for p in page] for page in pages] == [["a", "b", "c"], ["d"]]
+    assert pages[0][2]["accounts"]["active"] == 2

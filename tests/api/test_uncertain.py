@@ -180,7 +180,7 @@ async def test_resending_needs_the_duplicate_risk_accepted_and_queues_with_the_s
         f"{URL}/resolve", json={**body, "accept_duplicate_risk": True}, headers=operator["headers"]
     )
 
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text
     assert response.json()["resolved"] == 3
     rows = await db.fetch(
         "SELECT status, account_id, assigned_at, message_id FROM messages ORDER BY id"

@@ -177,12 +177,12 @@ async def test_bounced_addresses_are_suppressed_and_skipped_next_time(
         "/api/queue/enqueue",
         json={"campaign_id": second, "recipients": [{"email": e} for e in everyone]},
     )
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text
     result = response.json()
     assert result["accepted"] == len(good)
     assert sorted(r["email"] for r in result["rejected"]) == sorted(bad)
     assert {r["reason"] for r in result["rejected"]} == {"suppressed"}
-    assert (await client.post(f"/api/campaigns/{second}/start", json={})).status_code == 200
+    assert (await client.post(f"/api/campaigns/{second}/start", json={})).status_code == 202
 
     async def second_sent() -> bool:
         return (await campaign_counts(client, second)).get("sent", 0) == len(good)

@@ -115,10 +115,10 @@ async def start_campaign(
     response = await client.post(
         "/api/queue/enqueue", json={"campaign_id": campaign_id, "recipients": recipients}
     )
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text
     assert response.json()["accepted"] == len(emails), response.json()["rejected"][:5]
     response = await client.post(f"/api/campaigns/{campaign_id}/start", json={})
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text
     return campaign_id
 
 

@@ -85,12 +85,12 @@ async def test_one_trace_runs_from_enqueue_to_the_smtp_transaction(
             json={"campaign_id": campaign_id, "recipients": [{"email": "r@example.org"}]},
             headers={"traceparent": header},
         )
-        assert response.status_code == 200, response.text
+        assert response.status_code == 202, response.text
         message_id, stored = await db.fetchrow(
             "SELECT id, traceparent FROM messages WHERE campaign_id = $1", campaign_id
         )
         response = await client.post(f"/api/campaigns/{campaign_id}/start", json={})
-        assert response.status_code == 200, response.text
+        assert response.status_code == 202, response.text
     await sink.wait_for_records(1)
 
     wanted = {
@@ -148,7 +148,7 @@ async def test_a_tracker_hit_and_its_recording_are_one_trace(
             "/api/queue/enqueue",
             json={"campaign_id": campaign_id, "recipients": [{"email": "leaving@example.org"}]},
         )
-        assert response.status_code == 200, response.text
+        assert response.status_code == 202, response.text
     message_id = await db.fetchval("SELECT id FROM messages WHERE campaign_id = $1", campaign_id)
     signer = TokenSigner(parse_keys(stack.tracking_keys))
     token = signer.sign(TokenKind.UNSUBSCRIBE, message_id, int(time.time()) - 3600)

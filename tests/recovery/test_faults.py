@@ -106,7 +106,7 @@ async def test_messages_assigned_without_a_command_are_commanded_again_within_se
                 "/api/queue/enqueue",
                 json={"campaign_id": campaign_id, "recipients": [{"email": e} for e in emails]},
             )
-            assert response.status_code == 200, response.text
+            assert response.status_code == 202, response.text
         await asyncio.sleep(2.0)  # the sender subscribes to the new account's queue
         db = await asyncpg.connect(stack.env["MAILFLEET_POSTGRES__DSN"])
         try:

@@ -16,6 +16,8 @@ class RecipientsEnqueued(_Message):
 
     campaign_id: UUID
     count: int = Field(ge=0)
+    # Transactional messages: the dispatcher's transactional lane assigns them at once.
+    transactional: bool = False
 
 
 class SendBatch(_Message):
@@ -31,6 +33,17 @@ class SendBatch(_Message):
     # Tracing on: the W3C traceparent of each traced message's dispatch, by message id. Each
     # message continues its own trace (the enqueue's), so one header could not carry them.
     traces: dict[int, str] | None = None
+
+
+class UrgentSends(_Message):
+    """dispatcher -> every sender replica: send these next, if you are busy with the account.
+
+    A notice, not a command: the messages' SendBatch follows on the account's queue as usual
+    and skips what was claimed meanwhile, so a notice lost or ignored only costs time.
+    """
+
+    account_id: UUID
+    message_ids: list[int] = Field(min_length=1, max_length=10_000)
 
 
 Outcome = Literal["sent", "deferred", "failed", "uncertain"]

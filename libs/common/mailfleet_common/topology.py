@@ -5,6 +5,9 @@
 - ``mailfleet.send`` (direct): send commands, routed by account id to that account's own
   durable queue ``mailfleet.send.<account id>``. Those queues have single-active-consumer
   set, so exactly one sender replica delivers for an account at any moment.
+- ``mailfleet.urgent`` (fanout): transactional messages just assigned (UrgentSends), to a
+  transient queue of every sender replica; the replica busy with the account sends them
+  before the campaign commands it holds.
 - ``mailfleet.dead`` (fanout) -> ``mailfleet.dead-letter``: what a consumer rejected.
 """
 
@@ -16,6 +19,7 @@ from faststream.rabbit.schemas.queue import ClassicQueueArgs
 EVENTS = RabbitExchange("mailfleet.events", type=ExchangeType.TOPIC, durable=True)
 SEND = RabbitExchange("mailfleet.send", type=ExchangeType.DIRECT, durable=True)
 DEAD = RabbitExchange("mailfleet.dead", type=ExchangeType.FANOUT, durable=True)
+URGENT = RabbitExchange("mailfleet.urgent", type=ExchangeType.FANOUT, durable=True)
 
 DEAD_LETTER_QUEUE = RabbitQueue("mailfleet.dead-letter", durable=True)
 

@@ -14,6 +14,7 @@ from mailfleet_common.db import Conn, Pool
 
 from mailfleet_api import auth, queries
 from mailfleet_api.errors import ForbiddenError, UnauthenticatedError, UnsupportedMediaTypeError
+from mailfleet_api.rate_limits import RateLimiter
 from mailfleet_api.settings import Settings
 from mailfleet_api.throttle import LoginThrottle
 
@@ -71,6 +72,11 @@ def get_login_throttle(request: Request) -> LoginThrottle:
     return throttle
 
 
+def get_rate_limiter(request: Request) -> RateLimiter:
+    limiter: RateLimiter = _state(request, "rate_limiter")
+    return limiter
+
+
 async def get_conn(pool: Annotated[Pool, Depends(get_pool)]) -> AsyncIterator[Conn]:
     async with pool.acquire() as conn:
         yield cast(Conn, conn)  # a pooled connection proxies every Connection method
@@ -84,6 +90,7 @@ SecretBoxDep = Annotated[SecretBox, Depends(get_secret_box)]
 TokenSignerDep = Annotated[auth.TokenSigner, Depends(get_token_signer)]
 PasswordsDep = Annotated[auth.PasswordHasherPool, Depends(get_passwords)]
 LoginThrottleDep = Annotated[LoginThrottle, Depends(get_login_throttle)]
+RateLimiterDep = Annotated[RateLimiter, Depends(get_rate_limiter)]
 
 _bearer = HTTPBearer(auto_error=False, description="An access token from login, or an API key.")
 
@@ -101,8 +108,19 @@ async def get_principal(
     token: Annotated[str, Depends(get_bearer_token)],
     conn: DbConn,
     signer: TokenSignerDep,
+    limiter: RateLimiterDep,
+    request: Request,
 ) -> Principal:
-    """The authenticated caller, from an access token or an API key; 401 otherwise."""
+    """The authenticated caller, from an access token or an API key; 401 otherwise.
+
+    Each call is counted against the caller's default rate limit (429 past it).
+    """
+    principal = await _authenticate(token, conn, signer)
+    await limiter.charge(request.scope, principal.key, "default")
+    return principal
+
+
+async def _authenticate(token: str, conn: Conn, signer: auth.TokenSigner) -> Principal:
     api_key = auth.split_api_key(token)
     if api_key is not None:
         prefix, secret = api_key
@@ -129,12 +147,23 @@ def _require(minimum: auth.Role) -> Any:
     return Depends(check)
 
 
+async def _count_heavy(
+    principal: Annotated[Principal, Depends(get_principal)],
+    limiter: RateLimiterDep,
+    request: Request,
+) -> None:
+    await limiter.charge(request.scope, principal.key, "heavy")
+
+
+# In a route's dependencies: the route queues or streams a lot, and is counted against the
+# heavy rate limit too.
+HEAVY = Depends(_count_heavy)
+
 Viewer = Annotated[Principal, _require("viewer")]
 Operator = Annotated[Principal, _require("operator")]
 Admin = Annotated[Principal, _require("admin")]
 
 Limit = Annotated[int, Query(ge=1, le=500, description="Page size.")]
-Offset = Annotated[int, Query(ge=0, le=10_000_000, description="Items to skip.")]
 Cursor = Annotated[
     str | None, Query(max_length=200, description="The next_cursor of the previous page.")
 ]

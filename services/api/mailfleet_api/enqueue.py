@@ -15,10 +15,14 @@ from pydantic import ValidationError
 
 from mailfleet_api import queries, schemas
 from mailfleet_api.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
+from mailfleet_api.queries import transactional as tx_queries
 from mailfleet_api.recipients import Candidate, RecipientScreen, Rejection
 from mailfleet_api.settings import EnqueueSettings
 
 MAX_IDEMPOTENCY_KEY_CHARS = 200
+# The messages are queued; they are delivered later. A replay answers what was first
+# answered (200 for keys stored before enqueue answered 202).
+ACCEPTED = 202
 # Recipients screened (in a worker thread) and stored per round trip.
 _CHUNK = 1000
 
@@ -31,7 +35,7 @@ class Enqueued:
     accepted: int = 0  # 0 on a replay: nothing new to announce
 
 
-class _KeyTakenError(Exception):
+class KeyTakenError(Exception):
     """Another request committed this idempotency key first; roll back and replay it."""
 
 
@@ -55,7 +59,8 @@ def check_idempotency_key(key: str) -> None:
         )
 
 
-def _replay(stored: Any, request_hash: bytes) -> Enqueued:
+def replay(stored: Any, request_hash: bytes) -> Enqueued:
+    """The stored answer to an Idempotency-Key, if it was used with this very body."""
     if bytes(stored["request_hash"]) != request_hash:
         raise InvalidError("Idempotency-Key was already used with a different request body")
     return Enqueued(stored["status_code"], stored["response"])
@@ -129,7 +134,7 @@ async def enqueue(
         check_idempotency_key(idempotency_key)
         stored = await queries.fetch_idempotent_response(conn, principal, idempotency_key)
         if stored is not None and stored["status_code"]:
-            return _replay(stored, request_hash)
+            return replay(stored, request_hash)
 
     request = parse_request(raw, settings)
     campaign_id = request.campaign_id
@@ -138,12 +143,14 @@ async def enqueue(
             if idempotency_key is not None and not await queries.claim_idempotency_key(
                 conn, principal, idempotency_key, request_hash
             ):
-                raise _KeyTakenError
+                raise KeyTakenError
             status = await queries.lock_campaign_status(conn, campaign_id)
             if status is None:
                 raise NotFoundError(f"no campaign {campaign_id}")
             if status == "cancelled":
                 raise ConflictError("the campaign is cancelled")
+            if await tx_queries.is_transactional(conn, campaign_id):
+                raise ConflictError("a transactional stream takes messages at /api/messages")
             if status == "completed":
                 await queries.reopen_campaign(conn, campaign_id)
             accepted, rejections = await _screen_and_store(conn, request, settings)
@@ -157,12 +164,12 @@ async def enqueue(
             }
             if idempotency_key is not None:
                 await queries.store_idempotent_response(
-                    conn, principal, idempotency_key, 200, response
+                    conn, principal, idempotency_key, ACCEPTED, response
                 )
-    except _KeyTakenError:
+    except KeyTakenError:
         stored = await queries.fetch_idempotent_response(conn, principal, idempotency_key or "")
-        return _replay(stored, request_hash)
-    return Enqueued(200, response, campaign_id, accepted)
+        return replay(stored, request_hash)
+    return Enqueued(ACCEPTED, response, campaign_id, accepted)
 
 
 def encode(response: dict[str, Any]) -> bytes:

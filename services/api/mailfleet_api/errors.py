@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from mailfleet_common.errors import MailfleetError
 from mailfleet_common.templating import InvalidTemplateError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,17 @@ class TooManyRequestsError(ApiError):
         self.retry_after = retry_after
 
 
+_FIELD_EXAMPLE: dict[str, Any] = {
+    "loc": ["body", "recipients", 3, "email"],
+    "msg": "Field required",
+    "type": "missing",
+}
+
+
 class ProblemField(BaseModel):
     """One reason a request is invalid: where (``loc``), why (``msg``) and its kind."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_FIELD_EXAMPLE]})
 
     loc: list[str | int] = Field(description='Where: e.g. ["body", "recipients", 3, "email"].')
     msg: str
@@ -91,6 +100,29 @@ class ProblemField(BaseModel):
 
 class Problem(BaseModel):
     """An RFC 9457 problem document: the body of every error answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Not Found",
+                    "status": 404,
+                    "detail": "no campaign 0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+                    "instance": "/api/campaigns/0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+                },
+                {
+                    "type": "about:blank",
+                    "title": "Unprocessable Content",
+                    "status": 422,
+                    "detail": "the request is invalid (1 error): "
+                    "body.recipients.3.email: Field required",
+                    "instance": "/api/queue/enqueue",
+                    "errors": [_FIELD_EXAMPLE],
+                },
+            ]
+        }
+    )
 
     type: str = Field(default="about:blank", description="about:blank: see title and status.")
     title: str = Field(description="The HTTP status phrase.")
@@ -194,6 +226,24 @@ def install_error_handlers(app: FastAPI) -> None:
 _PROBLEM_CONTENT = {PROBLEM_MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
 _FASTAPI_VALIDATION = "#/components/schemas/HTTPValidationError"
 _CHALLENGE = {"WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}}
+_COUNT = {"type": "integer", "minimum": 0}
+# draft-ietf-httpapi-ratelimit-headers; absent while the rate-limit storage is unreachable.
+RATE_LIMIT_HEADERS = {
+    "RateLimit-Limit": {"description": "Requests allowed in the window.", "schema": _COUNT},
+    "RateLimit-Remaining": {"description": "Requests left in the window.", "schema": _COUNT},
+    "RateLimit-Reset": {"description": "Seconds until the window ends.", "schema": _COUNT},
+    "RateLimit-Policy": {
+        "description": 'Each policy counted: `3000;w=60;name="default"`.',
+        "schema": {"type": "string"},
+    },
+}
+_RETRY_AFTER = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "required": True,
+        "schema": _COUNT,
+    }
+}
 _METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 
 
@@ -209,6 +259,7 @@ def _error_answers(operation: dict[str, Any]) -> dict[int, str]:
         answers[403] = "The caller's role does not allow this."
         if changes_state:
             answers[409] = "The request clashes with the current state."
+        answers[429] = "Over the credential's rate limit: wait Retry-After seconds."
     if "path" in parameters or (secured and changes_state and has_body):
         answers[404] = "Something the request names does not exist."
     if has_body:
@@ -230,6 +281,12 @@ def _document_problems(document: dict[str, Any]) -> None:
                 responses.setdefault(str(code), {"description": description})
             if "401" in responses:
                 responses["401"].setdefault("headers", _CHALLENGE)
+            if operation.get("security"):
+                # Every answer after authentication is counted, and says so.
+                for code, response in responses.items():
+                    if code not in ("401", "500"):
+                        response.setdefault("headers", {}).update(RATE_LIMIT_HEADERS)
+                responses["429"]["headers"].update(_RETRY_AFTER)
             for code, response in responses.items():
                 content = response.get("content", {})
                 refs = [c.get("schema", {}).get("$ref") for c in content.values()]
@@ -249,8 +306,9 @@ def document_errors(app: FastAPI) -> None:
     """Document every operation's error answers as problems, routes added later included.
 
     Derived from the generated document itself, when it is first built: credentials needed
-    (401, 403; 409 if it changes state), path parameters (404), a body (400, 413, 415), anything
-    validated (422), 500 everywhere. Error answers a route declares itself (login's 401 and
+    (401, 403, 429 with Retry-After and the RateLimit fields on every answer after 401; 409 if
+    it changes state), path parameters (404), a body (400, 413, 415), anything validated (422),
+    500 everywhere. Error answers a route declares itself (login's 401 and
     429) get the problem schema too.
     """
     build = app.openapi

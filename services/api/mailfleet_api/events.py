@@ -10,7 +10,9 @@ from mailfleet_common.messages import RecipientsEnqueued
 log = logging.getLogger(__name__)
 
 
-async def announce_recipients(broker: RabbitBroker, campaign_id: UUID, count: int) -> bool:
+async def announce_recipients(
+    broker: RabbitBroker, campaign_id: UUID, count: int, transactional: bool = False
+) -> bool:
     """Tell the dispatchers a campaign has queued messages; False if the broker refused.
 
     The messages are committed before this is called, and the dispatcher also polls every
@@ -18,7 +20,7 @@ async def announce_recipients(broker: RabbitBroker, campaign_id: UUID, count: in
     """
     try:
         await broker.publish(
-            RecipientsEnqueued(campaign_id=campaign_id, count=count),
+            RecipientsEnqueued(campaign_id=campaign_id, count=count, transactional=transactional),
             exchange=topology.EVENTS,
             routing_key=topology.ENQUEUE_KEY,
             persist=True,

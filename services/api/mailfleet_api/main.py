@@ -23,23 +23,29 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 from mailfleet_api.auth import PasswordHasherPool, TokenSigner
 from mailfleet_api.deps import require_json_body
 from mailfleet_api.errors import document_errors, install_error_handlers
-from mailfleet_api.middleware import PlainErrorsAsProblems, RequestMetrics
+from mailfleet_api.middleware import PlainErrorsAsProblems, RateLimitHeaders, RequestMetrics
+from mailfleet_api.rate_limits import RateLimiter
 from mailfleet_api.routes import (
     accounts,
     analytics,
     auth,
     campaigns,
+    events,
+    exports,
     inbound_reports,
+    messages,
     ops,
     pools,
     queue,
     stats,
     suppressions,
+    transactional,
     uncertain,
     users,
+    webhooks,
 )
 from mailfleet_api.settings import Settings
-from mailfleet_api.throttle import LoginThrottle
+from mailfleet_api.throttle import CounterStorage, LoginThrottle
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,11 @@ _ROUTES = (
     suppressions,
     inbound_reports,
     uncertain,
+    transactional,
+    webhooks,
+    exports,
+    messages,
+    events,
 )
 
 
@@ -64,10 +75,12 @@ def create_app(settings: Settings) -> FastAPI:
     # Checked here, not at first use, so a misconfigured deployment fails at start.
     token_signer = TokenSigner.from_settings(settings.auth)
     secret_box = SecretBox.from_settings(settings.crypto)
-    login_throttle = LoginThrottle.from_settings(settings.throttle)
+    counters = CounterStorage.from_settings(settings.throttle)
+    login_throttle = LoginThrottle.from_settings(settings.throttle, counters)
     # A registry per app (tests build several), with the process_* and python_* series the
     # other services get from the default registry.
     registry = CollectorRegistry()
+    rate_limiter = RateLimiter(counters, settings.rate_limit, registry)
     ProcessCollector(registry=registry)
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
@@ -94,12 +107,13 @@ def create_app(settings: Settings) -> FastAPI:
                     settings.auth.verify_workers, settings.auth.verify_queue
                 ),
                 "login_throttle": login_throttle,
+                "rate_limiter": rate_limiter,
                 "registry": registry,
             }
         finally:
             await broker.stop()
             await pool.close()
-            await login_throttle.close()
+            await counters.close()
 
     # FastAPI traces requests itself (a SERVER span continuing the caller's traceparent, and
     # spans for dependencies and the endpoint) once configure_tracing has installed a tracer
@@ -120,6 +134,7 @@ def create_app(settings: Settings) -> FastAPI:
     # as FastAPI(max_body_size=...), whose 413 is plain text sent from outside every handler.
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.enqueue.max_body_bytes)
     app.add_middleware(PlainErrorsAsProblems)
+    app.add_middleware(RateLimitHeaders)
     app.add_middleware(RequestMetrics, registry=registry)
     return app
 

@@ -1,4 +1,4 @@
-"""ASGI middleware: request metrics per route template; plain-text errors made problems."""
+"""ASGI middleware: request metrics, plain-text errors made problems, RateLimit fields."""
 
 import time
 from typing import Any
@@ -9,13 +9,30 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from mailfleet_api.errors import problem_response
+from mailfleet_api.rate_limits import SCOPE_KEY, header_fields
 
 
-class RequestMetrics:
+class _HttpMiddleware:
+    """Middleware that acts on HTTP requests only and passes anything else through."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        await self.http(scope, receive, send)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raise NotImplementedError
+
+
+class RequestMetrics(_HttpMiddleware):
     """Counts requests and times them, labelled by route template (never the raw path)."""
 
     def __init__(self, app: ASGIApp, registry: CollectorRegistry) -> None:
-        self.app = app
+        super().__init__(app)
         self.requests = Counter(
             "mailfleet_api_requests",
             "HTTP requests answered, by route template, method and status.",
@@ -29,10 +46,7 @@ class RequestMetrics:
             registry=registry,
         )
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         status = 500
         started = time.perf_counter()
 
@@ -52,20 +66,14 @@ class RequestMetrics:
             self.latency.labels(template, method).observe(time.perf_counter() - started)
 
 
-class PlainErrorsAsProblems:
+class PlainErrorsAsProblems(_HttpMiddleware):
     """Turns the error answers Starlette writes as plain text into problem documents.
 
     The request body limit answers 413 from middleware, outside every exception handler; this
     gives it, and any other plain-text error, the one error shape of the API.
     """
 
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         held: Message | None = None
         text = b""
 
@@ -87,3 +95,21 @@ class PlainErrorsAsProblems:
             await response(scope, receive, send)
 
         await self.app(scope, receive, send_as_problem)
+
+
+class RateLimitHeaders(_HttpMiddleware):
+    """Adds the RateLimit fields to the answer of every request a rate limit counted.
+
+    The limiter runs in a dependency, after authentication; its quotas reach this through
+    the request's scope, so error answers (a 404, the 429 itself) carry the fields too.
+    """
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+
+        async def send_with_fields(message: Message) -> None:
+            quotas = scope.get(SCOPE_KEY)
+            if message["type"] == "http.response.start" and quotas:
+                message["headers"] = [*message.get("headers", []), *header_fields(quotas)]
+            await send(message)
+
+        await self.app(scope, receive, send_with_fields)

@@ -1,5 +1,7 @@
 """Settings of the API service and the mailfleet CLI."""
 
+from typing import Literal
+
 from limits import parse
 from mailfleet_common.settings import (
     CryptoSettings,
@@ -29,6 +31,12 @@ class AuthSettings(BaseModel):
     verify_queue: int = Field(default=64, ge=1)
 
 
+def a_rate(value: str) -> str:
+    """A rate in the ``limits`` notation ("600/minute"); ValueError otherwise."""
+    parse(value)  # raises ValueError on anything but "N/period"
+    return value
+
+
 class ThrottleSettings(BaseModel):
     """Failed-login limits (MAILFLEET_THROTTLE__*), in the ``limits`` notation ("10/15 minutes").
 
@@ -38,20 +46,50 @@ class ThrottleSettings(BaseModel):
 
     storage_url: SecretStr = SecretStr("")
     key_prefix: str = Field(default="mailfleet", min_length=1, max_length=100)
+    # How long a call to Redis may take before the request goes on without it.
+    storage_timeout_s: float = Field(default=0.25, gt=0, le=10)
     login_per_account: str = "10/15 minutes"
     login_per_client: str = "50/15 minutes"
 
-    @field_validator("login_per_account", "login_per_client")
-    @classmethod
-    def _a_rate(cls, value: str) -> str:
-        parse(value)  # raises ValueError on anything but "N/period"
-        return value
+    _rates = field_validator("login_per_account", "login_per_client")(a_rate)
+
+
+class RateLimitSettings(BaseModel):
+    """Request rate limits (MAILFLEET_RATE_LIMIT__*), per API key or per user (access tokens).
+
+    Counted where the login throttle counts (MAILFLEET_THROTTLE__STORAGE_URL).
+    ``default`` applies to every authenticated request, unless the key was created with a
+    rate of its own; ``heavy`` applies besides to the routes that queue or stream a lot
+    (enqueue, suppression imports and exports). ``enabled=false`` turns both off.
+    """
+
+    enabled: bool = True
+    default: str = "3000/minute"
+    heavy: str = "300/minute"
+    # While the storage is unreachable, requests go on unlimited; it is tried again after this.
+    storage_retry_s: float = Field(default=5.0, ge=0, le=300)
+
+    _rates = field_validator("default", "heavy")(a_rate)
 
 
 class EnqueueSettings(BaseModel):
     max_recipients: int = Field(default=10_000, ge=1)
     max_body_bytes: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_variables_bytes: int = Field(default=8 * 1024, ge=2)
+
+
+class TransactionalSettings(BaseModel):
+    """POST /api/messages (MAILFLEET_TRANSACTIONAL__*): batch size and attachment limits.
+
+    The request as a whole is also bounded by MAILFLEET_ENQUEUE__MAX_BODY_BYTES (base64 makes
+    a file a third larger in the request than in the message).
+    """
+
+    max_messages: int = Field(default=100, ge=1, le=1000)
+    max_attachments: int = Field(default=10, ge=0, le=100)
+    max_attachment_bytes: int = Field(default=5 * 1024 * 1024, ge=1)
+    # All of one message's files together.
+    max_attachments_total_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
 
 
 class RetentionSettings(BaseModel):
@@ -78,6 +116,17 @@ class RetentionSettings(BaseModel):
     lock_timeout_ms: int = Field(default=2000, ge=10, le=60_000)
 
 
+class PrivacySettings(BaseModel):
+    """What the API shows of recipients' tracking hits (MAILFLEET_PRIVACY__*).
+
+    ``ip``: ``full`` shows the address an open or click came from as recorded; ``truncated``
+    (the default) only its network, the first 24 bits of an IPv4 address and the first 48 of
+    an IPv6 one (192.0.2.0, 2001:db8:1::); ``none`` shows no address at all.
+    """
+
+    ip: Literal["full", "truncated", "none"] = "truncated"
+
+
 class Settings(ServiceSettings):
     """MAILFLEET_POSTGRES__DSN, MAILFLEET_RABBIT__URL, MAILFLEET_AUTH__JWT_SECRET, ..."""
 
@@ -85,6 +134,9 @@ class Settings(ServiceSettings):
     auth: AuthSettings = AuthSettings()
     crypto: CryptoSettings = CryptoSettings()
     enqueue: EnqueueSettings = EnqueueSettings()
+    transactional: TransactionalSettings = TransactionalSettings()
     throttle: ThrottleSettings = ThrottleSettings()
+    rate_limit: RateLimitSettings = RateLimitSettings()
     templates: TemplateSettings = TemplateSettings()
     retention: RetentionSettings = RetentionSettings()
+    privacy: PrivacySettings = PrivacySettings()

@@ -1,4 +1,4 @@
-"""Login throttling: failed logins counted per account and per client, in Redis or in memory."""
+"""Counters in Redis or in memory, and login throttling: failed logins per account and client."""
 
 import hashlib
 import logging
@@ -10,6 +10,8 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
 from mailfleet_api.errors import TooManyRequestsError
@@ -22,6 +24,39 @@ _STORAGE_ERRORS = (RedisError, OSError)
 
 
 @dataclass(frozen=True)
+class CounterStorage:
+    """Where the login throttle and the request rate limits count: Redis, or this process."""
+
+    storage: Storage
+    pool: ConnectionPool | None
+
+    @classmethod
+    def from_settings(cls, settings: ThrottleSettings) -> "CounterStorage":
+        url = settings.storage_url.get_secret_value()
+        if not url:
+            return cls(MemoryStorage(), None)
+        # redis-py (not limits' default, coredis), on a pool of ours so it can be closed. A
+        # Redis that is away must cost each request little: short timeouts, no retry.
+        pool = ConnectionPool.from_url(
+            url,
+            socket_connect_timeout=settings.storage_timeout_s,
+            socket_timeout=settings.storage_timeout_s,
+            retry=Retry(NoBackoff(), 0),
+        )
+        storage = RedisStorage(
+            f"async+{url}",
+            implementation="redispy",
+            key_prefix=settings.key_prefix,
+            connection_pool=pool,  # type: ignore[arg-type] # handed on to redis-py as it is
+        )
+        return cls(storage, pool)
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.aclose()
+
+
+@dataclass(frozen=True)
 class LoginThrottle:
     """Refuses logins (429) for an account or a client after too many recent failures.
 
@@ -30,35 +65,16 @@ class LoginThrottle:
     """
 
     limiter: MovingWindowRateLimiter
-    pool: ConnectionPool | None
     per_account: RateLimitItem
     per_client: RateLimitItem
 
     @classmethod
-    def from_settings(cls, settings: ThrottleSettings) -> "LoginThrottle":
-        url = settings.storage_url.get_secret_value()
-        pool = None
-        if url:
-            # redis-py (not limits' default, coredis), on a pool of ours so it can be closed.
-            pool = ConnectionPool.from_url(url)
-            storage: Storage = RedisStorage(
-                f"async+{url}",
-                implementation="redispy",
-                key_prefix=settings.key_prefix,
-                connection_pool=pool,  # type: ignore[arg-type] # handed on to redis-py as it is
-            )
-        else:
-            storage = MemoryStorage()
+    def from_settings(cls, settings: ThrottleSettings, counters: CounterStorage) -> "LoginThrottle":
         return cls(
-            MovingWindowRateLimiter(storage),
-            pool,
+            MovingWindowRateLimiter(counters.storage),
             parse(settings.login_per_account),
             parse(settings.login_per_client),
         )
-
-    async def close(self) -> None:
-        if self.pool is not None:
-            await self.pool.aclose()
 
     def _keys(self, email: str, client: str) -> tuple[tuple[RateLimitItem, str], ...]:
         # Addresses are not stored in the limiter's storage, only a digest of them.

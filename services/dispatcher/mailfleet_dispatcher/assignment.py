@@ -38,6 +38,12 @@ class BatchPublisher(Protocol):
         ...
 
 
+class UrgentPublisher(Protocol):
+    async def publish_urgent(self, assignments: Mapping[UUID, Sequence[int]]) -> None:
+        """Tell the sender replicas busy with these accounts to send these messages next."""
+        ...
+
+
 @dataclass(frozen=True)
 class TickResult:
     assigned: int
@@ -155,12 +161,30 @@ def distribute(
 
 
 class Assigner:
-    """Runs assignment ticks on a timer and on demand, until told to stop."""
+    """Runs assignment ticks on a timer and on demand, until told to stop.
 
-    def __init__(self, pool: Pool, publisher: BatchPublisher, settings: DispatchSettings) -> None:
+    One per lane. The campaign lane assigns campaigns' messages within each account's
+    look-ahead. The transactional lane (`urgent` set) runs beside it and assigns the
+    transactional streams' messages the moment they are enqueued: it may fill an account
+    `priority_headroom` past its look-ahead (limits, warm-up and suppressions hold as for
+    campaigns, and the sender keeps the account's pace), waits for the accounts the campaign
+    lane holds instead of skipping them, and has the replica busy with each account send them
+    before the campaign commands it holds.
+    """
+
+    def __init__(
+        self,
+        pool: Pool,
+        publisher: BatchPublisher,
+        settings: DispatchSettings,
+        urgent: UrgentPublisher | None = None,
+    ) -> None:
         self._pool = pool
         self._publisher = publisher
         self._settings = settings
+        self._urgent = urgent
+        self._kind: queries.CampaignKind = "campaign" if urgent is None else "transactional"
+        self._headroom = 0 if urgent is None else settings.priority_headroom
         self._wakeup = asyncio.Event()
         self._rotation = 0
 
@@ -203,6 +227,13 @@ class Assigner:
         traces = None
         if assignments and tracing.enabled():
             traces = await self._traces(assignments, started_ns)
+        if assignments and self._urgent is not None:
+            # Before the commands: the replica busy with the account sends these next, and
+            # the commands, behind the account's campaign commands, then find them claimed.
+            try:
+                await self._urgent.publish_urgent(assignments)
+            except Exception as exc:
+                log.warning("urgent notice not published", extra={"error": repr(exc)})
         batches = await self._publisher.publish_batches(assignments, traces) if assignments else 0
         assigned = sum(len(ids) for ids in assignments.values())
         metrics.MESSAGES_ASSIGNED.inc(assigned)
@@ -226,7 +257,7 @@ class Assigner:
 
     def _cap(self, account: queries.AccountRoom) -> int:
         """What the account may take now: its pace's look-ahead and its limit left today."""
-        room = lookahead(account.min_gap_ms, self._settings) - account.inflight
+        room = lookahead(account.min_gap_ms, self._settings) + self._headroom - account.inflight
         return max(min(room, account.effective_limit - account.reserved), 0)
 
     def _wants(
@@ -244,13 +275,13 @@ class Assigner:
     async def _assign(self) -> tuple[dict[UUID, list[int]], int]:
         async with self._pool.acquire() as conn, conn.transaction():
             # Campaigns first: with nothing to hand out, the accounts are not even read.
-            campaigns = await queries.campaigns_with_work(conn)
+            campaigns = await queries.campaigns_with_work(conn, self._kind)
             if not campaigns:
                 return {}, 0
             today = await queries.utc_today(conn)
             seconds_left = seconds_left_today()
             limit = self._settings.max_per_tick
-            pace = (self._settings.lookahead_s, self._settings.max_inflight)
+            pace = (self._settings.lookahead_s, self._settings.max_inflight, self._headroom)
             accounts = await queries.accounts_with_room(
                 conn, today, campaigns, pace, seconds_left, limit, uuid4()
             )
@@ -293,7 +324,8 @@ class Assigner:
         Messages an account can no longer take, or whose pool it has left, go to the other
         locked accounts with room; the rest stay queued for the next tick.
         """
-        locked = {a.id: a for a in await queries.lock_accounts(conn, sorted(planned), today)}
+        wait = self._urgent is not None
+        locked = {a.id: a for a in await queries.lock_accounts(conn, sorted(planned), today, wait)}
         by_campaign = {c.id: c for c in campaigns}
         campaign_of = {c.id: c.campaign_id for c in candidates}
         chosen: dict[UUID, list[int]] = {}

@@ -11,7 +11,7 @@ import aiormq
 import aiormq.abc
 from faststream.rabbit import RabbitBroker
 from mailfleet_common import topology, tracing
-from mailfleet_common.messages import MessagesUncertain, SendBatch
+from mailfleet_common.messages import MessagesUncertain, SendBatch, UrgentSends
 from mailfleet_common.publishing import BROKER_AWAY
 from opentelemetry.trace import Span, SpanKind, StatusCode
 
@@ -76,7 +76,7 @@ class Bus:
         Done before the subscribers start, so a message rejected at once still has somewhere
         to go.
         """
-        for exchange in (topology.EVENTS, topology.SEND):
+        for exchange in (topology.EVENTS, topology.SEND, topology.URGENT):
             await self._broker.declare_exchange(exchange)
         dead = await self._broker.declare_exchange(topology.DEAD)
         queue = await self._broker.declare_queue(topology.DEAD_LETTER_QUEUE)
@@ -222,6 +222,21 @@ class Bus:
             *(self._publish_account(a, ids, traces) for a, ids in assignments.items())
         )
         return sum(counts)
+
+    async def publish_urgent(self, assignments: Mapping[UUID, Sequence[int]]) -> None:
+        """Tell every sender replica which transactional messages each account should send next.
+
+        Transient: a notice lost costs only time, the commands follow.
+        """
+        channel = await self._command_channel()
+        for account_id, ids in assignments.items():
+            body = UrgentSends(account_id=account_id, message_ids=list(ids)).model_dump_json()
+            await channel.basic_publish(
+                body.encode(),
+                exchange=topology.URGENT.name,
+                routing_key="",
+                properties=_command_properties(),
+            )
 
     async def commands_waiting(self, account_id: UUID) -> bool:
         """Whether the account's queue holds commands no sender has taken yet."""

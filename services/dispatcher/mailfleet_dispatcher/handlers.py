@@ -52,7 +52,7 @@ def create_router(runtime: Runtime) -> RabbitRouter:
     @router.subscriber(topology.ENQUEUE_QUEUE, topology.EVENTS)
     async def assign_enqueued(event: RecipientsEnqueued) -> None:
         """Assign a campaign's newly queued messages now rather than at the next tick."""
-        runtime.wake_assigner()
+        runtime.wake_assigner(event.transactional)
 
     @router.subscriber(topology.SEND_ATTEMPT_QUEUE, topology.EVENTS)
     async def record_send_attempts(report: SendAttempts) -> None:

@@ -3,7 +3,7 @@
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import NamedTuple, TypeAlias
+from typing import Literal, NamedTuple, TypeAlias
 from uuid import UUID
 
 import asyncpg
@@ -14,6 +14,7 @@ from mailfleet_common.messages import SendAttempt, TrackingHit, TrackingKind
 
 # mailfleet_common.db.Conn names a bare connection; a pooled one is a proxy with the same API.
 Conn: TypeAlias = "Connection | PoolConnectionProxy[asyncpg.Record]"
+CampaignKind: TypeAlias = Literal["campaign", "transactional"]
 
 
 class AccountRoom(NamedTuple):
@@ -75,23 +76,25 @@ async def utc_today(conn: Conn) -> date:
     return today
 
 
-async def campaigns_with_work(conn: Conn) -> list[Campaign]:
-    """Running campaigns whose start time has come and that have a message to assign.
+async def campaigns_with_work(conn: Conn, kind: CampaignKind = "campaign") -> list[Campaign]:
+    """Running campaigns of `kind` whose start time has come and that have a message to assign.
 
     Each reads one slice of a partial index (messages_queued_idx, or the due part of
     messages_deferred_campaign_idx), so an idle fleet costs a few index probes, not a look at
-    every account.
+    every account. Transactional streams are assigned by their own lane, ahead of campaigns.
     """
     rows = await conn.fetch(
         """
         SELECT c.id, c.account_ids, c.pool_tags FROM campaigns c
-        WHERE c.status = 'running' AND (c.start_at IS NULL OR c.start_at <= now())
+        WHERE c.status = 'running' AND c.kind = $1
+          AND (c.start_at IS NULL OR c.start_at <= now())
           AND (EXISTS (SELECT 1 FROM messages m
                        WHERE m.campaign_id = c.id AND m.status = 'queued')
                OR EXISTS (SELECT 1 FROM messages m
                           WHERE m.campaign_id = c.id AND m.status = 'deferred'
                             AND m.next_attempt_at <= now()))
-        """
+        """,
+        kind,
     )
     return [Campaign(r["id"], frozenset(r["account_ids"]), frozenset(r["pool_tags"])) for r in rows]
 
@@ -100,7 +103,7 @@ async def accounts_with_room(
     conn: Conn,
     day: date,
     campaigns: Sequence[Campaign],
-    pace: tuple[float, int],
+    pace: tuple[float, int, int],
     seconds_left: float,
     per_campaign: int,
     pivot: UUID,
@@ -108,8 +111,9 @@ async def accounts_with_room(
     """The active accounts that could take a message of `campaigns` now, the roomiest first.
 
     Could take one: in the campaign's pool, below `day`'s limit, and with less in flight than
-    their pace's look-ahead (`pace` is lookahead_s and max_inflight, the test is
-    assignment.lookahead()'s), so a fleet that is busy sending returns few rows. Of each
+    their pace's look-ahead plus a headroom (`pace` is lookahead_s, max_inflight and the
+    headroom, 0 for campaigns; the test is assignment.lookahead()'s), so a fleet that is busy
+    sending returns few rows. Of each
     campaign's, only the `per_campaign` with the most capacity left (assignment.capacity(),
     with `seconds_left` of the day): a tick hands out at most that many messages, each to the
     member furthest below its share, and no member beyond the roomiest that many can be
@@ -124,7 +128,7 @@ async def accounts_with_room(
     every = any(c.open for c in campaigns)
     named = sorted({a for c in campaigns for a in c.account_ids})
     tags = sorted({t for c in campaigns for t in c.tags})
-    lookahead_s, max_inflight = pace
+    lookahead_s, max_inflight, headroom = pace
     rows = await conn.fetch(
         """
         WITH room AS (
@@ -138,7 +142,7 @@ async def accounts_with_room(
             WHERE a.status = 'active' AND NOT account_held(a)
               AND ($2 OR a.id = ANY($3::uuid[]) OR a.tags && $4::text[])
               AND account_effective_limit(a, $1) > coalesce(u.reserved, 0)
-              AND coalesce(f.n, 0) < CASE
+              AND coalesce(f.n, 0) < $11::int + CASE
                   WHEN a.min_gap_ms <= 0 THEN $6::int
                   ELSE least($6, greatest(1, ceil($5::float8 * 1000 / a.min_gap_ms)))::int
               END
@@ -172,12 +176,27 @@ async def accounts_with_room(
         [c.id for c in campaigns],
         per_campaign,
         pivot,
+        headroom,
     )
     return [_account_room(r) for r in rows]
 
 
-async def lock_accounts(conn: Conn, account_ids: Sequence[UUID], day: date) -> list[AccountRoom]:
+_LOCK_ACCOUNTS_SKIPPING = """
+SELECT a.id FROM accounts a
+WHERE a.id = ANY($1::uuid[]) AND a.status = 'active' AND NOT account_held(a)
+ORDER BY a.id
+FOR NO KEY UPDATE SKIP LOCKED
+"""
+_LOCK_ACCOUNTS_WAITING = _LOCK_ACCOUNTS_SKIPPING.replace(" SKIP LOCKED", "")
+
+
+async def lock_accounts(
+    conn: Conn, account_ids: Sequence[UUID], day: date, wait: bool = False
+) -> list[AccountRoom]:
     """Lock those of the accounts that are active and that no other dispatcher holds.
+
+    With `wait`, the transactional lane's: wait for the campaign lane's tick holding an
+    account to commit rather than skip it, a wait of milliseconds.
 
     Returns them with their loads read after the locks were taken (a statement of its own,
     whose snapshot includes whatever the previous holder of each lock committed), so what is
@@ -187,13 +206,7 @@ async def lock_accounts(conn: Conn, account_ids: Sequence[UUID], day: date) -> l
     does not block the FOR KEY SHARE locks that foreign-key checks take (usage rows, messages).
     """
     locked = await conn.fetch(
-        """
-        SELECT a.id FROM accounts a
-        WHERE a.id = ANY($1::uuid[]) AND a.status = 'active' AND NOT account_held(a)
-        ORDER BY a.id
-        FOR NO KEY UPDATE SKIP LOCKED
-        """,
-        list(account_ids),
+        _LOCK_ACCOUNTS_WAITING if wait else _LOCK_ACCOUNTS_SKIPPING, list(account_ids)
     )
     rows = await conn.fetch(
         """
@@ -406,7 +419,7 @@ async def lock_finished_campaigns(conn: Conn) -> list[UUID]:
     rows = await conn.fetch(
         """
         SELECT c.id FROM campaigns c
-        WHERE c.status = 'running'
+        WHERE c.status = 'running' AND c.kind = 'campaign'
           AND EXISTS (SELECT 1 FROM messages m WHERE m.campaign_id = c.id)
           AND NOT EXISTS (
               SELECT 1 FROM messages m

@@ -26,6 +26,7 @@ class Runtime:
         self.bus = Bus(broker, settings.dispatcher.batch_size)
         self._pool: Pool | None = None
         self._assigner: Assigner | None = None
+        self._transactional: Assigner | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -46,9 +47,13 @@ class Runtime:
         settings = self.settings.dispatcher
         self._stopping.clear()
         self._assigner = Assigner(self.pool, self.bus, settings)
+        self._transactional = Assigner(self.pool, self.bus, settings, urgent=self.bus)
         sweeper = Sweeper(self.pool, self.bus, settings, self.settings.replicas.timeout_s)
         self._tasks = [
             asyncio.create_task(self._assigner.run(self._stopping), name="assignment"),
+            asyncio.create_task(
+                self._transactional.run(self._stopping), name="transactional-assignment"
+            ),
             asyncio.create_task(sweeper.run(self._stopping), name="sweeps"),
             asyncio.create_task(
                 StallWatch(self.pool, self.bus, settings, self.settings.replicas.timeout_s).run(
@@ -71,15 +76,17 @@ class Runtime:
         ]
         log.info("dispatcher started", extra={"tick_ms": settings.tick_ms})
 
-    def wake_assigner(self) -> None:
-        if self._assigner is not None:
-            self._assigner.wake()
+    def wake_assigner(self, transactional: bool = False) -> None:
+        assigner = self._transactional if transactional else self._assigner
+        if assigner is not None:
+            assigner.wake()
 
     async def stop_loops(self) -> None:
         """Stop the loops between ticks: a transaction and its publishes always finish."""
         self._stopping.set()
-        if self._assigner is not None:
-            self._assigner.wake()
+        for assigner in (self._assigner, self._transactional):
+            if assigner is not None:
+                assigner.wake()
         await asyncio.gather(*self._tasks)
         self._tasks = []
 

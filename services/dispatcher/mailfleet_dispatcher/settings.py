@@ -16,6 +16,9 @@ class DispatchSettings(BaseModel):
     # Each account gets commands for about this many seconds of its pace ahead of time.
     lookahead_s: float = Field(default=5.0, gt=0)
     max_inflight: int = Field(default=500, ge=1)
+    # Transactional messages pass the look-ahead: an account may hold this many more in
+    # flight for them (its daily limit, warm-up and pace still hold).
+    priority_headroom: int = Field(default=100, ge=1)
     batch_size: int = Field(default=100, ge=1, le=10_000)
     # At most this many messages per tick, shared by the accounts: a large backlog is handed
     # out in several short transactions, so the first commands go out within milliseconds

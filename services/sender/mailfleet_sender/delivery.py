@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from uuid import UUID
 
 from mailfleet_common import tracing
@@ -16,7 +17,7 @@ from mailfleet_common.crypto import SecretBox, SecretBoxError
 from mailfleet_common.db import Pool, while_database_away
 from mailfleet_common.messages import AccountPaused, SendAttempt
 from mailfleet_common.messages import Outcome as AttemptOutcome
-from mailfleet_common.templating import InvalidTemplateError
+from mailfleet_common.templating import InvalidTemplateError, compile_campaign
 from mailfleet_common.topology import ACCOUNT_PAUSED_KEY
 from opentelemetry.trace import SpanKind, StatusCode
 from prometheus_client import Counter
@@ -25,6 +26,8 @@ from mailfleet_sender import queries
 from mailfleet_sender.claims import Claim, Committer, Outcome
 from mailfleet_sender.metrics import DELIVERY_LATENCY, MESSAGES
 from mailfleet_sender.mime import (
+    Attachment,
+    Campaign,
     MessageBuildError,
     TemplateCache,
     build_message,
@@ -36,13 +39,14 @@ from mailfleet_sender.queries import AccountRow, ClaimedMessage
 from mailfleet_sender.reporting import AttemptReporter, EventPublisher
 from mailfleet_sender.settings import Settings
 from mailfleet_sender.smtp import AccountTransport, SmtpEndpoint, SmtpOptions, SmtpResult
-from mailfleet_sender.tracking import Tracker
+from mailfleet_sender.tracking import MessageLinks, Tracker
 
 log = logging.getLogger(__name__)
 _tracer = tracing.get_tracer("mailfleet_sender")
 
 _DETAIL_MAX = 1000
 _NEVER = datetime.min.replace(tzinfo=UTC)
+_URGENT_MAX = 1000
 
 
 @dataclass
@@ -57,6 +61,9 @@ class Account:
     # When this replica last finished a command of the account: a command that arrives
     # before then waits for the account's own work, not for the replica.
     free_at: datetime = _NEVER
+    # Transactional messages just assigned to the account (UrgentSends): while it works its
+    # commands, each is sent before the next message of the command in hand.
+    urgent: deque[int] = field(default_factory=lambda: deque(maxlen=_URGENT_MAX))
     _counters: dict[str, "Counter"] = field(default_factory=dict)
 
     @property
@@ -194,7 +201,9 @@ class Deliverer:
     ) -> None:
         pending: Outcome | None = None
         while batch.ids:
-            message_id = batch.ids.popleft()
+            # A transactional message goes before the rest of the command: its own command
+            # comes later, behind the campaign's, and finds it claimed (compare-and-set).
+            message_id = account.urgent.popleft() if account.urgent else batch.ids.popleft()
             if batch.halted:
                 break
             if stopping.is_set() or not await self._wait_while_held(account, stopping):
@@ -324,25 +333,69 @@ class Deliverer:
                 lambda: self._templates.get(claimed.campaign_id), "campaign templates"
             )
             links = self._tracker.links(claimed.id, account.envelope_from)
-            subject, html, text = campaign.templates.render(
-                template_context(
-                    claimed.email, claimed.name, claimed.variables, links.unsubscribe_url
+            context = template_context(
+                claimed.email, claimed.name, claimed.variables, links.unsubscribe_url
+            )
+            if claimed.transactional:
+                data = await self._transactional_message(account, claimed, campaign, links, context)
+            else:
+                subject, html, text = campaign.templates.render(context)
+                data = build_message(
+                    from_header=account.from_header,
+                    to_header=mailbox(claimed.name, claimed.email),
+                    subject=subject,
+                    message_id=claimed.message_id,
+                    html=None if html is None else links.html(html, campaign.tracking),
+                    text=None if text is None else links.text(text, campaign.tracking),
+                    headers=links.headers(),
                 )
-            )
-            data = build_message(
-                from_header=account.from_header,
-                to_header=mailbox(claimed.name, claimed.email),
-                subject=subject,
-                message_id=claimed.message_id,
-                html=None if html is None else links.html(html, campaign.tracking),
-                text=None if text is None else links.text(text, campaign.tracking),
-                headers=links.headers(),
-            )
             recipient = envelope_address(claimed.email)
         except (InvalidTemplateError, MessageBuildError) as exc:
             return SmtpResult("permanent", None, str(exc))
         connection = account.transport.connections[slot]
         return await connection.send(account.envelope_from, recipient, data)
+
+    async def _transactional_message(
+        self,
+        account: Account,
+        claimed: ClaimedMessage,
+        stream: Campaign,
+        links: MessageLinks,
+        context: dict[str, Any],
+    ) -> bytes:
+        """A transactional message: its own templates and files, no unsubscribe footer.
+
+        Links and the open pixel follow its stream's `tracking`; there is no List-Unsubscribe
+        (it is not bulk mail), but suppressions were checked at claim as for any message.
+        """
+
+        async def fetch() -> queries.ContentRow | None:
+            async with self._pool.acquire() as conn:
+                return await queries.fetch_content(conn, claimed.id)
+
+        content = await while_database_away(fetch, "message content")
+        if content is None:
+            raise MessageBuildError(f"message {claimed.id} has no content")
+        templates = compile_campaign(
+            content.subject,
+            content.html_body,
+            content.text_body,
+            self._settings.templates.limits(),
+        )
+        subject, html, text = templates.render(context)
+        tracked = stream.tracking
+        return build_message(
+            from_header=account.from_header,
+            to_header=mailbox(claimed.name, claimed.email),
+            subject=subject,
+            message_id=claimed.message_id,
+            html=None if html is None else links.html(html, tracked, unsubscribe=False),
+            text=None if text is None else links.text(text, tracked, unsubscribe=False),
+            headers=()
+            if content.reply_to is None
+            else (f"Reply-To: {mailbox(None, content.reply_to)}",),
+            attachments=[Attachment(*a) for a in content.attachments],
+        )
 
     def _outcome(self, account: Account, claimed: ClaimedMessage, result: SmtpResult) -> Outcome:
         now = datetime.now(UTC)

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
+from urllib.parse import quote
 from uuid import UUID
 
 from mailfleet_common.errors import MailfleetError
@@ -160,6 +161,15 @@ class _DateCache:
 _DATE = _DateCache()
 
 
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    """A file attached to a transactional message (name and type checked by the API)."""
+
+    filename: str
+    content_type: str
+    content: bytes
+
+
 def build_message(
     *,
     from_header: str,
@@ -169,11 +179,13 @@ def build_message(
     html: str | None,
     text: str | None,
     headers: Sequence[str] = (),
+    attachments: Sequence[Attachment] = (),
 ) -> bytes:
     """The complete message: headers, then one part or multipart/alternative (text, html).
 
     `headers` are further header fields, each ``Name: value`` in ASCII and already folded
-    (CRLF SP) where long, added as given.
+    (CRLF SP) where long, added as given. With `attachments`, the body is the first part of
+    a multipart/mixed and each file follows in base64.
     """
     extra = "".join([line + "\r\n" for line in headers])
     head = (
@@ -185,17 +197,50 @@ def build_message(
         f"{extra}"
         "MIME-Version: 1.0\r\n"
     ).encode()
+    if not attachments:
+        return head + _body(html, text)
+    boundary = b"=_mx" + secrets.token_hex(12).encode()
+    parts = [head, b'Content-Type: multipart/mixed; boundary="', boundary, b'"\r\n\r\n']
+    for entity in (_body(html, text), *map(_attachment, attachments)):
+        parts += (b"--", boundary, b"\r\n", entity, b"\r\n")
+    parts += (b"--", boundary, b"--\r\n")
+    return b"".join(parts)
+
+
+def _attachment(attachment: Attachment) -> bytes:
+    """One attached file: its type, its name (RFC 2231 when not plain ASCII), base64 lines."""
+    name = attachment.filename.translate(_FOLD)
+    if name.isascii() and _ATOMS.fullmatch(name.replace(".", "")) and len(name) < 200:
+        disposition = f'attachment; filename="{name}"'
+    else:
+        disposition = "attachment; filename*=utf-8''" + quote(name, safe="")
+    data = attachment.content
+    body = b"\r\n".join(
+        binascii.b2a_base64(data[i : i + 57], newline=False) for i in range(0, len(data), 57)
+    )
+    return (
+        (
+            f"Content-Type: {attachment.content_type}\r\n"
+            f"Content-Disposition: {disposition}\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n"
+        ).encode()
+        + body
+        + b"\r\n"
+    )
+
+
+def _body(html: str | None, text: str | None) -> bytes:
+    """The message's text as one entity: a single part, or multipart/alternative."""
     if html is None or text is None:
         if html is None:
-            return head + _part("text/plain", text or "")
-        return head + _part("text/html", html)
+            return _part("text/plain", text or "")
+        return _part("text/html", html)
     # "=_" never occurs in quoted-printable or base64 output, so the boundary cannot collide.
     # The CRLF before each delimiter belongs to the delimiter (RFC 2046 5.1.1), hence the
     # extra one after each part, whose own last line already ends in CRLF.
     boundary = b"=_mf" + secrets.token_hex(12).encode()
     return b"".join(
         (
-            head,
             b'Content-Type: multipart/alternative; boundary="',
             boundary,
             b'"\r\n\r\n--',

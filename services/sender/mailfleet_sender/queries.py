@@ -56,6 +56,19 @@ class ClaimedMessage:
     # The account's configuration version at claim time: a newer one than the replica holds
     # (new password, new host) is loaded before anything is sent.
     account_updated_at: datetime
+    # Sent through a transactional stream: its own content (message_contents) and files.
+    transactional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class ContentRow:
+    """A transactional message's own templates, reply address and attachments."""
+
+    subject: str
+    html_body: str | None
+    text_body: str | None
+    reply_to: str | None
+    attachments: list[tuple[str, str, bytes]]
 
 
 _ACCOUNT_SELECT = """
@@ -128,6 +141,30 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> CampaignRow | None:
     return None if row is None else CampaignRow(**dict(row))
 
 
+async def fetch_content(conn: Conn, message_id: int) -> ContentRow | None:
+    """A transactional message's content and attachments, in the order they were given."""
+    row = await conn.fetchrow(
+        """
+        SELECT c.subject, c.html_body, c.text_body, c.reply_to,
+               coalesce((SELECT array_agg(ROW(a.filename, a.content_type, a.content)
+                                          ORDER BY a.position)
+                         FROM message_attachments a WHERE a.message_id = c.message_id),
+                        '{}') AS attachments
+        FROM message_contents c WHERE c.message_id = $1
+        """,
+        message_id,
+    )
+    if row is None:
+        return None
+    return ContentRow(
+        row["subject"],
+        row["html_body"],
+        row["text_body"],
+        row["reply_to"],
+        [(a[0], a[1], a[2]) for a in row["attachments"]],
+    )
+
+
 # Outcomes first (compare-and-set from `sending`; a slow sender swept to `uncertain` may still
 # record `sent`), then claims (`assigned -> sending`, only for an active account and a running
 # campaign). A claimed message whose address is suppressed (for good or not yet expired,
@@ -192,15 +229,15 @@ claim AS (
              AND (s.expires_at IS NULL OR s.expires_at > now())
            LIMIT 1) IS NULL
     RETURNING m.id, m.campaign_id, m.email, m.name, m.variables, m.attempts, m.message_id,
-              m.created_at, a.updated_at AS account_updated_at
+              m.created_at, a.updated_at AS account_updated_at, m.transactional
 )
 SELECT 'claimed' AS kind, id, campaign_id, email, name, variables, attempts, message_id,
-       created_at, account_updated_at
+       created_at, account_updated_at, transactional
 FROM claim
 UNION ALL
-SELECT 'suppressed', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM suppressed
+SELECT 'suppressed', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM suppressed
 UNION ALL
-SELECT 'recorded', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
+SELECT 'recorded', id, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM outcome
 """
 
 
@@ -259,6 +296,7 @@ async def record_outcomes_and_claim(
                 message_id=row["message_id"],
                 enqueued_at=row["created_at"],
                 account_updated_at=row["account_updated_at"],
+                transactional=row["transactional"],
             )
         elif kind == "suppressed":
             result.suppressed.add(row["id"])

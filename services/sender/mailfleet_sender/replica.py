@@ -11,10 +11,12 @@ from typing import TypeVar
 from uuid import UUID
 
 import aio_pika
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from mailfleet_common import topology
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.db import Pool, create_pool
+from mailfleet_common.messages import UrgentSends
+from pydantic import ValidationError
 
 from mailfleet_sender import queries
 from mailfleet_sender.claims import Committer
@@ -122,6 +124,7 @@ class SenderReplica:
         # Registering before the first heartbeat means that, by the time the others see us
         # and step back from the accounts we own, we are already in line behind them.
         await self._membership.observe()
+        await self._consume_urgent()
         await self.sync_accounts()
         await self._membership.beat()
         self._tasks = [
@@ -169,7 +172,7 @@ class SenderReplica:
         channel = await self._connection.channel()
         try:
             exchanges = {}
-            for spec in (topology.SEND, topology.EVENTS, topology.DEAD):
+            for spec in (topology.SEND, topology.EVENTS, topology.DEAD, topology.URGENT):
                 exchanges[spec.name] = await channel.declare_exchange(
                     spec.name, type=spec.type.value, durable=True
                 )
@@ -187,6 +190,32 @@ class SenderReplica:
                 await declared.bind(exchanges[topology.EVENTS.name], routing_key=queue.routing_key)
         finally:
             await channel.close()
+
+    async def _consume_urgent(self) -> None:
+        """Listen for transactional messages just assigned (UrgentSends), on a queue of ours.
+
+        Exclusive to this connection and restored with it; notices sent while it was away
+        are lost, which only costs time: the commands follow.
+        """
+        channel = await self._connection.channel(publisher_confirms=False)
+        queue = await channel.declare_queue(
+            f"mailfleet.urgent.{self.replica_id}", exclusive=True, auto_delete=True
+        )
+        await queue.bind(topology.URGENT.name)
+        await queue.consume(self._on_urgent, no_ack=True)
+
+    async def _on_urgent(self, message: AbstractIncomingMessage) -> None:
+        try:
+            notice = UrgentSends.model_validate_json(message.body)
+        except ValidationError:
+            log.warning("malformed urgent notice ignored")
+            return
+        subscription = self.subscriptions.get(notice.account_id)
+        # Only the replica working the account's commands acts: it is the queue's active
+        # consumer, and it sends them on the account's own connection, at its pace. Ids
+        # already sent through their command are skipped at claim (compare-and-set).
+        if subscription is not None and subscription.serving:
+            subscription.account.urgent.extend(notice.message_ids)
 
     async def _load_campaign(self, campaign_id: UUID) -> CampaignRow | None:
         async with self._pool.acquire() as conn:

@@ -44,6 +44,9 @@ BatchHandler = Callable[[Account, AbstractIncomingMessage, asyncio.Event], Await
 _RESTORE_SETTLE_S = 5.0
 _RESTORE_DELAY_MIN_S = 0.5
 _RESTORE_DELAY_MAX_S = 30.0
+# After its last command, how long a consumer still counts as the account's active one: the
+# next command of a busy account arrives within a round trip of the previous acknowledgement.
+_SERVING_GAP_S = 1.0
 
 
 class SharedChannel:
@@ -221,6 +224,12 @@ class AccountSubscription:
     @property
     def busy(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def serving(self) -> bool:
+        """Working the account's commands, or between two of them (the active consumer)."""
+        recent = asyncio.get_running_loop().time() - self.idle_since < _SERVING_GAP_S
+        return self._tag is not None and (self.busy or recent)
 
     async def start(self) -> None:
         """Take a place on a shared channel, declare and bind the queue, consume."""

@@ -148,10 +148,13 @@ class MessageLinks:
             "List-Unsubscribe-Post: List-Unsubscribe=One-Click",
         )
 
-    def html(self, source: str, tracked: bool) -> str:
-        """The HTML part with tracked links, the pixel and, if missing, an unsubscribe footer."""
+    def html(self, source: str, tracked: bool, unsubscribe: bool = True) -> str:
+        """The HTML part with tracked links, the pixel and, if missing, an unsubscribe footer.
+
+        Without `unsubscribe` (a transactional message) no footer is added.
+        """
         marked = NO_TRACK in source
-        footer = self.unsubscribe_url not in source
+        footer = unsubscribe and self.unsubscribe_url not in source
         if not (tracked or marked or footer):
             return source
         tree = LexborHTMLParser(source)
@@ -181,11 +184,11 @@ class MessageLinks:
                 serialized = before + added + after
         return _with_doctype_of(source, serialized)
 
-    def text(self, text: str, tracked: bool) -> str:
+    def text(self, text: str, tracked: bool, unsubscribe: bool = True) -> str:
         """The text part with tracked links and, if missing, an unsubscribe line at its end."""
         if tracked:
             text = _URL_IN_TEXT.sub(self._rewrite_text_url, text)
-        if self.unsubscribe_url in text:
+        if not unsubscribe or self.unsubscribe_url in text:
             return text
         if text and not text.endswith("\n"):
             text += "\n"

@@ -1,6 +1,7 @@
 """SQL of sender accounts: settings, secrets, tags and health."""
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, get_args
 from uuid import UUID
 
@@ -8,6 +9,7 @@ import asyncpg
 from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
+from mailfleet_api.queries.pages import keyset_page
 
 ACCOUNT_SELECT = """
     SELECT a.id, a.name, a.kind, a.smtp_host, a.smtp_port, a.smtp_tls, a.smtp_username,
@@ -46,29 +48,23 @@ async def fetch_account(conn: Conn, account_id: UUID) -> schemas.Account | None:
 
 
 async def list_accounts(
-    conn: Conn, limit: int, offset: int, include_archived: bool, tags: Sequence[str] | None
-) -> tuple[list[schemas.Account], int]:
-    """A page of accounts, oldest first; with `tags`, only those carrying any of them."""
-    rows = await conn.fetch(
-        ACCOUNT_SELECT
-        + """
-        WHERE ($3 OR a.status <> 'archived') AND ($4::text[] IS NULL OR a.tags && $4)
-        ORDER BY a.created_at, a.id LIMIT $1 OFFSET $2
-        """,
-        limit,
-        offset,
-        include_archived,
-        tags,
+    conn: Conn,
+    limit: int,
+    after: tuple[datetime, UUID] | None,
+    include_archived: bool,
+    tags: Sequence[str] | None,
+) -> tuple[list[schemas.Account], bool]:
+    """A page of accounts, oldest first, after the given (created_at, id).
+
+    With `tags`, only those carrying any of them.
+    """
+    where = "($1 OR a.status <> 'archived') AND ($2::text[] IS NULL OR a.tags && $2)"
+    args: list[Any] = [include_archived, tags]
+    keys = ("a.created_at", "a.id")
+    rows, more = await keyset_page(
+        conn, ACCOUNT_SELECT, keys, where, args, limit, after, descending=False
     )
-    total: int = await conn.fetchval(
-        """
-        SELECT count(*) FROM accounts
-        WHERE ($1 OR status <> 'archived') AND ($2::text[] IS NULL OR tags && $2)
-        """,
-        include_archived,
-        tags,
-    )
-    return [account_from_row(r) for r in rows], total
+    return [account_from_row(r) for r in rows], more
 
 
 async def insert_account(conn: Conn, values: dict[str, Any]) -> UUID:

@@ -8,6 +8,7 @@ from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
 from mailfleet_api.queries import counters
+from mailfleet_api.queries.pages import newest_first
 
 
 async def insert_campaign(conn: Conn, owner_id: UUID, body: schemas.CampaignCreate) -> UUID:
@@ -76,23 +77,17 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign | No
 
 
 async def list_campaigns(
-    conn: Conn, limit: int, offset: int, status: str | None
-) -> tuple[list[schemas.CampaignSummary], int]:
-    rows = await conn.fetch(
-        """
+    conn: Conn, limit: int, after: tuple[datetime, UUID] | None, status: str | None
+) -> tuple[list[schemas.CampaignSummary], bool]:
+    """A page of campaigns, newest first, after the given (created_at, id)."""
+    select = """
         SELECT id, owner_id, name, subject, account_ids, pool_tags AS pools, status, start_at,
                tracking, unsubscribe_scope, created_at, updated_at, completed_at
-        FROM campaigns WHERE $3::text IS NULL OR status = $3
-        ORDER BY created_at DESC, id DESC LIMIT $1 OFFSET $2
-        """,
-        limit,
-        offset,
-        status,
-    )
-    total: int = await conn.fetchval(
-        "SELECT count(*) FROM campaigns WHERE $1::text IS NULL OR status = $1", status
-    )
-    return [schemas.CampaignSummary.model_validate(dict(r)) for r in rows], total
+        FROM campaigns
+    """
+    where = "$1::text IS NULL OR status = $1"
+    rows, more = await newest_first(conn, select, "created_at", where, [status], limit, after)
+    return [schemas.CampaignSummary.model_validate(dict(r)) for r in rows], more
 
 
 async def update_campaign_settings(

@@ -8,9 +8,11 @@ from mailfleet_api import schemas
 
 
 async def list_pools(
-    conn: Conn, limit: int, offset: int, tag: str | None = None
-) -> tuple[list[schemas.Pool], int]:
-    """Every tag that an account carries or a campaign names (or only `tag`), by name.
+    conn: Conn, limit: int, after: str | None, tag: str | None = None
+) -> tuple[list[schemas.Pool], bool]:
+    """A page of the tags that an account carries or a campaign names (or only `tag`), by name.
+
+    The page starts after the tag given; returns it and whether more follow.
 
     Member counts by status, today's capacity of the active members, and campaigns by status.
     """
@@ -42,13 +44,13 @@ async def list_pools(
         SELECT tag, coalesce(b.accounts, '{}') AS accounts,
                coalesce(b.daily_capacity, 0) AS daily_capacity,
                coalesce(b.remaining_today, 0) AS remaining_today,
-               coalesce(n.campaigns, '{}') AS campaigns, count(*) OVER () AS total
+               coalesce(n.campaigns, '{}') AS campaigns
         FROM by_tag b FULL JOIN named n USING (tag)
-        WHERE $3::text IS NULL OR tag = $3
-        ORDER BY tag LIMIT $1 OFFSET $2
+        WHERE ($3::text IS NULL OR tag = $3) AND ($2::text IS NULL OR tag > $2)
+        ORDER BY tag LIMIT $1
         """,
-        limit,
-        offset,
+        limit + 1,
+        after,
         tag,
     )
     statuses = get_args(schemas.AccountStatus), get_args(schemas.CampaignStatus)
@@ -60,6 +62,6 @@ async def list_pools(
                 "campaigns": {s: r["campaigns"].get(s, 0) for s in statuses[1]},
             }
         )
-        for r in rows
+        for r in rows[:limit]
     ]
-    return pools, rows[0]["total"] if rows else 0
+    return pools, len(rows) > limit

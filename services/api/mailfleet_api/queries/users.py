@@ -1,11 +1,13 @@
 """SQL of users and API keys."""
 
+from datetime import datetime
 from uuid import UUID
 
 import asyncpg
 from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
+from mailfleet_api.queries.pages import oldest_first
 
 _USER_COLUMNS = "id, email, role, disabled, created_at"
 
@@ -58,17 +60,13 @@ async def fetch_user_by_email(conn: Conn, email: str) -> schemas.User | None:
     return None if row is None else schemas.User.model_validate(dict(row))
 
 
-async def list_users(conn: Conn, limit: int, offset: int) -> tuple[list[schemas.User], int]:
-    rows = await conn.fetch(
-        """
-        SELECT id, email, role, disabled, created_at FROM users
-        ORDER BY created_at, id LIMIT $1 OFFSET $2
-        """,
-        limit,
-        offset,
-    )
-    total: int = await conn.fetchval("SELECT count(*) FROM users")
-    return [schemas.User.model_validate(dict(r)) for r in rows], total
+async def list_users(
+    conn: Conn, limit: int, after: tuple[datetime, UUID] | None
+) -> tuple[list[schemas.User], bool]:
+    """A page of users, oldest first, after the given (created_at, id); and whether more follow."""
+    select = f"SELECT {_USER_COLUMNS} FROM users"  # noqa: S608 - a constant
+    rows, more = await oldest_first(conn, select, "true", [], limit, after)
+    return [schemas.User.model_validate(dict(r)) for r in rows], more
 
 
 async def insert_api_key(
@@ -112,17 +110,15 @@ async def touch_api_key(conn: Conn, key_id: UUID) -> None:
     )
 
 
-async def list_api_keys(conn: Conn, limit: int, offset: int) -> tuple[list[schemas.ApiKey], int]:
-    rows = await conn.fetch(
-        """
-        SELECT id, user_id, name, prefix, role, created_at, last_used_at, revoked_at
-        FROM api_keys ORDER BY created_at, id LIMIT $1 OFFSET $2
-        """,
-        limit,
-        offset,
+async def list_api_keys(
+    conn: Conn, limit: int, after: tuple[datetime, UUID] | None
+) -> tuple[list[schemas.ApiKey], bool]:
+    """A page of API keys, oldest first, after the given (created_at, id)."""
+    select = (
+        "SELECT id, user_id, name, prefix, role, created_at, last_used_at, revoked_at FROM api_keys"
     )
-    total: int = await conn.fetchval("SELECT count(*) FROM api_keys")
-    return [schemas.ApiKey.model_validate(dict(r)) for r in rows], total
+    rows, more = await oldest_first(conn, select, "true", [], limit, after)
+    return [schemas.ApiKey.model_validate(dict(r)) for r in rows], more
 
 
 async def revoke_api_key(conn: Conn, key_id: UUID) -> schemas.ApiKey | None:

@@ -8,9 +8,11 @@ from uuid import UUID
 from fastapi import APIRouter, Query, status
 from mailfleet_common.crypto import SecretBox
 
-from mailfleet_api import queries, schemas
-from mailfleet_api.deps import Admin, DbConn, Limit, Offset, Operator, SecretBoxDep, Viewer
+from mailfleet_api import pages, queries, schemas
+from mailfleet_api.deps import Admin, Cursor, DbConn, Limit, Operator, SecretBoxDep, Viewer
 from mailfleet_api.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
+from mailfleet_api.queries import webhooks as webhook_queries
+from mailfleet_api.schemas.accounts import AccountPage
 
 router = APIRouter(prefix="/api/admin/accounts", tags=["accounts"])
 
@@ -109,16 +111,17 @@ async def list_accounts(
     conn: DbConn,
     _: Viewer,
     limit: Limit = 50,
-    offset: Offset = 0,
+    cursor: Cursor = None,
     include_archived: Annotated[bool, Query()] = False,
     tag: Annotated[
         list[schemas.Tag] | None,
         Query(max_length=schemas.MAX_TAGS, description="Only accounts carrying any of these."),
     ] = None,
-) -> schemas.Page[schemas.Account]:
+) -> AccountPage:
     """List accounts with today's usage, oldest first, optionally those of some pools."""
-    items, total = await queries.list_accounts(conn, limit, offset, include_archived, tag)
-    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+    after = pages.after(cursor, pages.BY_CREATION)
+    items, more = await queries.list_accounts(conn, limit, after, include_archived, tag)
+    return pages.cursor_page(AccountPage, items, more, limit, lambda a: (a.created_at, a.id))
 
 
 @router.get("/{account_id}")
@@ -173,6 +176,13 @@ async def update_account(
         values = _changed_columns(body, current, box, principal.role)
         resumed = values["status"] == "active" and current["status"] != "active"
         await queries.update_account(conn, account_id, values, restart_rates=resumed)
+        if values["status"] != current["status"] and "paused" in (
+            values["status"],
+            current["status"],
+        ):
+            await webhook_queries.record_account_status(
+                conn, account_id, values["status"], current["status"], values["status_reason"]
+            )
         if any(values[column] != current[column] for column in _MAILBOX_IDENTITY):
             await queries.delete_mailbox_checkpoint(conn, account_id)
     account = await queries.fetch_account(conn, account_id)

@@ -8,11 +8,12 @@ from fastapi import APIRouter, Body, Query, status
 from mailfleet_common.db import Conn
 from mailfleet_common.templating import compile_campaign
 
-from mailfleet_api import queries, schemas
-from mailfleet_api.deps import BrokerDep, DbConn, Limit, Offset, Operator, SettingsDep, Viewer
+from mailfleet_api import pages, queries, schemas
+from mailfleet_api.deps import BrokerDep, Cursor, DbConn, Limit, Operator, SettingsDep, Viewer
 from mailfleet_api.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
 from mailfleet_api.events import announce_recipients
 from mailfleet_api.queries import engagement as engagement_queries
+from mailfleet_api.schemas.campaigns import CampaignPage
 
 router = APIRouter(prefix="/api/campaigns", tags=["campaigns"])
 
@@ -76,12 +77,13 @@ async def list_campaigns(
     conn: DbConn,
     _: Viewer,
     limit: Limit = 50,
-    offset: Offset = 0,
+    cursor: Cursor = None,
     status: Annotated[schemas.CampaignStatus | None, Query()] = None,
-) -> schemas.Page[schemas.CampaignSummary]:
+) -> CampaignPage:
     """List campaigns, newest first, optionally only those in one status."""
-    items, total = await queries.list_campaigns(conn, limit, offset, status)
-    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+    after = pages.after(cursor, pages.BY_CREATION)
+    items, more = await queries.list_campaigns(conn, limit, after, status)
+    return pages.cursor_page(CampaignPage, items, more, limit, lambda c: (c.created_at, c.id))
 
 
 @router.get("/{campaign_id}")
@@ -111,7 +113,7 @@ async def update_campaign(
     return await _campaign(conn, campaign_id)
 
 
-@router.post("/{campaign_id}/start")
+@router.post("/{campaign_id}/start", status_code=status.HTTP_202_ACCEPTED)
 async def start_campaign(
     campaign_id: UUID,
     conn: DbConn,
@@ -120,6 +122,9 @@ async def start_campaign(
     body: Annotated[schemas.CampaignStart | None, Body()] = None,
 ) -> schemas.Campaign:
     """Start (or resume) a draft or paused campaign, optionally not before ``start_at``.
+
+    202: the campaign is running; its messages go out afterwards, as the dispatcher assigns
+    them.
 
     A campaign whose pool (account_ids, pools) has no active account is refused: it could
     send nothing.

@@ -31,10 +31,11 @@ async def list_inbound_reports(
     cursor: Cursor = None,
 ) -> schemas.InboundReportPage:
     """List the messages read from the accounts' mailboxes, newest first, a page at a time."""
-    after = None if cursor is None else pages.decode_cursor(cursor)
+    after = pages.after(cursor)
     items, more = await queries.list_inbound_reports(conn, filters, limit, after)
-    next_cursor = pages.encode_cursor(items[-1].received_at, items[-1].id) if more else None
-    return schemas.InboundReportPage(items=items, limit=limit, next_cursor=next_cursor)
+    return pages.cursor_page(
+        schemas.InboundReportPage, items, more, limit, lambda r: (r.received_at, r.id)
+    )
 
 
 @router.get("/{report_id}")

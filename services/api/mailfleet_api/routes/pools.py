@@ -4,20 +4,20 @@ from typing import Annotated
 
 from fastapi import APIRouter, Path
 
-from mailfleet_api import queries, schemas
-from mailfleet_api.deps import DbConn, Limit, Offset, Viewer
+from mailfleet_api import pages, queries, schemas
+from mailfleet_api.deps import Cursor, DbConn, Limit, Viewer
 from mailfleet_api.errors import NotFoundError
+from mailfleet_api.schemas.pools import PoolPage
 
 router = APIRouter(prefix="/api/admin/pools", tags=["pools"])
 
 
 @router.get("")
-async def list_pools(
-    conn: DbConn, _: Viewer, limit: Limit = 50, offset: Offset = 0
-) -> schemas.Page[schemas.Pool]:
+async def list_pools(conn: DbConn, _: Viewer, limit: Limit = 50, cursor: Cursor = None) -> PoolPage:
     """List the pools (every tag an account carries or a campaign names), by tag."""
-    items, total = await queries.list_pools(conn, limit, offset)
-    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+    (after,) = pages.after(cursor, (str,)) or (None,)
+    items, more = await queries.list_pools(conn, limit, after)
+    return pages.cursor_page(PoolPage, items, more, limit, lambda p: (p.tag,))
 
 
 @router.get("/{tag}")
@@ -32,7 +32,7 @@ async def get_pool(
     _: Viewer,
 ) -> schemas.Pool:
     """Show one pool: its accounts by status, today's capacity, its campaigns by status."""
-    items, _total = await queries.list_pools(conn, 1, 0, tag)
+    items, _more = await queries.list_pools(conn, 1, None, tag)
     if not items:
         raise NotFoundError(f"no account carries {tag!r} and no campaign names it")
     return items[0]

@@ -2,10 +2,10 @@
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, Header, Request, Response, status
 
 from mailfleet_api import enqueue, queries, schemas
-from mailfleet_api.deps import BrokerDep, DbConn, Operator, SettingsDep, Viewer
+from mailfleet_api.deps import HEAVY, BrokerDep, DbConn, Operator, SettingsDep, Viewer
 from mailfleet_api.events import announce_recipients
 
 router = APIRouter(prefix="/api/queue", tags=["queue"])
@@ -27,7 +27,13 @@ _ENQUEUE_BODY = {
 }
 
 
-@router.post("/enqueue", response_model=schemas.EnqueueResult, openapi_extra=_ENQUEUE_BODY)
+@router.post(
+    "/enqueue",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=schemas.EnqueueResult,
+    openapi_extra=_ENQUEUE_BODY,
+    dependencies=[HEAVY],
+)
 async def enqueue_recipients(
     request: Request,
     conn: DbConn,
@@ -36,7 +42,7 @@ async def enqueue_recipients(
     principal: Operator,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key")] = None,
 ) -> Response:
-    """Queue recipients of a campaign; returns how many were accepted and why others were not."""
+    """Queue recipients of a campaign (202); how many were accepted and why others were not."""
     # The body is parsed from raw bytes by pydantic directly: for 10,000 recipients this is
     # several times faster than FastAPI's json.loads + validate path.
     raw = await request.body()

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 
 from mailfleet_api import pages, queries, schemas, suppressions
-from mailfleet_api.deps import Cursor, DbConn, Operator, Principal, RowId, Viewer
+from mailfleet_api.deps import HEAVY, Cursor, DbConn, Operator, Principal, RowId, Viewer
 from mailfleet_api.errors import NotFoundError, UnsupportedMediaTypeError
 
 router = APIRouter(prefix="/api/suppressions", tags=["suppressions"])
@@ -44,10 +44,10 @@ async def list_suppressions(
     cursor: Cursor = None,
 ) -> schemas.SuppressionPage:
     """List suppressions, newest first, a page at a time."""
-    after = None if cursor is None else pages.decode_cursor(cursor)
-    items, more = await queries.list_suppressions(conn, filters, limit, after)
-    next_cursor = pages.encode_cursor(items[-1].created_at, items[-1].id) if more else None
-    return schemas.SuppressionPage(items=items, limit=limit, next_cursor=next_cursor)
+    items, more = await queries.list_suppressions(conn, filters, limit, pages.after(cursor))
+    return pages.cursor_page(
+        schemas.SuppressionPage, items, more, limit, lambda s: (s.created_at, s.id)
+    )
 
 
 @router.post(
@@ -75,7 +75,12 @@ async def add_suppression(
     return schemas.SuppressionAdded(suppression=stored, created=created, cancelled=cancelled)
 
 
-@router.post("/import", max_body_size=suppressions.MAX_IMPORT_BYTES, openapi_extra=_CSV_BODY)
+@router.post(
+    "/import",
+    max_body_size=suppressions.MAX_IMPORT_BYTES,
+    openapi_extra=_CSV_BODY,
+    dependencies=[HEAVY],
+)
 async def import_suppressions(
     request: Request,
     conn: DbConn,
@@ -90,7 +95,9 @@ async def import_suppressions(
     return await suppressions.import_csv(conn, raw, source, dry_run)
 
 
-@router.get("/export", response_class=StreamingResponse, responses=_CSV_RESPONSE)
+@router.get(
+    "/export", response_class=StreamingResponse, responses=_CSV_RESPONSE, dependencies=[HEAVY]
+)
 async def export_suppressions(conn: DbConn, _: Viewer, filters: Filters) -> StreamingResponse:
     """Download the matching suppressions as CSV, newest first (the filters of the list)."""
     return StreamingResponse(

@@ -3,7 +3,7 @@
 from datetime import UTC, datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response, status
 
 from mailfleet_api import pages, queries, schemas
 from mailfleet_api.deps import Cursor, DbConn, Limit, Operator, Principal, Viewer
@@ -27,21 +27,32 @@ async def list_uncertain_messages(
     cursor: Cursor = None,
 ) -> schemas.UncertainPage:
     """List messages that may or may not have been delivered, newest first, a page at a time."""
-    after = None if cursor is None else pages.decode_cursor(cursor)
-    items, more = await queries.list_uncertain(conn, filters, limit, after)
-    next_cursor = pages.encode_cursor(items[-1].flagged_at, items[-1].id) if more else None
-    return schemas.UncertainPage(items=items, limit=limit, next_cursor=next_cursor)
+    items, more = await queries.list_uncertain(conn, filters, limit, pages.after(cursor))
+    return pages.cursor_page(
+        schemas.UncertainPage, items, more, limit, lambda m: (m.flagged_at, m.id)
+    )
 
 
-@router.post("/resolve")
+@router.post(
+    "/resolve",
+    responses={
+        status.HTTP_202_ACCEPTED: {
+            "model": schemas.UncertainResolved,
+            "description": "Resolved to resend: the messages are queued again, to go out later.",
+        }
+    },
+)
 async def resolve_uncertain_messages(
-    body: schemas.UncertainResolve, conn: DbConn, principal: Operator
+    body: schemas.UncertainResolve, conn: DbConn, principal: Operator, response: Response
 ) -> schemas.UncertainResolved:
     """Resolve uncertain messages by ids or by filter: mark them sent, or queue them again.
 
-    Resending needs `accept_duplicate_risk: true`. Each resolution is recorded with who made
-    it and when, and as an `uncertain-resolved` event.
+    Resending needs `accept_duplicate_risk: true` and answers 202 (the messages go out later);
+    marking sent answers 200. Each resolution is recorded with who made it and when, and as
+    an `uncertain-resolved` event.
     """
+    if body.resolution == "resend":
+        response.status_code = status.HTTP_202_ACCEPTED
     by = resolver(principal)
     resolved = await queries.resolve_uncertain(
         conn, body.resolution, body.message_ids, body.filter, by, body.note
@@ -66,7 +77,8 @@ async def list_uncertain_resolutions(
     cursor: Cursor = None,
 ) -> schemas.UncertainResolutionPage:
     """List how uncertain messages were resolved, by whom and when, newest first."""
-    after = None if cursor is None else pages.decode_cursor(cursor)
+    after = pages.after(cursor)
     items, more = await queries.list_uncertain_resolutions(conn, message_id, limit, after)
-    next_cursor = pages.encode_cursor(items[-1].resolved_at, items[-1].id) if more else None
-    return schemas.UncertainResolutionPage(items=items, limit=limit, next_cursor=next_cursor)
+    return pages.cursor_page(
+        schemas.UncertainResolutionPage, items, more, limit, lambda r: (r.resolved_at, r.id)
+    )

@@ -4,9 +4,11 @@ from uuid import UUID
 
 from fastapi import APIRouter, status
 
-from mailfleet_api import auth, queries, schemas
-from mailfleet_api.deps import Admin, DbConn, Limit, Offset, PasswordsDep
+from mailfleet_api import auth, pages, queries, schemas
+from mailfleet_api.deps import Admin, Cursor, DbConn, Limit, PasswordsDep
 from mailfleet_api.errors import ConflictError, ForbiddenError, NotFoundError
+from mailfleet_api.pages import BY_CREATION
+from mailfleet_api.schemas.users import ApiKeyPage, UserPage
 
 router = APIRouter(prefix="/api/admin", tags=["users"])
 
@@ -24,12 +26,10 @@ async def create_user(
 
 
 @router.get("/users")
-async def list_users(
-    conn: DbConn, _: Admin, limit: Limit = 50, offset: Offset = 0
-) -> schemas.Page[schemas.User]:
-    """List users, oldest first."""
-    items, total = await queries.list_users(conn, limit, offset)
-    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+async def list_users(conn: DbConn, _: Admin, limit: Limit = 50, cursor: Cursor = None) -> UserPage:
+    """List users, oldest first, a page at a time."""
+    items, more = await queries.list_users(conn, limit, pages.after(cursor, BY_CREATION))
+    return pages.cursor_page(UserPage, items, more, limit, lambda u: (u.created_at, u.id))
 
 
 @router.post("/api-keys", status_code=status.HTTP_201_CREATED)
@@ -49,11 +49,11 @@ async def create_api_key(
 
 @router.get("/api-keys")
 async def list_api_keys(
-    conn: DbConn, _: Admin, limit: Limit = 50, offset: Offset = 0
-) -> schemas.Page[schemas.ApiKey]:
-    """List API keys (never the keys themselves), oldest first."""
-    items, total = await queries.list_api_keys(conn, limit, offset)
-    return schemas.Page(items=items, total=total, limit=limit, offset=offset)
+    conn: DbConn, _: Admin, limit: Limit = 50, cursor: Cursor = None
+) -> ApiKeyPage:
+    """List API keys (never the keys themselves), oldest first, a page at a time."""
+    items, more = await queries.list_api_keys(conn, limit, pages.after(cursor, BY_CREATION))
+    return pages.cursor_page(ApiKeyPage, items, more, limit, lambda k: (k.created_at, k.id))
 
 
 @router.delete("/api-keys/{key_id}")

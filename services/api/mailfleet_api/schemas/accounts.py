@@ -15,6 +15,7 @@ from pydantic import (
 from mailfleet_api.schemas.common import (
     AccountStatus,
     Body,
+    CursorPage,
     EmailAddress,
     Name,
     SettableAccountStatus,
@@ -216,3 +217,7 @@ class Account(BaseModel):
     created_at: datetime
     updated_at: datetime
     today: AccountUsage
+
+
+class AccountPage(CursorPage[Account]):
+    """A page of accounts, oldest first."""

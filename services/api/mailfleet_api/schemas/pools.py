@@ -5,7 +5,7 @@ from pydantic import (
     Field,
 )
 
-from mailfleet_api.schemas.common import AccountStatus, CampaignStatus
+from mailfleet_api.schemas.common import AccountStatus, CampaignStatus, CursorPage
 
 
 class Pool(BaseModel):
@@ -20,3 +20,7 @@ class Pool(BaseModel):
     campaigns: dict[CampaignStatus, int] = Field(
         description="Campaigns naming the tag in their pools, in each status."
     )
+
+
+class PoolPage(CursorPage[Pool]):
+    """A page of pools, by tag."""
