@@ -7,6 +7,7 @@ PYTEST_ARGS ?=
 .PHONY: dashboards monitoring monitoring-down
 .PHONY: bench-retention bench-transactional
 .PHONY: bench-metrics
+.PHONY: bench-analytics
 .PHONY: bench-webhooks
 .PHONY: bench-messages
 
@@ -69,6 +70,10 @@ bench-retention: sync
 bench-metrics: sync
 	$(UV) run --frozen python -m bench.metrics_scale
 
+# Read latency of the analytics, campaign and stats routes over 10M messages and 30M events
+# (a database built once by bench.dataset and kept); one JSON line.
+bench-analytics: sync
+	$(UV) run --frozen python -m bench.analytics $(ANALYTICS_ARGS)
 # Webhook deliveries per second from the outbox to a local receiver (a throwaway database); one
 # JSON line.
 bench-webhooks: sync

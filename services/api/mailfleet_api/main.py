@@ -27,6 +27,7 @@ from mailfleet_api.middleware import PlainErrorsAsProblems, RateLimitHeaders, Re
 from mailfleet_api.rate_limits import RateLimiter
 from mailfleet_api.routes import (
     accounts,
+    analytics,
     auth,
     campaigns,
     events,
@@ -50,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _ROUTES = (
     ops,
+    analytics,
     auth,
     users,
     accounts,

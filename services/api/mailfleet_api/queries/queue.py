@@ -6,6 +6,7 @@ from uuid import UUID
 from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
+from mailfleet_api.queries import counters
 
 
 async def suppressed_among(conn: Conn, campaign_id: UUID, emails: Sequence[str]) -> set[str]:
@@ -72,8 +73,8 @@ async def insert_messages(
 
 
 async def count_messages_by_status(conn: Conn) -> dict[str, int]:
-    rows = await conn.fetch("SELECT status, count(*) AS n FROM messages GROUP BY status")
-    return {r["status"]: r["n"] for r in rows}
+    """Messages in each status (only statuses some message is in), from the counters."""
+    return counters.messages_by_status(await counters.fleet_totals(conn))
 
 
 async def count_account_messages_by_status(conn: Conn) -> list[schemas.AccountQueue]:
