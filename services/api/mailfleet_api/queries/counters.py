@@ -119,13 +119,18 @@ async def recent_totals(conn: Conn, limit: int) -> list[asyncpg.Record]:
     """
     return await conn.fetch(
         f"""
-        WITH scope AS (
+        -- The unfolded deltas are read once: scanned per campaign, their churned table
+        -- (appended to and emptied every few seconds) cost a millisecond a campaign.
+        WITH pending AS MATERIALIZED (
+            SELECT campaign_id, sum(messages_sent) AS messages_sent FROM counter_deltas
+            GROUP BY campaign_id
+        ), scope AS (
             SELECT c.id, c.name, c.status, c.created_at FROM campaigns c
             WHERE coalesce((SELECT b.messages_sent FROM counter_buckets b
                             WHERE b.campaign_id = c.id AND b.account_id = '{EVERY}'
                               AND b.bucket = '-infinity'), 0)
-                  + coalesce((SELECT sum(d.messages_sent) FROM counter_deltas d
-                              WHERE d.campaign_id = c.id), 0) > 0
+                  + coalesce((SELECT p.messages_sent FROM pending p
+                              WHERE p.campaign_id = c.id), 0) > 0
             ORDER BY c.created_at DESC, c.id DESC
             LIMIT $1
         ), per_campaign AS (
