@@ -104,6 +104,8 @@ class RetentionSettings(BaseModel):
     ``attempts_days``: SMTP attempts older than this are deleted, but only those of messages
     that are sent, failed or cancelled.
     ``idempotency_key_hours``: an enqueue's Idempotency-Key is replayed for at least this long.
+    ``webhook_days``: webhook deliveries older than this are deleted with their attempts (the
+    delivery log), once delivered or given up; pending ones stay.
     ``batch_size`` rows go per transaction; no statement waits longer than
     ``lock_timeout_ms`` for a lock (it gives way and tries again).
     """
@@ -112,6 +114,7 @@ class RetentionSettings(BaseModel):
     reports_days: int = Field(default=180, ge=1)
     attempts_days: int = Field(default=180, ge=1)
     idempotency_key_hours: int = Field(default=7 * 24, ge=1)
+    webhook_days: int = Field(default=30, ge=1)
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     lock_timeout_ms: int = Field(default=2000, ge=10, le=60_000)
 
