@@ -62,7 +62,7 @@ from mailfleet_api.queries.queue import (
 )
 from mailfleet_api.queries.stats import (
     count_campaigns_by_status,
-    usage_today,
+    fleet_today,
 )
 from mailfleet_api.queries.suppressions import (
     actively_suppressed,
@@ -125,6 +125,7 @@ __all__ = [
     "fetch_suppression_of",
     "fetch_user_by_email",
     "fetch_user_role",
+    "fleet_today",
     "forget_account_secrets",
     "insert_account",
     "insert_api_key",
@@ -163,5 +164,4 @@ __all__ = [
     "unusable_accounts",
     "update_account",
     "update_campaign_settings",
-    "usage_today",
 ]

@@ -111,11 +111,9 @@ async def fleet_totals(conn: Conn) -> asyncpg.Record:
 
 
 async def recent_totals(conn: Conn, limit: int) -> list[asyncpg.Record]:
-    """All-time counters of the `limit` newest campaigns that sent anything.
+    """All-time counters of the `limit` newest campaigns that sent anything, newest first.
 
-    One row per campaign (account_id EVERY, with its `campaign` name, status and created_at)
-    and one per account of those campaigns summed over them (campaign_id EVERY, with the
-    account's `name`).
+    One row per campaign, with its `campaign` name, status and created_at.
     """
     return await conn.fetch(
         f"""
@@ -134,23 +132,17 @@ async def recent_totals(conn: Conn, limit: int) -> list[asyncpg.Record]:
             ORDER BY c.created_at DESC, c.id DESC
             LIMIT $1
         ), per_campaign AS (
-            SELECT campaign_id, account_id, {_COLUMNS} FROM counter_buckets
-            WHERE bucket = '-infinity' AND campaign_id IN (SELECT id FROM scope)
+            SELECT campaign_id, {_COLUMNS} FROM counter_buckets
+            WHERE bucket = '-infinity' AND account_id = '{EVERY}'
+              AND campaign_id IN (SELECT id FROM scope)
             UNION ALL
-            SELECT d.campaign_id, k.account_id, {_COLUMNS} FROM counter_deltas d
-            CROSS JOIN LATERAL (VALUES (d.account_id), ('{EVERY}'::uuid)) AS k (account_id)
-            WHERE d.campaign_id IN (SELECT id FROM scope) AND k.account_id IS NOT NULL
+            SELECT campaign_id, {_COLUMNS} FROM counter_deltas
+            WHERE campaign_id IN (SELECT id FROM scope)
         )
-        SELECT s.id AS campaign_id, '{EVERY}'::uuid AS account_id, s.name AS campaign,
-               s.status, NULL AS name, s.created_at, {_SUMS}
+        SELECT s.id AS campaign_id, s.name AS campaign, s.status, s.created_at, {_SUMS}
         FROM per_campaign p JOIN scope s ON s.id = p.campaign_id
-        WHERE p.account_id = '{EVERY}'
         GROUP BY s.id, s.name, s.status, s.created_at
-        UNION ALL
-        SELECT '{EVERY}'::uuid, p.account_id, NULL, NULL, a.name, NULL, {_SUMS}
-        FROM per_campaign p LEFT JOIN accounts a ON a.id = p.account_id
-        WHERE p.account_id <> '{EVERY}'
-        GROUP BY p.account_id, a.name
+        ORDER BY s.created_at DESC, s.id DESC
         """,  # noqa: S608 - constants only
         limit,
     )

@@ -59,33 +59,17 @@ async def _account_names(conn: Conn, account_ids: list[UUID]) -> dict[UUID, str]
     return {r["id"]: r["name"] for r in rows}
 
 
-async def recent_engagement(
-    conn: Conn, limit: int
-) -> tuple[list[schemas.AccountEngagement], list[schemas.CampaignEngagement]]:
-    """Engagement of the `limit` newest campaigns that sent anything: by account, by campaign.
+async def recent_engagement(conn: Conn, limit: int) -> list[schemas.CampaignEngagement]:
+    """Engagement of the `limit` newest campaigns that sent anything, newest first.
 
-    Both lists cover the same campaigns, so what the accounts sent adds up to what the
-    campaigns sent, and the cost stays bounded however long the history.
+    The cost stays bounded however long the history and however large the fleet.
     """
-    rows = await counters.recent_totals(conn, limit)
-    by_account = [
-        _account_engagement(r["account_id"], r["name"], r)
-        for r in rows
-        if r["campaign_id"] == counters.EVERY and _engaged(r)
-    ]
-    by_account.sort(key=lambda e: (e.name is None, e.name or "", str(e.account_id)))
-    campaigns = sorted(
-        (r for r in rows if r["account_id"] == counters.EVERY),
-        key=lambda r: (r["created_at"], str(r["campaign_id"])),
-        reverse=True,
-    )
-    by_campaign = [
+    return [
         schemas.CampaignEngagement(
             campaign_id=r["campaign_id"],
             name=r["campaign"],
             status=r["status"],
             engagement=schemas.Engagement.from_counts(counters.engagement_counts(r)),
         )
-        for r in campaigns
+        for r in await counters.recent_totals(conn, limit)
     ]
-    return by_account, by_campaign

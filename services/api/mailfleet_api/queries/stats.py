@@ -3,12 +3,7 @@
 from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
-from mailfleet_api.queries.accounts import ACCOUNTS_TODAY, USAGE_TODAY
-from mailfleet_api.queries.columns import field_expressions, select_list
-
-_ACCOUNT_TODAY = select_list(
-    field_expressions(schemas.AccountToday, "a.{}", {"account_id": "a.id", "usage": USAGE_TODAY})
-)
+from mailfleet_api.queries.accounts import ACCOUNTS_TODAY
 
 
 async def count_campaigns_by_status(conn: Conn) -> dict[str, int]:
@@ -16,10 +11,22 @@ async def count_campaigns_by_status(conn: Conn) -> dict[str, int]:
     return {r["status"]: r["n"] for r in rows}
 
 
-async def usage_today(conn: Conn) -> list[schemas.AccountToday]:
-    """Today's (UTC) usage against the effective limit of every account not archived."""
+async def fleet_today(conn: Conn) -> schemas.FleetToday:
+    """Today's (UTC) usage of every account not archived, summed, and accounts by status."""
     rows = await conn.fetch(
-        f"SELECT {_ACCOUNT_TODAY} {ACCOUNTS_TODAY}"
-        " WHERE a.status <> 'archived' ORDER BY a.name, a.id"
+        f"""
+        SELECT a.status, d.day, count(*) AS n, coalesce(sum(u.reserved), 0) AS reserved,
+               coalesce(sum(u.sent), 0) AS sent, coalesce(sum(u.failed), 0) AS failed,
+               coalesce(sum(account_effective_limit(a, d.day))
+                        FILTER (WHERE a.status = 'active'), 0) AS effective_limit
+        {ACCOUNTS_TODAY}
+        WHERE a.status <> 'archived'
+        GROUP BY a.status, d.day
+        """
     )
-    return [schemas.AccountToday.model_validate(dict(r)) for r in rows]
+    day = rows[0]["day"] if rows else await conn.fetchval("SELECT (now() AT TIME ZONE 'utc')::date")
+    return schemas.FleetToday(
+        day=day,
+        accounts_by_status={r["status"]: r["n"] for r in rows},
+        **{f: sum(r[f] for r in rows) for f in ("reserved", "sent", "failed", "effective_limit")},
+    )

@@ -26,21 +26,19 @@ CampaignLimit = Annotated[
 
 @router.get("/stats")
 async def stats(pool: PoolDep, _: Viewer, campaign_limit: CampaignLimit = 20) -> schemas.Stats:
-    """Messages and campaigns by status, usage today (UTC), and recent engagement."""
+    """Messages and campaigns by status, the fleet's usage today (UTC), recent engagement."""
     # Independent reads, each on its own connection: the answer takes the slowest of them
-    # (the engagement of the fleet's accounts) rather than their sum.
-    engagement, by_status, campaigns, accounts = await asyncio.gather(
+    # rather than their sum.
+    by_campaign, by_status, campaigns, today = await asyncio.gather(
         _read(pool, lambda conn: queries.recent_engagement(conn, campaign_limit)),
         _read(pool, queries.count_messages_by_status),
         _read(pool, queries.count_campaigns_by_status),
-        _read(pool, queries.usage_today),
+        _read(pool, queries.fleet_today),
     )
-    by_account, by_campaign = engagement
     return schemas.Stats(
         messages_by_status=by_status,
         campaigns_by_status=campaigns,
-        accounts=accounts,
-        engagement_by_account=by_account,
+        today=today,
         engagement_by_campaign=by_campaign,
     )
 
