@@ -20,6 +20,8 @@ EXPECTED_ALERTS = {
     "MailfleetFleetGaugesStale",
     "MailfleetTrackerDroppingEvents",
     "MailfleetBouncerMailboxErrors",
+    "MailfleetWebhookEndpointDisabled",
+    "MailfleetWebhookDeliveriesFailing",
     "MailfleetReplicaDown",
 }
 
