@@ -78,6 +78,28 @@ def test_create_api_key_prints_a_key_once(env: dict[str, str]) -> None:
     assert too_strong.exit_code == 1
 
 
+async def test_create_api_key_takes_the_key_s_own_rate(env: dict[str, str], db: Conn) -> None:
+    runner = CliRunner()
+    password = ["--password", "a-long-bot-password"]
+    await asyncio.to_thread(
+        runner.invoke, app, ["create-user", "--email", "rated@example.com", *password], env=env
+    )
+    args = ["create-api-key", "--email", "rated@example.com", "--name", "importer"]
+    rated = await asyncio.to_thread(
+        runner.invoke, app, [*args, "--rate-limit", "600/minute"], env=env
+    )
+    assert rated.exit_code == 0, rated.output
+    rate = await db.fetchval("SELECT rate_limit FROM api_keys WHERE name = 'importer'")
+    assert rate == "600/minute"
+    for nonsense in ("1/0 minutes", "5/week", "1/minute;5/hour", "lots"):
+        refused = await asyncio.to_thread(
+            runner.invoke, app, [*args, "--rate-limit", nonsense], env=env
+        )
+        assert refused.exit_code == 1, nonsense
+        assert "--rate-limit" in refused.output
+    assert await db.fetchval("SELECT count(*) FROM api_keys WHERE name = 'importer'") == 1
+
+
 async def mailfleet(database_dsn: str, keys: str, *args: str) -> Result:
     """Run ``mailfleet <args>`` with these crypto keys, newest first."""
     # The command runs its own event loop, so not on this test's.

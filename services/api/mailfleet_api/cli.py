@@ -17,6 +17,7 @@ from mailfleet_common.crypto import SecretBox
 from mailfleet_common.migrate import migrate as apply_migrations
 from mailfleet_common.serving import serve
 from mailfleet_common.settings import HttpSettings
+from pydantic import TypeAdapter, ValidationError
 
 from mailfleet_api import auth, queries, schemas
 from mailfleet_api.client import campaigns as campaign_commands
@@ -27,6 +28,7 @@ from mailfleet_api.demo import DemoOptions, run_demo
 from mailfleet_api.keycheck import KeyCheck, check_secrets, explain
 from mailfleet_api.queries import webhooks as webhook_queries
 from mailfleet_api.retention import RetentionReport, run_retention
+from mailfleet_api.schemas import users as user_schemas
 from mailfleet_api.settings import Settings
 
 # No locals in tracebacks: they would show API keys and passwords.
@@ -231,9 +233,21 @@ def create_api_key(
     email: Annotated[str, typer.Option(help="The user the key acts for.")],
     name: Annotated[str, typer.Option(help="What the key is for.")],
     role: Annotated[str | None, typer.Option(help="Defaults to the user's role.")] = None,
+    rate_limit: Annotated[
+        str | None,
+        typer.Option(help="The key's own rate, e.g. 600/minute; default: the server's."),
+    ] = None,
 ) -> None:
     """Create an API key for a user and print it (it is shown this once)."""
     settings = _settings()
+    if rate_limit is not None:
+        try:
+            TypeAdapter(user_schemas.KeyRate).validate_python(rate_limit)
+        except ValidationError:
+            raise _fail(
+                f"--rate-limit {rate_limit!r}: one rate like 600/minute or 100/15 minutes,"
+                " a window of a day at most"
+            ) from None
 
     async def create() -> str:
         conn = await asyncpg.connect(settings.postgres.dsn)
@@ -247,7 +261,9 @@ def create_api_key(
             if auth.ROLE_RANK[key_role] > auth.ROLE_RANK[user.role]:
                 raise _fail(f"a key cannot carry more than the user's role ({user.role})")
             new = auth.generate_api_key()
-            await queries.insert_api_key(conn, user.id, name, new.prefix, new.key_hash, key_role)
+            await queries.insert_api_key(
+                conn, user.id, name, new.prefix, new.key_hash, key_role, rate_limit
+            )
             return new.key
         finally:
             await conn.close()
