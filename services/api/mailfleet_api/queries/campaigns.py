@@ -8,7 +8,9 @@ from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
 from mailfleet_api.queries import counters
+from mailfleet_api.queries.columns import field_expressions, json_object, select_list
 from mailfleet_api.queries.pages import newest_first
+from mailfleet_api.schemas.common import AccountStatus
 
 
 async def insert_campaign(conn: Conn, owner_id: UUID, body: schemas.CampaignCreate) -> UUID:
@@ -33,18 +35,35 @@ async def insert_campaign(conn: Conn, owner_id: UUID, body: schemas.CampaignCrea
     return campaign_id
 
 
+# A campaign row read as the models' fields: the column list lives in the models.
+_SUMMARY = field_expressions(schemas.CampaignSummary, "c.{}", {"pools": "c.pool_tags"})
+_POOL = json_object(
+    field_expressions(
+        schemas.CampaignPool,
+        "p.{}",
+        {
+            "every_account": "cardinality(c.account_ids) = 0 AND cardinality(c.pool_tags) = 0",
+            "accounts": json_object(
+                {s: f"coalesce((p.accounts ->> '{s}')::int, 0)" for s in get_args(AccountStatus)}
+            ),
+        },
+    )
+)
+_DETAIL = {
+    **_SUMMARY,
+    **{name: f"c.{name}" for name in ("html_body", "text_body")},
+    "pool": _POOL,
+}
+
+
 async def fetch_campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign | None:
     """A campaign with the number of its messages in each status."""
     row = await conn.fetchrow(
-        """
-        SELECT c.id, c.owner_id, c.name, c.subject, c.account_ids, c.pool_tags AS pools,
-               c.status, c.start_at, c.tracking, c.unsubscribe_scope, c.created_at,
-               c.updated_at, c.completed_at, c.html_body, c.text_body,
-               p.pool_accounts, p.remaining_today,
-               cardinality(c.account_ids) = 0 AND cardinality(c.pool_tags) = 0 AS every_account
+        f"""
+        SELECT {select_list(_DETAIL)}
         FROM campaigns c
         CROSS JOIN LATERAL (
-            SELECT coalesce(jsonb_object_agg(status, n), '{}') AS pool_accounts,
+            SELECT coalesce(jsonb_object_agg(status, n), '{{}}') AS accounts,
                    coalesce(sum(left_today) FILTER (WHERE status = 'active'), 0)
                        AS remaining_today
             FROM (SELECT a.status, count(*) AS n,
@@ -59,32 +78,22 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign | No
                   GROUP BY a.status) s
         ) p
         WHERE c.id = $1
-        """,
+        """,  # noqa: S608 - expressions from the models' field names only
         campaign_id,
     )
     if row is None:
         return None
-    values = dict(row)
-    values["messages"] = await counters.campaign_status_counts(conn, campaign_id)
-    values["total_messages"] = sum(values["messages"].values())
-    members = values.pop("pool_accounts")
-    values["pool"] = {
-        "every_account": values.pop("every_account"),
-        "accounts": {s: members.get(s, 0) for s in get_args(schemas.AccountStatus)},
-        "remaining_today": values.pop("remaining_today"),
-    }
-    return schemas.Campaign.model_validate(values)
+    messages = await counters.campaign_status_counts(conn, campaign_id)
+    return schemas.Campaign.model_validate(
+        {**row, "messages": messages, "total_messages": sum(messages.values())}
+    )
 
 
 async def list_campaigns(
     conn: Conn, limit: int, after: tuple[datetime, UUID] | None, status: str | None
 ) -> tuple[list[schemas.CampaignSummary], bool]:
     """A page of campaigns, newest first, after the given (created_at, id)."""
-    select = """
-        SELECT id, owner_id, name, subject, account_ids, pool_tags AS pools, status, start_at,
-               tracking, unsubscribe_scope, created_at, updated_at, completed_at
-        FROM campaigns
-    """
+    select = f"SELECT {select_list(_SUMMARY)} FROM campaigns c"  # noqa: S608 - field names
     where = "$1::text IS NULL OR status = $1"
     rows, more = await newest_first(conn, select, "created_at", where, [status], limit, after)
     return [schemas.CampaignSummary.model_validate(dict(r)) for r in rows], more
