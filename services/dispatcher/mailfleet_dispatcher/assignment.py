@@ -21,6 +21,13 @@ from mailfleet_dispatcher.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
 
+# An urgent notice is a hint a sender replica may miss (a hand-over in progress, a
+# reconnection): the transactional lane sends it again for the messages still not claimed
+# this long after, a few times, before leaving them to their commands.
+_RENOTICE_AFTER_S = 1.0
+_RENOTICES = 3
+_NOTICED_MAX = 10_000
+
 
 @dataclass(frozen=True)
 class Traces:
@@ -187,6 +194,8 @@ class Assigner:
         self._headroom = 0 if urgent is None else settings.priority_headroom
         self._wakeup = asyncio.Event()
         self._rotation = 0
+        # Transactional messages noticed: id -> (account, when to check again, notices sent).
+        self._noticed: dict[int, tuple[UUID, float, int]] = {}
 
     def wake(self) -> None:
         """Run the next tick now rather than when the timer says."""
@@ -227,18 +236,49 @@ class Assigner:
         traces = None
         if assignments and tracing.enabled():
             traces = await self._traces(assignments, started_ns)
-        if assignments and self._urgent is not None:
+        if self._urgent is not None:
             # Before the commands: the replica busy with the account sends these next, and
             # the commands, behind the account's campaign commands, then find them claimed.
-            try:
-                await self._urgent.publish_urgent(assignments)
-            except Exception as exc:
-                log.warning("urgent notice not published", extra={"error": repr(exc)})
+            await self._notice(self._urgent, assignments)
         batches = await self._publisher.publish_batches(assignments, traces) if assignments else 0
         assigned = sum(len(ids) for ids in assignments.values())
         metrics.MESSAGES_ASSIGNED.inc(assigned)
         metrics.TICK_SECONDS.observe(time.perf_counter() - started)
         return TickResult(assigned=assigned, batches=batches, accounts=accounts)
+
+    async def _notice(
+        self, urgent: UrgentPublisher, assignments: Mapping[UUID, Sequence[int]]
+    ) -> None:
+        """Notice the new assignments, and again those noticed before and still unclaimed."""
+        now = time.monotonic()
+        due = [i for i, (_, at, _) in self._noticed.items() if at <= now]
+        again: dict[UUID, list[int]] = {}
+        if due:
+            try:
+                async with self._pool.acquire() as conn:
+                    waiting = await queries.still_assigned(conn, due)
+            except Exception as exc:
+                log.warning("noticed messages not checked", extra={"error": repr(exc)})
+                waiting = []
+            still = dict(waiting)
+            for message_id in due:
+                account_id, _, sent = self._noticed.pop(message_id)
+                if still.get(message_id) == account_id and sent < _RENOTICES:
+                    again.setdefault(account_id, []).append(message_id)
+                    self._noticed[message_id] = (account_id, now + _RENOTICE_AFTER_S, sent + 1)
+            metrics.URGENT_RENOTICED.inc(sum(len(ids) for ids in again.values()))
+        for account_id, ids in assignments.items():
+            for message_id in ids:
+                self._noticed[message_id] = (account_id, now + _RENOTICE_AFTER_S, 1)
+        while len(self._noticed) > _NOTICED_MAX:
+            del self._noticed[next(iter(self._noticed))]
+        for notices in (assignments, again):
+            if not notices:
+                continue
+            try:
+                await urgent.publish_urgent(notices)
+            except Exception as exc:
+                log.warning("urgent notice not published", extra={"error": repr(exc)})
 
     async def _traces(
         self, assignments: Mapping[UUID, Sequence[int]], started_ns: int

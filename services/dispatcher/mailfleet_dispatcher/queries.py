@@ -279,6 +279,19 @@ async def traceparents(conn: Conn, message_ids: Sequence[int]) -> dict[int, str]
     return {r["id"]: r["traceparent"] for r in rows}
 
 
+async def still_assigned(conn: Conn, message_ids: Sequence[int]) -> list[tuple[int, UUID]]:
+    """Those of the messages still assigned and not yet claimed, with their account."""
+    rows = await conn.fetch(
+        """
+        SELECT id, account_id FROM messages
+        WHERE id = ANY($1::bigint[]) AND status = 'assigned'
+        ORDER BY id
+        """,
+        message_ids,
+    )
+    return [(r["id"], r["account_id"]) for r in rows]
+
+
 async def assign_and_reserve(
     conn: Conn, message_ids: Sequence[int], account_ids: Sequence[UUID], day: date
 ) -> int:
