@@ -213,6 +213,8 @@ class Deliverer:
         self._publisher = publisher
         self._templates = templates
         self._tracker = tracker
+        # Contents of noticed transactional messages, read while they wait for their turn.
+        self._contents: dict[int, asyncio.Task[queries.ContentRow | None]] = {}
 
     async def deliver_batch(
         self,
@@ -321,6 +323,34 @@ class Deliverer:
             account.urgent.add(await while_database_away(fetch, "noticed messages"), ready=True)
         if account.urgent:
             await self.deliver_batch(account, [], stopping)
+
+    def prefetch_contents(self, message_ids: Sequence[int]) -> None:
+        """Start reading the contents of transactional messages about to be sent here.
+
+        A message's content is written with it and never changes, so it can be read before
+        the claim; one never sent here is dropped with the oldest.
+        """
+        for message_id in message_ids:
+            if message_id not in self._contents:
+                task = asyncio.create_task(self._fetch_content(message_id))
+                # A failure is met again, and logged, by the read at send time.
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                self._contents[message_id] = task
+        while len(self._contents) > _URGENT_MAX:
+            self._contents.pop(next(iter(self._contents))).cancel()
+
+    async def _fetch_content(self, message_id: int) -> queries.ContentRow | None:
+        async with self._pool.acquire() as conn:
+            return await queries.fetch_content(conn, message_id)
+
+    async def _content(self, message_id: int) -> queries.ContentRow | None:
+        prefetched = self._contents.pop(message_id, None)
+        if prefetched is not None and not prefetched.cancelled():
+            try:
+                return await prefetched
+            except Exception as exc:
+                log.debug("prefetched content not read", extra={"error": repr(exc)})
+        return await while_database_away(lambda: self._fetch_content(message_id), "message content")
 
     async def _wait_while_held(self, account: Account, stopping: asyncio.Event) -> bool:
         """Wait out the account's hold after a failed connection; False if stopping."""
@@ -432,12 +462,7 @@ class Deliverer:
         Links and the open pixel follow its stream's `tracking`; there is no List-Unsubscribe
         (it is not bulk mail), but suppressions were checked at claim as for any message.
         """
-
-        async def fetch() -> queries.ContentRow | None:
-            async with self._pool.acquire() as conn:
-                return await queries.fetch_content(conn, claimed.id)
-
-        content = await while_database_away(fetch, "message content")
+        content = await self._content(claimed.id)
         if content is None:
             raise MessageBuildError(f"message {claimed.id} has no content")
         templates = compile_campaign(

@@ -217,6 +217,8 @@ class SenderReplica:
         # sent through their command are skipped at claim (compare-and-set).
         if subscription is not None:
             subscription.notice(notice.message_ids)
+            if subscription.serving:
+                self._deliverer.prefetch_contents(notice.message_ids)
 
     async def _load_campaign(self, campaign_id: UUID) -> CampaignRow | None:
         async with self._pool.acquire() as conn:
