@@ -7,6 +7,9 @@ PYTEST_ARGS ?=
 .PHONY: dashboards monitoring monitoring-down
 .PHONY: bench-retention bench-transactional
 .PHONY: bench-metrics
+.PHONY: bench-analytics
+.PHONY: bench-webhooks
+.PHONY: bench-messages
 
 # Install, start PostgreSQL and RabbitMQ if needed, migrate, run every service in the background.
 up:
@@ -66,6 +69,20 @@ bench-retention: sync
 # database); one JSON line.
 bench-metrics: sync
 	$(UV) run --frozen python -m bench.metrics_scale
+
+# Read latency of the analytics, campaign and stats routes over 10M messages and 30M events
+# (a database built once by bench.dataset and kept); one JSON line.
+bench-analytics: sync
+	$(UV) run --frozen python -m bench.analytics $(ANALYTICS_ARGS)
+# Webhook deliveries per second from the outbox to a local receiver (a throwaway database); one
+# JSON line.
+bench-webhooks: sync
+	$(UV) run --frozen python -m bench.webhooks $(WEBHOOKS_ARGS)
+
+# GET /api/messages and /api/messages/{id} at 10M messages, and 1M-row exports' memory; one
+# JSON line (builds, once, a database kept for the next run).
+bench-messages: sync
+	$(UV) run --frozen python -m bench.messages_api $(MESSAGES_ARGS)
 
 # Delivery through faults (processes killed, RabbitMQ and PostgreSQL restarted) on a private
 # PostgreSQL cluster and RabbitMQ node it starts itself; prints one JSON line. Not in `make test`.

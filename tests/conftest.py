@@ -29,7 +29,9 @@ RABBIT_URL = os.environ.get("MAILFLEET_TEST_RABBIT_URL", "amqp://guest:guest@127
 TABLES = (
     "idempotency_keys, suppressions, events, send_attempts, messages, campaigns, "
     "account_daily_usage, accounts, api_keys, users, sender_replicas, soft_bounces, "
-    "inbound_reports, mailbox_checkpoints, uncertain_resolutions"
+    "inbound_reports, mailbox_checkpoints, uncertain_resolutions, "
+    # TRUNCATE fires no trigger: the counters go with the rows they count.
+    "counter_buckets, counter_deltas, engagement_firsts"
 )
 
 

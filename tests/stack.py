@@ -388,6 +388,10 @@ class Stack:
         """One more bouncer replica (bouncer, bouncer-2, ...), reading the accounts' mailboxes."""
         return await self._service("bouncer", [executable("mailfleet-bouncer")], env).start()
 
+    async def start_webhooks(self, env: Mapping[str, str] | None = None) -> ServiceProcess:
+        """One more webhook worker replica (webhooks, webhooks-2, ...), delivering the outbox."""
+        return await self._service("webhooks", [executable("mailfleet-webhooks")], env).start()
+
     async def stop(self) -> None:
         """Stop every service, the last started first, all of them even if one fails."""
         for service in reversed(self.services):

@@ -7,7 +7,13 @@ import pytest
 
 @pytest.mark.parametrize(
     ("service", "port"),
-    [("dispatcher", 8001), ("sender", 8002), ("tracker", 8003), ("bouncer", 8004)],
+    [
+        ("dispatcher", 8001),
+        ("sender", 8002),
+        ("tracker", 8003),
+        ("bouncer", 8004),
+        ("webhooks", 8005),
+    ],
 )
 def test_setting_the_host_keeps_the_services_port(
     service: str, port: int, monkeypatch: pytest.MonkeyPatch

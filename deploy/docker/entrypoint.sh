@@ -14,6 +14,7 @@ case "${MAILFLEET_IMAGE_SERVICE:-}" in
     mailfleet-sender) exec mailfleet-sender ;;
     mailfleet-tracker) exec mailfleet-tracker ;;
     mailfleet-bouncer) exec mailfleet-bouncer ;;
+    mailfleet-webhooks) exec mailfleet-webhooks ;;
     # A capture server reachable only on loopback would be no use in a container.
     mailfleet-sink) exec mailfleet-sink --host 0.0.0.0 ;;
     *) echo "unknown MAILFLEET_IMAGE_SERVICE '${MAILFLEET_IMAGE_SERVICE:-}'" >&2; exit 64 ;;

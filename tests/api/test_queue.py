@@ -86,11 +86,11 @@ async def test_stats_show_totals_campaigns_and_usage_against_limits(
     stats = (await client.get("/api/admin/stats", headers=admin["headers"])).json()
     assert stats["messages_by_status"] == {"sent": 2, "queued": 1}
     assert stats["campaigns_by_status"] == {"draft": 1}
-    [usage] = stats["accounts"]
-    assert usage["account_id"] == account["id"]
-    assert usage["usage"]["reserved"] == 3
-    assert usage["usage"]["sent"] == 2
-    assert usage["usage"]["effective_limit"] == 300
+    today = stats["today"]
+    assert today["day"] == datetime.now(UTC).date().isoformat()
+    assert today["accounts_by_status"] == {"active": 1}
+    assert (today["reserved"], today["sent"], today["failed"]) == (3, 2, 0)
+    assert today["effective_limit"] == 300
 
 
 async def test_health_ready_and_metrics_answer_anonymously(

@@ -120,6 +120,55 @@ async def test_each_api_key_has_its_own_budget_and_tokens_count_per_user(
         assert_problem(await client.get("/api/queue/status", headers=_bearer(token)), 429)
 
 
+async def test_a_key_created_with_a_rate_of_its_own_is_counted_against_it(
+    limited_app: AppFactory, make_user: UserFactory
+) -> None:
+    admin = await make_user("admin")
+    async with limited_app(default="3/hour") as client:
+        created = await client.post(
+            "/api/admin/api-keys",
+            json={"name": "bulk", "rate_limit": "5/hour"},
+            headers=admin["headers"],
+        )
+        assert created.status_code == 201, created.text
+        assert created.json()["rate_limit"] == "5/hour"
+        own = _bearer(created.json()["key"])
+        default = _bearer(await _api_key(client, admin))
+        listed = await client.get("/api/admin/api-keys", headers=admin["headers"])
+        assert [k["rate_limit"] for k in listed.json()["items"]] == ["5/hour", None]
+
+        # Above the default of 3: the key's own rate replaces it, in the fields too.
+        for remaining in ("4", "3", "2", "1", "0"):
+            answer = await client.get("/api/queue/status", headers=own)
+            assert answer.is_success, answer.text
+            assert answer.headers["ratelimit-limit"] == "5"
+            assert answer.headers["ratelimit-remaining"] == remaining
+            assert answer.headers["ratelimit-policy"] == '5;w=3600;name="default"'
+        assert_problem(await client.get("/api/queue/status", headers=own), 429)
+        for _ in range(3):
+            assert (await client.get("/api/queue/status", headers=default)).is_success
+        assert_problem(await client.get("/api/queue/status", headers=default), 429)
+
+
+async def test_a_key_rate_that_is_not_one_rate_of_a_day_or_less_is_refused(
+    client: httpx.AsyncClient, admin: dict[str, Any]
+) -> None:
+    refused = [
+        "often", "", "0/minute", "-1/minute", "10 per minute", "10/minute;100/hour",
+        "1/0 minutes", "5/fortnight", "2/2 days", "7/week", "1000000000/second", 5,
+    ]  # fmt: skip
+    for rate in refused:
+        answer = await client.post(
+            "/api/admin/api-keys", json={"name": "k", "rate_limit": rate}, headers=admin["headers"]
+        )
+        assert_problem(answer, 422)
+    for rate in ("50/second", "600/minute", "100/15 minutes", "10000/day", "86400/86400 seconds"):
+        answer = await client.post(
+            "/api/admin/api-keys", json={"name": "k", "rate_limit": rate}, headers=admin["headers"]
+        )
+        assert answer.status_code == 201, (rate, answer.text)
+
+
 async def test_heavy_routes_are_counted_against_the_heavy_limit_too(
     limited_app: AppFactory, make_user: UserFactory, campaign_id: str, operator: dict[str, Any]
 ) -> None:

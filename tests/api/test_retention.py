@@ -195,6 +195,55 @@ async def test_only_expired_idempotency_keys_and_old_published_reports_go(db: Co
     assert sorted(r["uid"] for r in reports) == [*range(1, 30), 30, 40, 50, 60]
 
 
+async def test_only_finished_webhook_deliveries_past_the_cutoff_go_with_their_attempts(
+    db: Conn,
+) -> None:
+    owner = await db.fetchval(
+        "INSERT INTO users (email, password_hash, role) VALUES ('w@example.com', 'x', 'operator') "
+        "RETURNING id"
+    )
+    endpoint = await db.fetchval(
+        "INSERT INTO webhook_endpoints (owner_id, url, event_types) "
+        "VALUES ($1, 'https://hooks.example.com/in', '{message.sent}') RETURNING id",
+        owner,
+    )
+    # Per status, one delivery a day for 60 days, each with two attempts.
+    await db.execute(
+        """
+        WITH d AS (
+            INSERT INTO webhook_deliveries (endpoint_id, event_id, event_type, occurred_at,
+                                            payload, status, created_at)
+            SELECT $1, n, 'message.sent', now(), '{}', s, now() - make_interval(days => n)
+            FROM generate_series(1, 60) n, unnest('{delivered,failed,pending}'::text[]) s
+            RETURNING id
+        )
+        INSERT INTO webhook_attempts (delivery_id, endpoint_id, attempt, attempted_at, latency_ms)
+        SELECT d.id, $1, a, now(), 1 FROM d, generate_series(1, 2) a
+        """,
+        endpoint,
+    )
+    keep = KEEP.model_copy(update={"webhook_days": 30})
+    dry = await run_retention(db, keep, dry_run=True)
+    report = await run_retention(db, keep)
+    pruned = {t.table: t.rows for t in report.tables}["webhook_deliveries"]
+    # Days 30 to 60 are past the cut-off (a day's row was written a moment before the run).
+    assert pruned == {t.table: t.rows for t in dry.tables}["webhook_deliveries"] == 2 * 31
+    rows = await db.fetch(
+        "SELECT status, created_at < now() - interval '30 days' AS old, count(*) AS n "
+        "FROM webhook_deliveries GROUP BY 1, 2"
+    )
+    assert {(r["status"], r["old"]): r["n"] for r in rows} == {
+        ("delivered", False): 29, ("failed", False): 29, ("pending", False): 29,
+        ("pending", True): 31,
+    }  # fmt: skip
+    orphans = await db.fetchval(
+        "SELECT count(*) FROM webhook_attempts a "
+        "WHERE NOT EXISTS (SELECT 1 FROM webhook_deliveries d WHERE d.id = a.delivery_id)"
+    )
+    assert orphans == 0
+    assert await db.fetchval("SELECT count(*) FROM webhook_attempts") == 2 * (3 * 29 + 31)
+
+
 async def snapshot(db: Conn) -> dict[str, Any]:
     return {
         table: await db.fetchval(f"SELECT count(*) FROM {table}")  # noqa: S608

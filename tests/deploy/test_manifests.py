@@ -27,7 +27,7 @@ from tests.deploy.manifests import (
 
 KUSTOMIZATIONS = find_kustomizations()
 BY_NAME = {k.name: k for k in KUSTOMIZATIONS}
-SERVICES = ("api", "dispatcher", "sender", "tracker", "bouncer")
+SERVICES = ("api", "dispatcher", "sender", "tracker", "bouncer", "webhooks")
 
 
 @pytest.fixture(scope="module")
@@ -256,7 +256,10 @@ def test_network_policies_allow_only_the_expected_paths() -> None:
     pods = _pods(manifests)
     jobs = ("migrate", "backup", "retention")
     name = {f"mailfleet-{s}": s for s in (*SERVICES, "redis", *jobs)}
-    http_port = {"api": 8000, "dispatcher": 8001, "sender": 8002, "tracker": 8003, "bouncer": 8004}
+    http_port = {
+        "api": 8000, "dispatcher": 8001, "sender": 8002, "tracker": 8003, "bouncer": 8004,
+        "webhooks": 8005,
+    }  # fmt: skip
     outsider = ("default", {"app": "something"})
     ingress_controller = ("ingress-nginx", {"app.kubernetes.io/name": "ingress-nginx"})
     prometheus = ("monitoring", {"app.kubernetes.io/name": "prometheus"})
@@ -265,9 +268,11 @@ def test_network_policies_allow_only_the_expected_paths() -> None:
         return egress_allowed(policies, pods[workload], 5432)
 
     assert {name[w] for w in pods if reaches_postgres(w)} == {*SERVICES, *jobs}
-    assert {name[w] for w in pods if egress_allowed(policies, pods[w], 5672)} == set(SERVICES)
+    on_the_bus = set(SERVICES) - {"webhooks"}  # reads the outbox from PostgreSQL only
+    assert {name[w] for w in pods if egress_allowed(policies, pods[w], 5672)} == on_the_bus
     assert {name[w] for w in pods if egress_allowed(policies, pods[w], 25)} == {"sender"}
     assert {name[w] for w in pods if egress_allowed(policies, pods[w], 993)} == {"bouncer"}
+    assert {name[w] for w in pods if egress_allowed(policies, pods[w], 443)} == {"webhooks"}
     assert all(egress_allowed(policies, pods[w], 53) for w in pods)
     # Nothing else leaves: an arbitrary port is closed to every pod.
     assert not any(egress_allowed(policies, pods[w], 8080) for w in pods)

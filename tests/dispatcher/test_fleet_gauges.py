@@ -288,10 +288,15 @@ async def test_the_running_dispatcher_serves_the_fleet_gauges(
 ) -> None:
     ids = await crafted_fleet(db)
 
-    async def shows_the_pause() -> bool:
-        return f'mailfleet_account_paused{{account="{ids["paused"]}"' in await scrape(app)
+    # The fleet is written in several statements: wait for a refresh after the last of them.
+    async def shows_the_whole_fleet() -> bool:
+        text = await scrape(app)
+        return (
+            f'mailfleet_account_paused{{account="{ids["paused"]}"' in text
+            and "mailfleet_suppressions 2.0" in text
+        )
 
-    assert await eventually(shows_the_pause, wait_s=10)
+    assert await eventually(shows_the_whole_fleet, wait_s=10)
     text = await scrape(app)
     # The dispatcher is assigning and sweeping meanwhile: only what it leaves alone is exact.
     assert "mailfleet_suppressions 2.0" in text

@@ -45,8 +45,8 @@ async def test_thousand_recipients_reach_smtp_exactly_once_within_every_daily_li
     per_account = Counter(r["account_id"] for r in stored)
     assert len(per_account) == 4
     assert max(per_account.values()) <= 300
-    for account in stats["accounts"]:
-        assert account["usage"]["reserved"] <= account["usage"]["effective_limit"] == 300
+    assert stats["today"]["accounts_by_status"] == {"active": 4}
+    assert stats["today"]["reserved"] <= stats["today"]["effective_limit"] == 4 * 300
 
 
 async def test_killed_sender_replica_loses_nothing_and_sends_nothing_twice(

@@ -104,7 +104,7 @@ def test_every_scraped_deployment_has_a_pod_monitor_on_its_metrics_port() -> Non
                 scraped[doc["metadata"]["name"]] = template
     assert set(scraped) == {
         "mailfleet-api", "mailfleet-dispatcher", "mailfleet-sender", "mailfleet-tracker",
-        "mailfleet-bouncer",
+        "mailfleet-bouncer", "mailfleet-webhooks",
     }  # fmt: skip
     assert set(monitors) == set(scraped)
     for name, template in scraped.items():

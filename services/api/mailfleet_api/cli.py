@@ -25,6 +25,7 @@ from mailfleet_api.client import events as event_commands
 from mailfleet_api.client import messages as message_commands
 from mailfleet_api.demo import DemoOptions, run_demo
 from mailfleet_api.keycheck import KeyCheck, check_secrets, explain
+from mailfleet_api.queries import webhooks as webhook_queries
 from mailfleet_api.retention import RetentionReport, run_retention
 from mailfleet_api.settings import Settings
 
@@ -182,8 +183,16 @@ def check_keys(
         conn = await asyncpg.connect(settings.postgres.dsn)
         try:
             async with conn.transaction():
-                result = check_secrets(settings.crypto, await queries.fetch_account_secrets(conn))
+                result = check_secrets(
+                    settings.crypto,
+                    await queries.fetch_account_secrets(conn),
+                    await webhook_queries.fetch_endpoint_secrets(conn),
+                )
                 if forget:
+                    for endpoint in result.locked_endpoints:
+                        await webhook_queries.forget_endpoint_secret(
+                            conn, endpoint.endpoint_id, endpoint.forgotten_reason
+                        )
                     for locked in result.locked:
                         await queries.forget_account_secrets(
                             conn,
@@ -197,15 +206,21 @@ def check_keys(
             await conn.close()
 
     result = asyncio.run(check())
-    if not result.locked:
+    if result.all_decrypted:
         typer.echo(
             f"MAILFLEET_CRYPTO__KEYS decrypts every stored password "
-            f"({result.accounts_with_secrets} accounts have one)"
+            f"({result.accounts_with_secrets} accounts have one) and webhook secret "
+            f"({result.endpoints_with_secrets} endpoints)"
         )
     elif forget:
         for locked in result.locked:
             typer.echo(f"{locked.name} ({locked.account_id}): {locked.forgotten_reason}")
-        typer.echo(f"deleted the passwords of {len(result.locked)} accounts and paused them")
+        for endpoint in result.locked_endpoints:
+            typer.echo(f"webhook endpoint {endpoint.endpoint_id}: {endpoint.forgotten_reason}")
+        typer.echo(
+            f"deleted the passwords of {len(result.locked)} accounts and paused them, and the "
+            f"secrets of {len(result.locked_endpoints)} webhook endpoints and disabled them"
+        )
     else:
         typer.secho(f"error: {explain(result)}", err=True, fg=typer.colors.RED)
         raise typer.Exit(code=2)
@@ -242,34 +257,47 @@ def create_api_key(
 
 @app.command("rotate-secrets")
 def rotate_secrets() -> None:
-    """Re-encrypt SMTP and IMAP passwords with the newest key of MAILFLEET_CRYPTO__KEYS."""
+    """Re-encrypt SMTP and IMAP passwords and webhook secrets with the newest key."""
     settings = _settings()
     box = SecretBox.from_settings(settings.crypto)
 
     def rotated(token: bytes | None) -> bytes | None:
         return None if token is None else box.rotate(token)
 
-    async def rotate() -> int:
+    async def rotate() -> tuple[int, int]:
         conn = await asyncpg.connect(settings.postgres.dsn)
         try:
             async with conn.transaction():
-                rows = await queries.fetch_account_secrets(conn)
-                for row in rows:
+                accounts = await queries.fetch_account_secrets(conn)
+                for account in accounts:
                     await queries.set_account_secrets(
                         conn,
-                        row["id"],
-                        rotated(row["smtp_password_enc"]),
-                        rotated(row["imap_password_enc"]),
+                        account.model_copy(
+                            update={
+                                "smtp_password_enc": rotated(account.smtp_password_enc),
+                                "imap_password_enc": rotated(account.imap_password_enc),
+                            }
+                        ),
                     )
-                return sum(
-                    row[column] is not None
-                    for row in rows
-                    for column in ("smtp_password_enc", "imap_password_enc")
+                endpoints = await webhook_queries.fetch_endpoint_secrets(conn)
+                for row in endpoints:
+                    await webhook_queries.set_endpoint_secret_enc(
+                        conn, row["id"], box.rotate(bytes(row["secret_enc"]))
+                    )
+                secrets = sum(
+                    token is not None
+                    for account in accounts
+                    for token in (account.smtp_password_enc, account.imap_password_enc)
                 )
+                return secrets, len(endpoints)
         finally:
             await conn.close()
 
-    typer.echo(f"re-encrypted {asyncio.run(rotate())} account secrets with the newest key")
+    accounts, endpoints = asyncio.run(rotate())
+    typer.echo(
+        f"re-encrypted {accounts} account secrets and {endpoints} webhook secrets with the "
+        "newest key"
+    )
 
 
 @app.command()

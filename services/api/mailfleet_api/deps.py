@@ -21,11 +21,15 @@ from mailfleet_api.throttle import LoginThrottle
 
 @dataclass(frozen=True)
 class Principal:
-    """Who is calling: a user (by token) or one of their API keys, and the role it carries."""
+    """Who is calling: a user (by token) or one of their API keys, and the role it carries.
+
+    ``rate_limit``: the key's own rate, counted instead of the default one (None: the default).
+    """
 
     user_id: UUID
     role: auth.Role
     api_key_id: UUID | None = None
+    rate_limit: str | None = None
 
     @property
     def key(self) -> str:
@@ -113,10 +117,11 @@ async def get_principal(
 ) -> Principal:
     """The authenticated caller, from an access token or an API key; 401 otherwise.
 
-    Each call is counted against the caller's default rate limit (429 past it).
+    Each call is counted against the caller's default rate limit, or its key's own (429 past
+    it).
     """
     principal = await _authenticate(token, conn, signer)
-    await limiter.charge(request.scope, principal.key, "default")
+    await limiter.charge(request.scope, principal.key, "default", principal.rate_limit)
     return principal
 
 
@@ -130,7 +135,9 @@ async def _authenticate(token: str, conn: Conn, signer: auth.TokenSigner) -> Pri
         await queries.touch_api_key(conn, row["id"])
         # A key never carries more than its owner's current role.
         role = min(row["key_role"], row["user_role"], key=auth.ROLE_RANK.__getitem__)
-        return Principal(user_id=row["user_id"], role=role, api_key_id=row["id"])
+        return Principal(
+            user_id=row["user_id"], role=role, api_key_id=row["id"], rate_limit=row["rate_limit"]
+        )
     user_id = signer.user_id(token)
     user_role = await queries.fetch_user_role(conn, user_id)
     if user_role is None:

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from mailfleet_common.errors import MailfleetError
 from mailfleet_common.templating import InvalidTemplateError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -81,8 +81,17 @@ class TooManyRequestsError(ApiError):
         self.retry_after = retry_after
 
 
+_FIELD_EXAMPLE: dict[str, Any] = {
+    "loc": ["body", "recipients", 3, "email"],
+    "msg": "Field required",
+    "type": "missing",
+}
+
+
 class ProblemField(BaseModel):
     """One reason a request is invalid: where (``loc``), why (``msg``) and its kind."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_FIELD_EXAMPLE]})
 
     loc: list[str | int] = Field(description='Where: e.g. ["body", "recipients", 3, "email"].')
     msg: str
@@ -91,6 +100,29 @@ class ProblemField(BaseModel):
 
 class Problem(BaseModel):
     """An RFC 9457 problem document: the body of every error answer."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "about:blank",
+                    "title": "Not Found",
+                    "status": 404,
+                    "detail": "no campaign 0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+                    "instance": "/api/campaigns/0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+                },
+                {
+                    "type": "about:blank",
+                    "title": "Unprocessable Content",
+                    "status": 422,
+                    "detail": "the request is invalid (1 error): "
+                    "body.recipients.3.email: Field required",
+                    "instance": "/api/queue/enqueue",
+                    "errors": [_FIELD_EXAMPLE],
+                },
+            ]
+        }
+    )
 
     type: str = Field(default="about:blank", description="about:blank: see title and status.")
     title: str = Field(description="The HTTP status phrase.")

@@ -7,12 +7,14 @@ across key rotation (any configured key may decrypt) and needs nothing stored be
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from uuid import UUID
 
 from mailfleet_common.crypto import SecretBox, SecretBoxError
 from mailfleet_common.settings import CryptoSettings
+
+from mailfleet_api.queries.accounts import AccountSecrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,14 +42,40 @@ class LockedSecret:
 
 
 @dataclass(frozen=True, slots=True)
+class LockedEndpoint:
+    """A webhook endpoint whose signing secret no configured key decrypts."""
+
+    endpoint_id: UUID
+    url: str
+
+    forgotten_reason = (
+        "its signing secret was deleted: encrypted with a crypto key no longer configured; "
+        "rotate it (POST /api/webhooks/endpoints/{id}/rotate-secret), then enable it"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class KeyCheck:
     accounts_with_secrets: int
     locked: list[LockedSecret]
     key_error: str | None  # no key, or a malformed one
+    endpoints_with_secrets: int = 0
+    locked_endpoints: list[LockedEndpoint] = field(default_factory=list)
+
+    @property
+    def all_decrypted(self) -> bool:
+        return not self.locked and not self.locked_endpoints
 
 
-def check_secrets(settings: CryptoSettings, rows: Sequence[Any]) -> KeyCheck:
-    """Try each stored password (rows as queries.fetch_account_secrets returns them)."""
+def check_secrets(
+    settings: CryptoSettings,
+    accounts: Sequence[AccountSecrets],
+    endpoint_rows: Sequence[Any] = (),
+) -> KeyCheck:
+    """Try each stored password of these accounts, and each webhook secret.
+
+    Endpoint rows as webhooks.fetch_endpoint_secrets returns them.
+    """
     box: SecretBox | None = None
     key_error = None
     try:
@@ -67,12 +95,15 @@ def check_secrets(settings: CryptoSettings, rows: Sequence[Any]) -> KeyCheck:
         return False
 
     found = []
-    for row in rows:
-        smtp, imap = locked(row["smtp_password_enc"]), locked(row["imap_password_enc"])
+    for account in accounts:
+        smtp, imap = locked(account.smtp_password_enc), locked(account.imap_password_enc)
         if smtp or imap:
-            mailbox = f"{row['imap_username']}@{row['imap_host']}" if imap else None
-            found.append(LockedSecret(row["id"], row["name"], smtp, imap, mailbox))
-    return KeyCheck(len(rows), found, key_error)
+            mailbox = f"{account.imap_username}@{account.imap_host}" if imap else None
+            found.append(LockedSecret(account.id, account.name, smtp, imap, mailbox))
+    endpoints = [
+        LockedEndpoint(row["id"], row["url"]) for row in endpoint_rows if locked(row["secret_enc"])
+    ]
+    return KeyCheck(len(accounts), found, key_error, len(endpoint_rows), endpoints)
 
 
 def explain(check: KeyCheck) -> str:
@@ -86,9 +117,21 @@ def explain(check: KeyCheck) -> str:
         if check.key_error
         else "MAILFLEET_CRYPTO__KEYS has none of the keys they were encrypted with"
     )
+    endpoints = ""
+    if check.locked_endpoints:
+        urls = ", ".join(e.url for e in check.locked_endpoints[:5])
+        endpoints = (
+            f"the signing secrets of {len(check.locked_endpoints)} of "
+            f"{check.endpoints_with_secrets} webhook endpoints cannot be decrypted: {urls}.\n"
+        )
+    passwords = ""
+    if check.locked:
+        passwords = (
+            f"the stored passwords of {len(check.locked)} of {check.accounts_with_secrets} "
+            f"accounts cannot be decrypted (SMTP: {smtp}, IMAP: {imap}): {names}{more}.\n"
+        )
     return (
-        f"the stored passwords of {len(check.locked)} of {check.accounts_with_secrets} accounts "
-        f"cannot be decrypted (SMTP: {smtp}, IMAP: {imap}): {names}{more}.\n"
+        f"{passwords}{endpoints}"
         f"{cause}: this database was set up with another key (another clone's, or one since "
         "lost). Every one of these accounts would be paused at its first message.\n"
         "Either:\n"
@@ -96,5 +139,6 @@ def explain(check: KeyCheck) -> str:
         "newest first; `make up` keeps it in .run/env), then run this check again;\n"
         "  - or give these passwords up: `mailfleet check-keys --forget` deletes them (an IMAP "
         "setting with its password) and pauses the accounts; give each again (PATCH "
-        "/api/admin/accounts/{id}) and resume them."
+        "/api/admin/accounts/{id}) and resume them. It deletes lost webhook secrets too and "
+        "disables those endpoints: rotate each secret, then enable the endpoint."
     )

@@ -27,9 +27,13 @@ from mailfleet_api.middleware import PlainErrorsAsProblems, RateLimitHeaders, Re
 from mailfleet_api.rate_limits import RateLimiter
 from mailfleet_api.routes import (
     accounts,
+    analytics,
     auth,
     campaigns,
+    events,
+    exports,
     inbound_reports,
+    messages,
     ops,
     pools,
     queue,
@@ -38,6 +42,7 @@ from mailfleet_api.routes import (
     transactional,
     uncertain,
     users,
+    webhooks,
 )
 from mailfleet_api.settings import Settings
 from mailfleet_api.throttle import CounterStorage, LoginThrottle
@@ -46,6 +51,7 @@ log = logging.getLogger(__name__)
 
 _ROUTES = (
     ops,
+    analytics,
     auth,
     users,
     accounts,
@@ -57,6 +63,10 @@ _ROUTES = (
     inbound_reports,
     uncertain,
     transactional,
+    webhooks,
+    exports,
+    messages,
+    events,
 )
 
 

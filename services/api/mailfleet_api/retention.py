@@ -71,6 +71,7 @@ class Cutoffs:
     reports: datetime
     attempts: datetime
     idempotency_keys: datetime
+    webhook_deliveries: datetime
 
 
 async def cutoffs(conn: Conn, settings: RetentionSettings, now: datetime | None) -> Cutoffs:
@@ -80,7 +81,8 @@ async def cutoffs(conn: Conn, settings: RetentionSettings, now: datetime | None)
         SELECT t - make_interval(months => $2) AS events,
                t - make_interval(days => $3) AS reports,
                t - make_interval(days => $4) AS attempts,
-               t - make_interval(hours => $5) AS idempotency_keys
+               t - make_interval(hours => $5) AS idempotency_keys,
+               t - make_interval(days => $6) AS webhook_deliveries
         FROM (SELECT coalesce($1::timestamptz, now()) AS t) clock
         """,
         now,
@@ -88,6 +90,7 @@ async def cutoffs(conn: Conn, settings: RetentionSettings, now: datetime | None)
         settings.reports_days,
         settings.attempts_days,
         settings.idempotency_key_hours,
+        settings.webhook_days,
     )
     return Cutoffs(**dict(row))
 
@@ -188,21 +191,33 @@ _PRUNE_IDEMPOTENCY_KEYS = """
     )
     SELECT count(*) AS scanned, count(*) AS deleted FROM gone
 """
-# Reports still in the bouncer's outbox (not yet published) stay.
-_PRUNE_INBOUND_REPORTS = """
+
+
+def _walking_prune(table: str, at: str, kept: str, kept_column: str) -> str:
+    """A prune statement that walks `table` by (`at`, id), keeping the rows `kept` names.
+
+    `kept` is a condition on the batch's `b.<kept_column>`; the cursor walks past kept rows.
+    """
+    return f"""
     WITH batch AS (
-        SELECT id, received_at, published_at FROM inbound_reports
-        WHERE received_at < $1 AND (received_at, id) > ($3, $4)
-        ORDER BY received_at, id LIMIT $2
+        SELECT id, {at}, {kept_column} FROM {table}
+        WHERE {at} < $1 AND ({at}, id) > ($3, $4)
+        ORDER BY {at}, id LIMIT $2
     ), gone AS (
-        DELETE FROM inbound_reports r USING batch b
-        WHERE r.id = b.id AND b.published_at IS NOT NULL RETURNING 1
+        DELETE FROM {table} t USING batch b
+        WHERE t.id = b.id AND NOT ({kept}) RETURNING 1
     ), last AS (
-        SELECT received_at, id FROM batch ORDER BY received_at DESC, id DESC LIMIT 1
+        SELECT {at}, id FROM batch ORDER BY {at} DESC, id DESC LIMIT 1
     )
     SELECT (SELECT count(*) FROM batch) AS scanned, (SELECT count(*) FROM gone) AS deleted,
-           (SELECT received_at FROM last) AS last_at, (SELECT id FROM last) AS last_id
-"""
+           (SELECT {at} FROM last) AS last_at, (SELECT id FROM last) AS last_id
+    """  # noqa: S608 - constants only
+
+
+# Reports still in the bouncer's outbox (not yet published) stay.
+_PRUNE_INBOUND_REPORTS = _walking_prune(
+    "inbound_reports", "received_at", "b.published_at IS NULL", "published_at"
+)
 # An attempt goes once its message is final (or was deleted): a message still in flight, or
 # uncertain, keeps its whole history.
 _PRUNE_SEND_ATTEMPTS = """
@@ -222,11 +237,19 @@ _PRUNE_SEND_ATTEMPTS = """
     SELECT (SELECT count(*) FROM batch) AS scanned, (SELECT count(*) FROM gone) AS deleted,
            (SELECT attempted_at FROM last) AS last_at, (SELECT id FROM last) AS last_id
 """
+# Deliveries still pending (due again, or leased by a worker) stay; their attempts go with
+# the delivered and failed ones (ON DELETE CASCADE).
+_PRUNE_WEBHOOK_DELIVERIES = _walking_prune(
+    "webhook_deliveries", "created_at", "b.status = 'pending'", "status"
+)
 
 _COUNT_EVENTS_DEFAULT = "SELECT count(*) FROM events_default WHERE occurred_at < $1"
 _COUNT_IDEMPOTENCY_KEYS = "SELECT count(*) FROM idempotency_keys WHERE created_at < $1"
 _COUNT_INBOUND_REPORTS = """
     SELECT count(*) FROM inbound_reports WHERE received_at < $1 AND published_at IS NOT NULL
+"""
+_COUNT_WEBHOOK_DELIVERIES = """
+    SELECT count(*) FROM webhook_deliveries WHERE created_at < $1 AND status <> 'pending'
 """
 _COUNT_SEND_ATTEMPTS = """
     SELECT count(*) FROM send_attempts s
@@ -289,6 +312,7 @@ async def run_retention(
             ("inbound_reports", _COUNT_INBOUND_REPORTS, cut.reports, ()),
             ("send_attempts", _COUNT_SEND_ATTEMPTS, cut.attempts, (final,)),
             ("idempotency_keys", _COUNT_IDEMPOTENCY_KEYS, cut.idempotency_keys, ()),
+            ("webhook_deliveries", _COUNT_WEBHOOK_DELIVERIES, cut.webhook_deliveries, ()),
         ):
             report.tables.append(TableReport(table, await conn.fetchval(statement, before, *extra)))
         return report
@@ -312,5 +336,13 @@ async def run_retention(
             conn, "send_attempts", _PRUNE_SEND_ATTEMPTS, cut.attempts, size, final, walks=True
         ),
         await prune(conn, "idempotency_keys", _PRUNE_IDEMPOTENCY_KEYS, cut.idempotency_keys, size),
+        await prune(
+            conn,
+            "webhook_deliveries",
+            _PRUNE_WEBHOOK_DELIVERIES,
+            cut.webhook_deliveries,
+            size,
+            walks=True,
+        ),
     ]
     return report

@@ -1,5 +1,7 @@
 """Settings of the API service and the mailfleet CLI."""
 
+from typing import Literal
+
 from limits import parse
 from mailfleet_common.settings import (
     CryptoSettings,
@@ -102,6 +104,8 @@ class RetentionSettings(BaseModel):
     ``attempts_days``: SMTP attempts older than this are deleted, but only those of messages
     that are sent, failed or cancelled.
     ``idempotency_key_hours``: an enqueue's Idempotency-Key is replayed for at least this long.
+    ``webhook_days``: webhook deliveries older than this are deleted with their attempts (the
+    delivery log), once delivered or given up; pending ones stay.
     ``batch_size`` rows go per transaction; no statement waits longer than
     ``lock_timeout_ms`` for a lock (it gives way and tries again).
     """
@@ -110,8 +114,20 @@ class RetentionSettings(BaseModel):
     reports_days: int = Field(default=180, ge=1)
     attempts_days: int = Field(default=180, ge=1)
     idempotency_key_hours: int = Field(default=7 * 24, ge=1)
+    webhook_days: int = Field(default=30, ge=1)
     batch_size: int = Field(default=5000, ge=1, le=100_000)
     lock_timeout_ms: int = Field(default=2000, ge=10, le=60_000)
+
+
+class PrivacySettings(BaseModel):
+    """What the API shows of recipients' tracking hits (MAILFLEET_PRIVACY__*).
+
+    ``ip``: ``full`` shows the address an open or click came from as recorded; ``truncated``
+    (the default) only its network, the first 24 bits of an IPv4 address and the first 48 of
+    an IPv6 one (192.0.2.0, 2001:db8:1::); ``none`` shows no address at all.
+    """
+
+    ip: Literal["full", "truncated", "none"] = "truncated"
 
 
 class Settings(ServiceSettings):
@@ -126,3 +142,4 @@ class Settings(ServiceSettings):
     rate_limit: RateLimitSettings = RateLimitSettings()
     templates: TemplateSettings = TemplateSettings()
     retention: RetentionSettings = RetentionSettings()
+    privacy: PrivacySettings = PrivacySettings()

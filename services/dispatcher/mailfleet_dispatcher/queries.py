@@ -837,3 +837,12 @@ async def fleet_counts(conn: Conn) -> tuple[int, int]:
     )
     assert row is not None  # noqa: S101 - a SELECT without FROM returns one row
     return int(row["running"]), int(row["suppressions"])
+
+
+async def fold_counters(conn: Conn, max_rows: int) -> int:
+    """Fold up to `max_rows` counter deltas into their buckets; how many were folded.
+
+    0 also when another session is folding (the function's advisory lock).
+    """
+    folded: int = await conn.fetchval("SELECT fold_counters($1)", max_rows)
+    return folded

@@ -9,6 +9,7 @@ from mailfleet_common.db import Pool, create_pool
 from mailfleet_dispatcher import fleet
 from mailfleet_dispatcher.assignment import Assigner
 from mailfleet_dispatcher.bus import Bus
+from mailfleet_dispatcher.counters import CounterFold
 from mailfleet_dispatcher.settings import Settings
 from mailfleet_dispatcher.stalls import StallWatch
 from mailfleet_dispatcher.sweeps import Sweeper
@@ -68,6 +69,9 @@ class Runtime:
                     self.settings.bouncer,
                 ).run(self._stopping),
                 name="fleet-gauges",
+            ),
+            asyncio.create_task(
+                CounterFold(self.pool, settings).run(self._stopping), name="counter-fold"
             ),
         ]
         log.info("dispatcher started", extra={"tick_ms": settings.tick_ms})

@@ -36,6 +36,11 @@ class DispatchSettings(BaseModel):
     # How often the replica holding the fleet-gauge lock recomputes the fleet's gauges
     # (backlog, accounts, rates); the others try to take the lock as often.
     fleet_gauges_s: float = Field(default=15.0, gt=0)
+    # How often the counters' deltas are folded into their buckets (reads add the deltas not
+    # yet folded, so this bounds their cost, not their accuracy), at most this many rows a
+    # transaction.
+    counter_fold_s: float = Field(default=2.0, gt=0)
+    counter_fold_rows: int = Field(default=20_000, ge=1)
 
 
 class DispatcherHttp(HttpSettings):

@@ -2,9 +2,7 @@
 
 from mailfleet_api.queries.accounts import (
     ACCOUNT_SELECT,
-    ACCOUNT_WRITABLE,
     FEEDBACK_COUNTS,
-    account_from_row,
     account_health,
     archive_account,
     delete_mailbox_checkpoint,
@@ -64,7 +62,7 @@ from mailfleet_api.queries.queue import (
 )
 from mailfleet_api.queries.stats import (
     count_campaigns_by_status,
-    usage_today,
+    fleet_today,
 )
 from mailfleet_api.queries.suppressions import (
     actively_suppressed,
@@ -98,9 +96,7 @@ from mailfleet_api.queries.users import (
 
 __all__ = [
     "ACCOUNT_SELECT",
-    "ACCOUNT_WRITABLE",
     "FEEDBACK_COUNTS",
-    "account_from_row",
     "account_health",
     "actively_suppressed",
     "archive_account",
@@ -129,6 +125,7 @@ __all__ = [
     "fetch_suppression_of",
     "fetch_user_by_email",
     "fetch_user_role",
+    "fleet_today",
     "forget_account_secrets",
     "insert_account",
     "insert_api_key",
@@ -167,5 +164,4 @@ __all__ = [
     "unusable_accounts",
     "update_account",
     "update_campaign_settings",
-    "usage_today",
 ]

@@ -1,50 +1,98 @@
 """SQL of sender accounts: settings, secrets, tags and health."""
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any, get_args
 from uuid import UUID
 
-import asyncpg
 from mailfleet_common.db import Conn
+from pydantic import BaseModel, ConfigDict
 
 from mailfleet_api import schemas
+from mailfleet_api.queries.columns import field_expressions, json_object, select_list
 from mailfleet_api.queries.pages import keyset_page
 
-ACCOUNT_SELECT = """
-    SELECT a.id, a.name, a.kind, a.smtp_host, a.smtp_port, a.smtp_tls, a.smtp_username,
-           a.smtp_password_enc IS NOT NULL AS has_password, a.from_email, a.from_name,
-           a.daily_limit, a.min_gap_ms, a.warmup_started_on IS NOT NULL AS warmup_enabled,
-           a.warmup_started_on, a.warmup_initial, a.warmup_increment, a.status,
-           a.status_reason, a.tags, nullif(a.rates_since, '-infinity') AS rates_since,
-           CASE WHEN account_held(a) THEN a.held_until END AS held_until,
-           CASE WHEN account_held(a) THEN a.held_reason END AS held_reason,
-           a.imap_host, a.imap_port, a.imap_tls, a.imap_username,
-           a.imap_password_enc IS NOT NULL AS imap_has_password, a.imap_folder,
-           a.imap_processed_folder, a.created_at, a.updated_at,
-           d.day, coalesce(u.reserved, 0) AS reserved, coalesce(u.sent, 0) AS sent,
-           coalesce(u.failed, 0) AS failed, account_effective_limit(a, d.day) AS effective_limit
+# An account has two shapes, each written once:
+# - AccountRow, its writable columns: a request becomes one (routes.accounts.account_row) and
+#   its fields, in order, are the column list of the statements that write or lock an account;
+# - schemas.Account, the answer: its fields (and those of its nested ImapSettings and
+#   AccountUsage) are the select list of ACCOUNT_SELECT, so a row validates into it as is.
+
+
+class AccountRow(BaseModel):
+    """The columns of an account that the API writes, passwords encrypted."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    smtp_host: str
+    smtp_port: int
+    smtp_tls: schemas.SmtpTls
+    smtp_username: str | None
+    smtp_password_enc: bytes | None
+    from_email: str
+    from_name: str | None
+    daily_limit: int
+    min_gap_ms: int
+    warmup_started_on: date | None
+    warmup_initial: int
+    warmup_increment: int
+    status: schemas.AccountStatus
+    status_reason: str | None
+    imap_host: str | None
+    imap_port: int | None
+    imap_tls: schemas.SmtpTls | None
+    imap_username: str | None
+    imap_password_enc: bytes | None
+    imap_folder: str
+    imap_processed_folder: str | None
+    tags: list[str]
+
+    def values(self) -> list[Any]:
+        """The statement arguments, in the order of ACCOUNT_COLUMNS."""
+        return [getattr(self, column) for column in ACCOUNT_COLUMNS]
+
+
+ACCOUNT_COLUMNS = tuple(AccountRow.model_fields)
+_COLUMN_LIST = ", ".join(ACCOUNT_COLUMNS)
+
+# Today (UTC) and its usage row, beside each account `a`.
+ACCOUNTS_TODAY = """
     FROM accounts a
     CROSS JOIN (SELECT (now() AT TIME ZONE 'utc')::date AS day) d
     LEFT JOIN account_daily_usage u ON u.account_id = a.id AND u.day = d.day
 """
-
-_USAGE_FIELDS = ("day", "reserved", "sent", "failed", "effective_limit")
-_IMAP_FIELDS = ("host", "port", "tls", "username", "has_password", "folder", "processed_folder")
-
-
-def account_from_row(row: asyncpg.Record) -> schemas.Account:
-    values = dict(row)
-    usage = {field: values.pop(field) for field in _USAGE_FIELDS}
-    imap = {field: values.pop(f"imap_{field}") for field in _IMAP_FIELDS}
-    return schemas.Account.model_validate(
-        {**values, "today": usage, "imap": imap if imap["host"] is not None else None}
+USAGE_TODAY = json_object(
+    field_expressions(
+        schemas.AccountUsage,
+        "coalesce(u.{}, 0)",
+        {"day": "d.day", "effective_limit": "account_effective_limit(a, d.day)"},
     )
+)
+_IMAP = json_object(
+    field_expressions(
+        schemas.ImapSettings, "a.imap_{}", {"has_password": "a.imap_password_enc IS NOT NULL"}
+    )
+)
+_ACCOUNT = field_expressions(
+    schemas.Account,
+    "a.{}",
+    {
+        "has_password": "a.smtp_password_enc IS NOT NULL",
+        "warmup_enabled": "a.warmup_started_on IS NOT NULL",
+        "rates_since": "nullif(a.rates_since, '-infinity')",
+        "held_until": "CASE WHEN account_held(a) THEN a.held_until END",
+        "held_reason": "CASE WHEN account_held(a) THEN a.held_reason END",
+        "imap": f"CASE WHEN a.imap_host IS NOT NULL THEN {_IMAP} END",
+        "today": USAGE_TODAY,
+    },
+)
+ACCOUNT_SELECT = f"SELECT {select_list(_ACCOUNT)} {ACCOUNTS_TODAY}"
 
 
 async def fetch_account(conn: Conn, account_id: UUID) -> schemas.Account | None:
     row = await conn.fetchrow(ACCOUNT_SELECT + " WHERE a.id = $1", account_id)
-    return None if row is None else account_from_row(row)
+    return None if row is None else schemas.Account.model_validate(dict(row))
 
 
 async def list_accounts(
@@ -64,75 +112,46 @@ async def list_accounts(
     rows, more = await keyset_page(
         conn, ACCOUNT_SELECT, keys, where, args, limit, after, descending=False
     )
-    return [account_from_row(r) for r in rows], more
+    return [schemas.Account.model_validate(dict(r)) for r in rows], more
 
 
-async def insert_account(conn: Conn, values: dict[str, Any]) -> UUID:
-    """Create an account from the full set of its writable columns; returns its id."""
-    account_id: UUID = await conn.fetchval(
-        """
-        INSERT INTO accounts (name, smtp_host, smtp_port, smtp_tls, smtp_username,
-                              smtp_password_enc, from_email, from_name, daily_limit, min_gap_ms,
-                              warmup_started_on, warmup_initial, warmup_increment, status,
-                              status_reason, imap_host, imap_port, imap_tls, imap_username,
-                              imap_password_enc, imap_folder, imap_processed_folder, tags)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
-                $19, $20, $21, $22, $23)
-        RETURNING id
-        """,
-        *(values[column] for column in ACCOUNT_WRITABLE),
-    )
+def _placeholders(first: int) -> str:
+    """``$first, $first+1, ...``: one per column of AccountRow."""
+    return ", ".join(f"${first + n}" for n in range(len(ACCOUNT_COLUMNS)))
+
+
+_INSERT = f"INSERT INTO accounts ({_COLUMN_LIST}) VALUES ({_placeholders(1)}) RETURNING id"  # noqa: S608
+_LOCK = f"SELECT {_COLUMN_LIST} FROM accounts WHERE id = $1 FOR UPDATE"  # noqa: S608
+# $1 the id, then the columns, then whether the rates start afresh.
+_UPDATE = f"""
+    UPDATE accounts
+    SET ({_COLUMN_LIST}) = ROW({_placeholders(2)}),
+        rates_since = CASE WHEN ${len(ACCOUNT_COLUMNS) + 2} THEN now() ELSE rates_since END,
+        updated_at = now()
+    WHERE id = $1
+"""  # noqa: S608 - column names from AccountRow only
+
+
+async def insert_account(conn: Conn, row: AccountRow) -> UUID:
+    """Create an account; returns its id."""
+    account_id: UUID = await conn.fetchval(_INSERT, *row.values())
     return account_id
 
 
-ACCOUNT_WRITABLE = (
-    "name", "smtp_host", "smtp_port", "smtp_tls", "smtp_username", "smtp_password_enc",
-    "from_email", "from_name", "daily_limit", "min_gap_ms", "warmup_started_on",
-    "warmup_initial", "warmup_increment", "status", "status_reason", "imap_host", "imap_port",
-    "imap_tls", "imap_username", "imap_password_enc", "imap_folder", "imap_processed_folder",
-    "tags",
-)  # fmt: skip
-
-
-async def lock_account(conn: Conn, account_id: UUID) -> dict[str, Any] | None:
+async def lock_account(conn: Conn, account_id: UUID) -> AccountRow | None:
     """The writable columns of an account, row-locked until the transaction ends."""
-    row = await conn.fetchrow(
-        """
-        SELECT name, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
-               from_email, from_name, daily_limit, min_gap_ms, warmup_started_on,
-               warmup_initial, warmup_increment, status, status_reason, imap_host, imap_port,
-               imap_tls, imap_username, imap_password_enc, imap_folder, imap_processed_folder,
-               tags
-        FROM accounts WHERE id = $1 FOR UPDATE
-        """,
-        account_id,
-    )
-    return None if row is None else dict(row)
+    row = await conn.fetchrow(_LOCK, account_id)
+    return None if row is None else AccountRow.model_validate(dict(row))
 
 
 async def update_account(
-    conn: Conn, account_id: UUID, values: dict[str, Any], restart_rates: bool
+    conn: Conn, account_id: UUID, row: AccountRow, restart_rates: bool
 ) -> None:
-    """Write the full set of an account's writable columns.
+    """Write every writable column of an account.
 
     restart_rates: bounce and complaint rates count only sends from now on.
     """
-    await conn.execute(
-        """
-        UPDATE accounts SET name = $2, smtp_host = $3, smtp_port = $4, smtp_tls = $5,
-               smtp_username = $6, smtp_password_enc = $7, from_email = $8, from_name = $9,
-               daily_limit = $10, min_gap_ms = $11, warmup_started_on = $12,
-               warmup_initial = $13, warmup_increment = $14, status = $15, status_reason = $16,
-               imap_host = $17, imap_port = $18, imap_tls = $19, imap_username = $20,
-               imap_password_enc = $21, imap_folder = $22, imap_processed_folder = $23,
-               tags = $24, rates_since = CASE WHEN $25 THEN now() ELSE rates_since END,
-               updated_at = now()
-        WHERE id = $1
-        """,
-        account_id,
-        *(values[column] for column in ACCOUNT_WRITABLE),
-        restart_rates,
-    )
+    await conn.execute(_UPDATE, account_id, *row.values(), restart_rates)
 
 
 async def delete_mailbox_checkpoint(conn: Conn, account_id: UUID) -> None:
@@ -180,26 +199,41 @@ async def uncarried_tags(conn: Conn, tags: Sequence[str]) -> list[str]:
     return [r["tag"] for r in rows]
 
 
-async def fetch_account_secrets(conn: Conn) -> list[asyncpg.Record]:
-    """Every account's encrypted SMTP and IMAP passwords, row-locked for re-encryption."""
-    return await conn.fetch(
-        """
-        SELECT id, name, smtp_password_enc, imap_password_enc, imap_host, imap_username
-        FROM accounts
+class AccountSecrets(BaseModel):
+    """An account's encrypted SMTP and IMAP passwords, and what names them to an operator."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: UUID
+    name: str
+    smtp_password_enc: bytes | None
+    imap_password_enc: bytes | None
+    imap_host: str | None
+    imap_username: str | None
+
+
+_SECRETS = ", ".join(AccountSecrets.model_fields)
+
+
+async def fetch_account_secrets(conn: Conn) -> list[AccountSecrets]:
+    """Every account with an encrypted SMTP or IMAP password, row-locked for re-encryption."""
+    rows = await conn.fetch(
+        f"""
+        SELECT {_SECRETS} FROM accounts
         WHERE smtp_password_enc IS NOT NULL OR imap_password_enc IS NOT NULL
         ORDER BY id FOR UPDATE
-        """
+        """  # noqa: S608 - column names from AccountSecrets only
     )
+    return [AccountSecrets.model_validate(dict(r)) for r in rows]
 
 
-async def set_account_secrets(
-    conn: Conn, account_id: UUID, smtp_password_enc: bytes | None, imap_password_enc: bytes | None
-) -> None:
+async def set_account_secrets(conn: Conn, secrets: AccountSecrets) -> None:
+    """Store the account's encrypted passwords as given (re-encrypted with another key)."""
     await conn.execute(
         "UPDATE accounts SET smtp_password_enc = $2, imap_password_enc = $3 WHERE id = $1",
-        account_id,
-        smtp_password_enc,
-        imap_password_enc,
+        secrets.id,
+        secrets.smtp_password_enc,
+        secrets.imap_password_enc,
     )
 
 

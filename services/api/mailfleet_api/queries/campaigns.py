@@ -7,7 +7,7 @@ from uuid import UUID
 from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
-from mailfleet_api.queries.accounts import FEEDBACK_COUNTS
+from mailfleet_api.queries import counters
 from mailfleet_api.queries.pages import newest_first
 
 
@@ -40,9 +40,6 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign | No
         SELECT c.id, c.owner_id, c.name, c.subject, c.account_ids, c.pool_tags AS pools,
                c.status, c.start_at, c.tracking, c.unsubscribe_scope, c.created_at,
                c.updated_at, c.completed_at, c.html_body, c.text_body,
-               coalesce((SELECT jsonb_object_agg(s.status, s.n) FROM (
-                   SELECT status, count(*) AS n FROM messages WHERE campaign_id = c.id
-                   GROUP BY status) s), '{}'::jsonb) AS messages,
                p.pool_accounts, p.remaining_today,
                cardinality(c.account_ids) = 0 AND cardinality(c.pool_tags) = 0 AS every_account
         FROM campaigns c
@@ -68,6 +65,7 @@ async def fetch_campaign(conn: Conn, campaign_id: UUID) -> schemas.Campaign | No
     if row is None:
         return None
     values = dict(row)
+    values["messages"] = await counters.campaign_status_counts(conn, campaign_id)
     values["total_messages"] = sum(values["messages"].values())
     members = values.pop("pool_accounts")
     values["pool"] = {
@@ -247,12 +245,9 @@ async def count_queued(conn: Conn, campaign_id: UUID) -> int:
 
 
 async def campaign_feedback(conn: Conn, campaign_id: UUID) -> schemas.Feedback:
-    """Bounces, complaints and replies of the campaign's sent messages."""
-    row = await conn.fetchrow(
-        "SELECT count(*) FILTER (WHERE status = 'sent') AS sent, "  # noqa: S608 - a constant
-        + FEEDBACK_COUNTS
-        + " FROM messages WHERE campaign_id = $1",
-        campaign_id,
-    )
-    assert row is not None  # noqa: S101 - an aggregate always returns a row
-    return schemas.Feedback.from_counts(dict(row))
+    """Bounces, complaints and replies of the campaign's sent messages, from the counters."""
+    totals = await counters.campaign_totals(conn, campaign_id)
+    overall = totals.get(counters.EVERY)
+    if overall is None:
+        return schemas.Feedback.from_counts({})
+    return schemas.Feedback.from_counts(counters.feedback_counts(overall))

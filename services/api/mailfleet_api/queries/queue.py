@@ -6,6 +6,7 @@ from uuid import UUID
 from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
+from mailfleet_api.queries import counters
 
 
 async def suppressed_among(conn: Conn, campaign_id: UUID, emails: Sequence[str]) -> set[str]:
@@ -38,16 +39,29 @@ async def insert_messages(
 
     ``traceparent``: the enqueue's trace context, kept so that the dispatcher and sender
     continue its trace (None when tracing is off or the trace is not sampled).
+
+    A `queued` event per message is written only while some enabled webhook endpoint wants
+    message.queued: the message row already says when it was queued, and an event per
+    recipient would make a large enqueue about half as slow again.
     """
     rows = await conn.fetch(
         """
-        INSERT INTO messages (campaign_id, email, name, variables, traceparent)
-        SELECT $1, r.email, r.name, r.variables::jsonb, $5
-        FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
-             AS r (email, name, variables, position)
-        ORDER BY r.position
-        ON CONFLICT (campaign_id, lower(email)) WHERE NOT transactional DO NOTHING
-        RETURNING email
+        WITH inserted AS (
+            INSERT INTO messages (campaign_id, email, name, variables, traceparent)
+            SELECT $1, r.email, r.name, r.variables::jsonb, $5
+            FROM unnest($2::text[], $3::text[], $4::text[]) WITH ORDINALITY
+                 AS r (email, name, variables, position)
+            ORDER BY r.position
+            ON CONFLICT (campaign_id, lower(email)) WHERE NOT transactional DO NOTHING
+            RETURNING id, email, created_at
+        ), logged AS (
+            INSERT INTO events (occurred_at, type, campaign_id, message_id)
+            SELECT created_at, 'queued', $1, id FROM inserted
+            WHERE EXISTS (
+                SELECT 1 FROM webhook_endpoints
+                WHERE enabled AND 'message.queued' = ANY (event_types))
+        )
+        SELECT email FROM inserted
         """,
         campaign_id,
         list(emails),
@@ -59,8 +73,8 @@ async def insert_messages(
 
 
 async def count_messages_by_status(conn: Conn) -> dict[str, int]:
-    rows = await conn.fetch("SELECT status, count(*) AS n FROM messages GROUP BY status")
-    return {r["status"]: r["n"] for r in rows}
+    """Messages in each status (only statuses some message is in), from the counters."""
+    return counters.messages_by_status(await counters.fleet_totals(conn))
 
 
 async def count_account_messages_by_status(conn: Conn) -> list[schemas.AccountQueue]:

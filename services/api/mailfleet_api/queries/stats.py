@@ -3,7 +3,7 @@
 from mailfleet_common.db import Conn
 
 from mailfleet_api import schemas
-from mailfleet_api.queries.accounts import ACCOUNT_SELECT, account_from_row
+from mailfleet_api.queries.accounts import ACCOUNTS_TODAY
 
 
 async def count_campaigns_by_status(conn: Conn) -> dict[str, int]:
@@ -11,10 +11,22 @@ async def count_campaigns_by_status(conn: Conn) -> dict[str, int]:
     return {r["status"]: r["n"] for r in rows}
 
 
-async def usage_today(conn: Conn) -> list[schemas.AccountToday]:
-    """Today's (UTC) usage against the effective limit of every account not archived."""
-    rows = await conn.fetch(ACCOUNT_SELECT + " WHERE a.status <> 'archived' ORDER BY a.name, a.id")
-    return [
-        schemas.AccountToday(account_id=a.id, name=a.name, status=a.status, usage=a.today)
-        for a in map(account_from_row, rows)
-    ]
+async def fleet_today(conn: Conn) -> schemas.FleetToday:
+    """Today's (UTC) usage of every account not archived, summed, and accounts by status."""
+    rows = await conn.fetch(
+        f"""
+        SELECT a.status, d.day, count(*) AS n, coalesce(sum(u.reserved), 0) AS reserved,
+               coalesce(sum(u.sent), 0) AS sent, coalesce(sum(u.failed), 0) AS failed,
+               coalesce(sum(account_effective_limit(a, d.day))
+                        FILTER (WHERE a.status = 'active'), 0) AS effective_limit
+        {ACCOUNTS_TODAY}
+        WHERE a.status <> 'archived'
+        GROUP BY a.status, d.day
+        """
+    )
+    day = rows[0]["day"] if rows else await conn.fetchval("SELECT (now() AT TIME ZONE 'utc')::date")
+    return schemas.FleetToday(
+        day=day,
+        accounts_by_status={r["status"]: r["n"] for r in rows},
+        **{f: sum(r[f] for r in rows) for f in ("reserved", "sent", "failed", "effective_limit")},
+    )

@@ -95,6 +95,18 @@ async def insert_messages(
         )
     ]
     ids.sort()  # identity values follow the insertion order
+    # As at enqueue (queries/queue.py): a `queued` event only while an endpoint wants it.
+    await conn.execute(
+        """
+        INSERT INTO events (occurred_at, type, campaign_id, message_id)
+        SELECT now(), 'queued', $1, id FROM unnest($2::bigint[]) AS id
+        WHERE EXISTS (
+            SELECT 1 FROM webhook_endpoints
+            WHERE enabled AND 'message.queued' = ANY (event_types))
+        """,
+        stream_id,
+        ids,
+    )
     await conn.execute(
         """
         INSERT INTO message_contents (message_id, subject, html_body, text_body, reply_to)

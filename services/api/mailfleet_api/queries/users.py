@@ -10,6 +10,7 @@ from mailfleet_api import schemas
 from mailfleet_api.queries.pages import oldest_first
 
 _USER_COLUMNS = "id, email, role, disabled, created_at"
+_API_KEY_COLUMNS = ", ".join(schemas.ApiKey.model_fields)
 
 
 async def insert_user(conn: Conn, email: str, password_hash: str, role: str) -> schemas.User | None:
@@ -70,28 +71,36 @@ async def list_users(
 
 
 async def insert_api_key(
-    conn: Conn, user_id: UUID, name: str, prefix: str, key_hash: bytes, role: str
+    conn: Conn,
+    user_id: UUID,
+    name: str,
+    prefix: str,
+    key_hash: bytes,
+    role: str,
+    rate_limit: str | None = None,
 ) -> schemas.ApiKey:
     row = await conn.fetchrow(
-        """
-        INSERT INTO api_keys (user_id, name, prefix, key_hash, role)
-        VALUES ($1, $2, $3, $4, $5)
-        RETURNING id, user_id, name, prefix, role, created_at, last_used_at, revoked_at
-        """,
+        f"""
+        INSERT INTO api_keys (user_id, name, prefix, key_hash, role, rate_limit)
+        VALUES ($1, $2, $3, $4, $5, $6)
+        RETURNING {_API_KEY_COLUMNS}
+        """,  # noqa: S608 - column names from schemas.ApiKey only
         user_id,
         name,
         prefix,
         key_hash,
         role,
+        rate_limit,
     )
     return schemas.ApiKey.model_validate(dict(row))  # type: ignore[arg-type]
 
 
 async def fetch_api_key_for_auth(conn: Conn, prefix: str) -> asyncpg.Record | None:
-    """A live key with this prefix whose user is enabled, with the key's hash and role."""
+    """A live key with this prefix whose user is enabled: its hash, role and rate limit."""
     return await conn.fetchrow(
         """
-        SELECT k.id, k.user_id, k.key_hash, k.role AS key_role, u.role AS user_role
+        SELECT k.id, k.user_id, k.key_hash, k.role AS key_role, u.role AS user_role,
+               k.rate_limit
         FROM api_keys k JOIN users u ON u.id = k.user_id
         WHERE k.prefix = $1 AND k.revoked_at IS NULL AND NOT u.disabled
         """,
@@ -114,9 +123,7 @@ async def list_api_keys(
     conn: Conn, limit: int, after: tuple[datetime, UUID] | None
 ) -> tuple[list[schemas.ApiKey], bool]:
     """A page of API keys, oldest first, after the given (created_at, id)."""
-    select = (
-        "SELECT id, user_id, name, prefix, role, created_at, last_used_at, revoked_at FROM api_keys"
-    )
+    select = f"SELECT {_API_KEY_COLUMNS} FROM api_keys"  # noqa: S608 - a constant
     rows, more = await oldest_first(conn, select, "true", [], limit, after)
     return [schemas.ApiKey.model_validate(dict(r)) for r in rows], more
 
@@ -124,10 +131,10 @@ async def list_api_keys(
 async def revoke_api_key(conn: Conn, key_id: UUID) -> schemas.ApiKey | None:
     """Revoke a key (keeping the first revocation time); None if there is no such key."""
     row = await conn.fetchrow(
-        """
+        f"""
         UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()) WHERE id = $1
-        RETURNING id, user_id, name, prefix, role, created_at, last_used_at, revoked_at
-        """,
+        RETURNING {_API_KEY_COLUMNS}
+        """,  # noqa: S608 - column names from schemas.ApiKey only
         key_id,
     )
     return None if row is None else schemas.ApiKey.model_validate(dict(row))

@@ -1,16 +1,18 @@
 """SMTP accounts: configuration, status, their mailbox, usage today and recent feedback."""
 
-from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import APIRouter, Query, status
 from mailfleet_common.crypto import SecretBox
+from pydantic import SecretStr
 
 from mailfleet_api import pages, queries, schemas
 from mailfleet_api.deps import Admin, Cursor, DbConn, Limit, Operator, SecretBoxDep, Viewer
 from mailfleet_api.errors import ConflictError, ForbiddenError, InvalidError, NotFoundError
+from mailfleet_api.queries import webhooks as webhook_queries
+from mailfleet_api.queries.accounts import AccountRow
 from mailfleet_api.schemas.accounts import AccountPage
 
 router = APIRouter(prefix="/api/admin/accounts", tags=["accounts"])
@@ -27,6 +29,10 @@ def _status_reason(new_status: str, principal_role: str) -> str | None:
     return None if new_status == "active" else f"set {new_status} by an {principal_role} via API"
 
 
+def _encrypted(password: SecretStr | None, box: SecretBox) -> bytes | None:
+    return None if password is None else box.encrypt(password.get_secret_value())
+
+
 # The imap_* columns of an account that reads no mailbox.
 _NO_IMAP: dict[str, Any] = {
     "imap_host": None, "imap_port": None, "imap_tls": None, "imap_username": None,
@@ -37,15 +43,16 @@ _MAILBOX_IDENTITY = ("imap_host", "imap_username", "imap_folder")
 
 
 def _imap_columns(
-    current: Mapping[str, Any], changes: schemas.ImapCreate | schemas.ImapUpdate, box: SecretBox
+    current: AccountRow | None, changes: schemas.ImapCreate | schemas.ImapUpdate, box: SecretBox
 ) -> dict[str, Any]:
     """The imap_* columns once `changes` apply to `current`: an update's fields set, or all."""
-    values = {column: current[column] for column in _NO_IMAP}
+    values = {column: _NO_IMAP[column] if current is None else getattr(current, column)
+              for column in _NO_IMAP}  # fmt: skip
     given = changes.model_fields_set if isinstance(changes, schemas.ImapUpdate) else None
     for name in type(changes).model_fields if given is None else given:
         value = getattr(changes, name)
         if name == "password":
-            values["imap_password_enc"] = box.encrypt(value.get_secret_value())
+            values["imap_password_enc"] = _encrypted(value, box)
         else:
             values[f"imap_{name}"] = value
     values["imap_tls"] = values["imap_tls"] or "implicit"
@@ -60,30 +67,38 @@ def _imap_columns(
     return values
 
 
-def _changed_columns(
-    body: schemas.AccountUpdate, current: dict[str, Any], box: SecretBox, role: str
-) -> dict[str, Any]:
-    values = dict(current)
-    for field in body.model_fields_set:
+def account_row(
+    body: schemas.AccountCreate | schemas.AccountUpdate,
+    current: AccountRow | None,
+    box: SecretBox,
+    role: str,
+) -> AccountRow:
+    """The columns to store once the request applies: all of a create, an update's fields set.
+
+    The one place a request becomes a row: passwords are encrypted, ``warmup_enabled``
+    becomes the day the ramp started, ``imap`` its columns, and a status its reason.
+    """
+    columns: dict[str, Any] = {}
+    fields = type(body).model_fields if current is None else body.model_fields_set
+    for field in fields:
         value = getattr(body, field)
         if field == "smtp_password":
-            values["smtp_password_enc"] = (
-                None if value is None else box.encrypt(value.get_secret_value())
-            )
+            columns["smtp_password_enc"] = _encrypted(value, box)
         elif field == "warmup_enabled":
             # Enabling again keeps the ramp where it is; disabling drops it.
-            values["warmup_started_on"] = (
-                (current["warmup_started_on"] or _today()) if value else None
-            )
+            started = None if current is None else current.warmup_started_on
+            columns["warmup_started_on"] = (started or _today()) if value else None
         elif field == "imap":
-            values.update(_NO_IMAP if value is None else _imap_columns(current, value, box))
+            columns.update(_NO_IMAP if value is None else _imap_columns(current, value, box))
         elif field == "status":
-            if value != current["status"]:
-                values["status"] = value
-                values["status_reason"] = _status_reason(value, role)
+            if current is None or value != current.status:
+                columns["status"] = value
+                columns["status_reason"] = _status_reason(value, role)
         else:
-            values[field] = value
-    return values
+            columns[field] = value
+    if current is None:
+        return AccountRow.model_validate(columns)
+    return current.model_copy(update=columns)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -91,15 +106,7 @@ async def create_account(
     body: schemas.AccountCreate, conn: DbConn, box: SecretBoxDep, principal: Admin
 ) -> schemas.Account:
     """Create an SMTP account; its password is stored encrypted and never returned."""
-    password = body.smtp_password
-    values = body.model_dump(exclude={"smtp_password", "warmup_enabled", "imap"})
-    values["smtp_password_enc"] = (
-        None if password is None else box.encrypt(password.get_secret_value())
-    )
-    values.update(_NO_IMAP if body.imap is None else _imap_columns(_NO_IMAP, body.imap, box))
-    values["warmup_started_on"] = _today() if body.warmup_enabled else None
-    values["status_reason"] = _status_reason(body.status, principal.role)
-    account_id = await queries.insert_account(conn, values)
+    account_id = await queries.insert_account(conn, account_row(body, None, box, principal.role))
     account = await queries.fetch_account(conn, account_id)
     assert account is not None  # noqa: S101 - inserted just now on this connection
     return account
@@ -168,14 +175,18 @@ async def update_account(
         current = await queries.lock_account(conn, account_id)
         if current is None:
             raise NotFoundError(f"no account {account_id}")
-        if current["status"] == "archived":
+        if current.status == "archived":
             raise ConflictError("the account is archived")
-        if principal.role != "admin" and current["status"] not in _OPERATOR_STATUSES:
-            raise ForbiddenError(f"only an admin may change a {current['status']} account")
-        values = _changed_columns(body, current, box, principal.role)
-        resumed = values["status"] == "active" and current["status"] != "active"
-        await queries.update_account(conn, account_id, values, restart_rates=resumed)
-        if any(values[column] != current[column] for column in _MAILBOX_IDENTITY):
+        if principal.role != "admin" and current.status not in _OPERATOR_STATUSES:
+            raise ForbiddenError(f"only an admin may change a {current.status} account")
+        row = account_row(body, current, box, principal.role)
+        resumed = row.status == "active" and current.status != "active"
+        await queries.update_account(conn, account_id, row, restart_rates=resumed)
+        if row.status != current.status and "paused" in (row.status, current.status):
+            await webhook_queries.record_account_status(
+                conn, account_id, row.status, current.status, row.status_reason
+            )
+        if any(getattr(row, c) != getattr(current, c) for c in _MAILBOX_IDENTITY):
             await queries.delete_mailbox_checkpoint(conn, account_id)
     account = await queries.fetch_account(conn, account_id)
     assert account is not None  # noqa: S101 - accounts are archived, never deleted

@@ -12,6 +12,7 @@ from mailfleet_api import pages, queries, schemas
 from mailfleet_api.deps import BrokerDep, Cursor, DbConn, Limit, Operator, SettingsDep, Viewer
 from mailfleet_api.errors import ConflictError, InvalidError, NotFoundError, TooLargeError
 from mailfleet_api.events import announce_recipients
+from mailfleet_api.queries import engagement as engagement_queries
 from mailfleet_api.schemas.campaigns import CampaignPage
 
 router = APIRouter(prefix="/api/campaigns", tags=["campaigns"])
@@ -89,12 +90,12 @@ async def list_campaigns(
 async def get_campaign(campaign_id: UUID, conn: DbConn, _: Viewer) -> schemas.CampaignDetail:
     """Show a campaign: its messages in each status, engagement (also by account), feedback."""
     campaign = await _campaign(conn, campaign_id)
-    engagement, by_account = await queries.campaign_engagement(conn, campaign_id)
+    engagement, by_account, feedback = await engagement_queries.campaign_figures(conn, campaign_id)
     return schemas.CampaignDetail(
         **campaign.model_dump(),
         engagement=engagement,
         engagement_by_account=by_account,
-        feedback=await queries.campaign_feedback(conn, campaign_id),
+        feedback=feedback,
     )
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from mailfleet_api.deps import BrokerDep, PoolDep
 
@@ -17,13 +17,28 @@ log = logging.getLogger(__name__)
 _CHECK_TIMEOUT_S = 2.0
 
 
+class Liveness(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: Literal["ok"]
+
+
 @router.get("/health")
-async def health() -> dict[str, str]:
+async def health() -> Liveness:
     """Liveness: the process answers."""
-    return {"status": "ok"}
+    return Liveness(status="ok")
 
 
 class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "ready", "database": True, "broker": True},
+                {"status": "not ready", "database": True, "broker": False},
+            ]
+        }
+    )
+
     status: Literal["ready", "not ready"]
     database: bool
     broker: bool

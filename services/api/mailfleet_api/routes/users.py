@@ -42,7 +42,7 @@ async def create_api_key(
         raise ForbiddenError(f"a key cannot carry more than your own role ({principal.role})")
     new = auth.generate_api_key()
     stored = await queries.insert_api_key(
-        conn, principal.user_id, body.name, new.prefix, new.key_hash, role
+        conn, principal.user_id, body.name, new.prefix, new.key_hash, role, body.rate_limit
     )
     return schemas.ApiKeyCreated(**stored.model_dump(), key=new.key)
 

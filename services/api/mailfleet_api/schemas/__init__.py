@@ -87,7 +87,7 @@ from mailfleet_api.schemas.queue import (
     RejectedRecipient,
 )
 from mailfleet_api.schemas.stats import (
-    AccountToday,
+    FleetToday,
     Stats,
 )
 from mailfleet_api.schemas.suppressions import (
@@ -140,7 +140,6 @@ __all__ = [
     "AccountMailbox",
     "AccountQueue",
     "AccountStatus",
-    "AccountToday",
     "AccountUpdate",
     "AccountUsage",
     "ApiKey",
@@ -164,6 +163,7 @@ __all__ = [
     "EnqueueResult",
     "Feedback",
     "FilterText",
+    "FleetToday",
     "HostName",
     "ImapCreate",
     "ImapPassword",

@@ -1,12 +1,13 @@
 """Sender accounts: SMTP and IMAP settings, tags, today's usage."""
 
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ConfigDict,
     Field,
     SecretStr,
     model_validator,
@@ -23,6 +24,7 @@ from mailfleet_api.schemas.common import (
     SmtpUsername,
     Tags,
     filled,
+    page_config,
     single_line,
 )
 
@@ -57,6 +59,51 @@ _IMAP_PROCESSED_FOLDER = (
 )
 
 
+# The examples of the OpenAPI document: one account, as created and as shown.
+_IMAP_EXAMPLE: dict[str, Any] = {
+    "host": "imap.example.com",
+    "tls": "implicit",
+    "username": "bounces@news.example.com",
+    "folder": "INBOX",
+    "processed_folder": "Processed",
+}
+_USAGE_EXAMPLE: dict[str, Any] = {
+    "day": "2025-03-14",
+    "reserved": 412,
+    "sent": 398,
+    "failed": 3,
+    "effective_limit": 1050,
+}
+_ACCOUNT_EXAMPLE: dict[str, Any] = {
+    "id": "0f6b5d1e-8c2a-4b7e-9a31-5c2d7e4f8a10",
+    "name": "eu-smtp-1",
+    "kind": "smtp",
+    "smtp_host": "smtp.example.com",
+    "smtp_port": 587,
+    "smtp_tls": "starttls",
+    "smtp_username": "news@example.com",
+    "has_password": True,
+    "from_email": "news@example.com",
+    "from_name": "Example News",
+    "daily_limit": 5000,
+    "min_gap_ms": 200,
+    "warmup_enabled": True,
+    "warmup_started_on": "2025-02-24",
+    "warmup_initial": 50,
+    "warmup_increment": 50,
+    "status": "active",
+    "status_reason": None,
+    "tags": ["eu", "newsletter"],
+    "held_until": None,
+    "held_reason": None,
+    "rates_since": "2025-03-02T09:15:00Z",
+    "imap": {**_IMAP_EXAMPLE, "port": 993, "has_password": True},
+    "created_at": "2025-02-24T10:02:11Z",
+    "updated_at": "2025-03-02T09:15:00Z",
+    "today": _USAGE_EXAMPLE,
+}
+
+
 def _distinct_folders(folder: str | None, processed_folder: str | None) -> None:
     if folder is not None and folder == processed_folder:
         raise ValueError("processed_folder must differ from folder")
@@ -64,6 +111,10 @@ def _distinct_folders(folder: str | None, processed_folder: str | None) -> None:
 
 class ImapCreate(Body):
     """The mailbox where an account's bounces, complaints and replies arrive."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{**_IMAP_EXAMPLE, "password": "imap-app-password"}]}
+    )
 
     host: HostName
     port: Port | None = Field(default=None, description="Default: 993 with implicit TLS, else 143.")
@@ -81,6 +132,12 @@ class ImapCreate(Body):
 
 class ImapUpdate(Body):
     """Only the fields present change; the rest of the stored settings stay."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"password": "new-imap-app-password"}, {"processed_folder": None}]
+        }
+    )
 
     host: HostName | None = None
     port: Port | None = None
@@ -100,6 +157,8 @@ class ImapUpdate(Body):
 
 
 class ImapSettings(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_ACCOUNT_EXAMPLE["imap"]]})
+
     host: str
     port: int
     tls: SmtpTls
@@ -119,6 +178,30 @@ _ACCOUNT_TAGS = (
 
 
 class AccountCreate(_AccountFields):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "eu-smtp-1",
+                    "smtp_host": "smtp.example.com",
+                    "smtp_port": 587,
+                    "smtp_tls": "starttls",
+                    "smtp_username": "news@example.com",
+                    "smtp_password": "smtp-app-password",
+                    "from_email": "news@example.com",
+                    "from_name": "Example News",
+                    "daily_limit": 5000,
+                    "min_gap_ms": 200,
+                    "warmup_enabled": True,
+                    "warmup_initial": 50,
+                    "warmup_increment": 50,
+                    "tags": ["eu", "newsletter"],
+                    "imap": {**_IMAP_EXAMPLE, "password": "imap-app-password"},
+                }
+            ]
+        }
+    )
+
     name: Name
     smtp_host: HostName
     status: SettableAccountStatus = "active"
@@ -128,6 +211,15 @@ class AccountCreate(_AccountFields):
 
 class AccountUpdate(Body):
     """Only the fields present change; ``smtp_password: null`` removes the password."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"status": "paused"},
+                {"daily_limit": 8000, "tags": ["eu", "newsletter", "warm"], "imap": None},
+            ]
+        }
+    )
 
     name: Name | None = None
     smtp_host: HostName | None = None
@@ -173,6 +265,8 @@ class AccountUpdate(Body):
 
 
 class AccountUsage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_USAGE_EXAMPLE]})
+
     day: date
     reserved: int
     sent: int
@@ -181,6 +275,8 @@ class AccountUsage(BaseModel):
 
 
 class Account(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_ACCOUNT_EXAMPLE]})
+
     id: UUID
     name: str
     kind: str
@@ -221,3 +317,8 @@ class Account(BaseModel):
 
 class AccountPage(CursorPage[Account]):
     """A page of accounts, oldest first."""
+
+    model_config = page_config(
+        _ACCOUNT_EXAMPLE,
+        "MjAyNS0wMi0yNFQxMDowMjoxMSswMDowMHwwZjZiNWQxZS04YzJhLTRiN2UtOWEzMS01YzJkN2U0ZjhhMTA",
+    )

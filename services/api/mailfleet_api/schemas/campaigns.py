@@ -1,12 +1,13 @@
 """Campaigns: creation, settings, lifecycle."""
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
     BaseModel,
+    ConfigDict,
     Field,
     model_validator,
 )
@@ -22,9 +23,17 @@ from mailfleet_api.schemas.common import (
     Tags,
     UnsubscribeScope,
     no_nul,
+    page_config,
     single_line,
 )
-from mailfleet_api.schemas.engagement import AccountEngagement, Engagement, Feedback
+from mailfleet_api.schemas.engagement import (
+    ACCOUNT_ENGAGEMENT_EXAMPLE,
+    ENGAGEMENT_EXAMPLE,
+    FEEDBACK_EXAMPLE,
+    AccountEngagement,
+    Engagement,
+    Feedback,
+)
 
 _TRACKING = "Count opens and clicks of this campaign's messages."
 _ACCOUNT_IDS = (
@@ -43,7 +52,54 @@ _UNSUBSCRIBE_SCOPE = (
 )
 
 
+_SUMMARY_EXAMPLE: dict[str, Any] = {
+    "id": "0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+    "owner_id": "3f1e9a52-7c4d-4b8e-a1f6-2d9c0e5b7a13",
+    "name": "March newsletter",
+    "subject": "What's new in March, {{ name }}",
+    "account_ids": [],
+    "pools": ["newsletter"],
+    "status": "running",
+    "start_at": None,
+    "tracking": True,
+    "unsubscribe_scope": "global",
+    "created_at": "2025-03-14T09:30:00Z",
+    "updated_at": "2025-03-14T09:41:12Z",
+    "completed_at": None,
+}
+_POOL_EXAMPLE: dict[str, Any] = {
+    "every_account": False,
+    "accounts": {"active": 3, "paused": 1},
+    "remaining_today": 4150,
+}
+# The campaign as the API shows it, with the bodies and its messages by status.
+CAMPAIGN_EXAMPLE: dict[str, Any] = {
+    **_SUMMARY_EXAMPLE,
+    "html_body": "<p>Hi {{ name }},</p><p>Here is what changed in March.</p>",
+    "text_body": "Hi {{ name }},\n\nHere is what changed in March.",
+    "messages": {"queued": 2300, "assigned": 150, "sending": 4, "sent": 1200, "failed": 12},
+    "total_messages": 3666,
+    "pool": _POOL_EXAMPLE,
+}
+
+
 class CampaignCreate(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "March newsletter",
+                    "subject": "What's new in March, {{ name }}",
+                    "html_body": "<p>Hi {{ name }},</p><p>Here is what changed in March.</p>",
+                    "text_body": "Hi {{ name }},\n\nHere is what changed in March.",
+                    "pools": ["newsletter"],
+                    "tracking": True,
+                    "unsubscribe_scope": "global",
+                }
+            ]
+        }
+    )
+
     name: Name
     subject: Annotated[
         str, Field(min_length=1, max_length=MAX_SUBJECT_CHARS), AfterValidator(single_line)
@@ -66,6 +122,8 @@ class CampaignCreate(Body):
 
 
 class CampaignSummary(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_SUMMARY_EXAMPLE]})
+
     id: UUID
     owner_id: UUID
     name: str
@@ -84,9 +142,16 @@ class CampaignSummary(BaseModel):
 class CampaignPage(CursorPage[CampaignSummary]):
     """A page of campaigns, newest first."""
 
+    model_config = page_config(
+        _SUMMARY_EXAMPLE,
+        "MjAyNS0wMy0xNFQwOTozMDowMCswMDowMHwwYjZjMmY0ZS04ZDFhLTRlNTctOWMzYi01YTdkMmU5ZjFjNDg",
+    )
+
 
 class CampaignPool(BaseModel):
     """The accounts a campaign may send through now (its pool, resolved as the dispatcher does)."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_POOL_EXAMPLE]})
 
     every_account: bool = Field(description="Neither pools nor account_ids: every account.")
     accounts: dict[AccountStatus, int] = Field(description="Member accounts in each status.")
@@ -96,6 +161,8 @@ class CampaignPool(BaseModel):
 
 
 class Campaign(CampaignSummary):
+    model_config = ConfigDict(json_schema_extra={"examples": [CAMPAIGN_EXAMPLE]})
+
     html_body: str | None
     text_body: str | None
     messages: dict[str, int] = Field(description="Number of messages in each status.")
@@ -105,6 +172,15 @@ class Campaign(CampaignSummary):
 
 class CampaignUpdate(Body):
     """Only the fields present change."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"pools": ["newsletter", "eu"], "unsubscribe_scope": "campaign"},
+                {"account_ids": ["c7e1a9d3-5f2b-4c8e-b6a4-9d3f1e7c5a20"]},
+            ]
+        }
+    )
 
     tracking: bool | None = Field(default=None, description=_TRACKING)
     unsubscribe_scope: UnsubscribeScope | None = Field(default=None, description=_UNSUBSCRIBE_SCOPE)
@@ -124,6 +200,19 @@ class CampaignUpdate(Body):
 
 
 class CampaignDetail(Campaign):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **CAMPAIGN_EXAMPLE,
+                    "engagement": ENGAGEMENT_EXAMPLE,
+                    "feedback": FEEDBACK_EXAMPLE,
+                    "engagement_by_account": [ACCOUNT_ENGAGEMENT_EXAMPLE],
+                }
+            ]
+        }
+    )
+
     engagement: Engagement
     feedback: Feedback
     engagement_by_account: list[AccountEngagement] = Field(
@@ -132,10 +221,32 @@ class CampaignDetail(Campaign):
 
 
 class CampaignStart(Body):
+    """Start now, or at start_at."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"start_at": "2025-03-17T08:00:00Z"}]}
+    )
+
     start_at: Moment | None = None
 
 
 class CampaignCancelled(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "campaign": {
+                        **CAMPAIGN_EXAMPLE,
+                        "status": "cancelled",
+                        "messages": {"sending": 4, "sent": 1200, "failed": 12, "cancelled": 2450},
+                    },
+                    "cancelled_messages": 2450,
+                    "released_reservations": 150,
+                }
+            ]
+        }
+    )
+
     campaign: Campaign
     cancelled_messages: int
     released_reservations: int

@@ -1,7 +1,7 @@
 """Shapes every resource shares: validated strings, timestamps, tags, pages."""
 
 from datetime import UTC, datetime
-from typing import Annotated, Generic, Literal, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from email_validator import EmailNotValidError, validate_email
 from pydantic import (
@@ -100,3 +100,16 @@ class CursorPage(BaseModel, Generic[T]):
     items: list[T]
     limit: int
     next_cursor: str | None = Field(description="Pass as cursor for the next page; null: last.")
+
+
+def page_config(item: dict[str, Any], next_cursor: str | None = None) -> ConfigDict:
+    """The model_config of a concrete page, its example holding `item`.
+
+    With a `next_cursor`, a full page of one (limit 1); without, the last page of a list.
+    """
+    page: dict[str, Any] = {
+        "items": [item],
+        "limit": 1 if next_cursor else 50,
+        "next_cursor": next_cursor,
+    }
+    return ConfigDict(json_schema_extra={"examples": [page]})

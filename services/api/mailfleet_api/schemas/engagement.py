@@ -7,10 +7,52 @@ from uuid import UUID
 
 from pydantic import (
     BaseModel,
+    ConfigDict,
     Field,
 )
 
 from mailfleet_api.schemas.common import AccountStatus, CampaignStatus, InboundKind
+
+# Figures of 1,200 sent messages, reused by the examples of the models that embed them.
+ENGAGEMENT_EXAMPLE: dict[str, Any] = {
+    "sent": 1200,
+    "opens": 640,
+    "unique_opens": 480,
+    "human_opens": 410,
+    "unique_human_opens": 350,
+    "clicks": 150,
+    "unique_clicks": 120,
+    "human_clicks": 110,
+    "unique_human_clicks": 96,
+    "unsubscribes": 6,
+    "open_rate": 0.4,
+    "human_open_rate": 0.2917,
+    "click_rate": 0.1,
+    "human_click_rate": 0.08,
+    "unsubscribe_rate": 0.005,
+}
+FEEDBACK_EXAMPLE: dict[str, Any] = {
+    "sent": 1200,
+    "hard_bounces": 18,
+    "soft_bounces": 7,
+    "complaints": 1,
+    "replies": 4,
+    "hard_bounce_rate": 0.015,
+    "soft_bounce_rate": 0.0058,
+    "complaint_rate": 0.0008,
+    "reply_rate": 0.0033,
+}
+ACCOUNT_ENGAGEMENT_EXAMPLE: dict[str, Any] = {
+    "account_id": "c7e1a9d3-5f2b-4c8e-b6a4-9d3f1e7c5a20",
+    "name": "smtp-eu-1",
+    "engagement": ENGAGEMENT_EXAMPLE,
+}
+CAMPAIGN_ENGAGEMENT_EXAMPLE: dict[str, Any] = {
+    "campaign_id": "0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+    "name": "March newsletter",
+    "status": "completed",
+    "engagement": ENGAGEMENT_EXAMPLE,
+}
 
 
 class Engagement(BaseModel):
@@ -20,6 +62,8 @@ class Engagement(BaseModel):
     count in the totals but not in the human figures. Rates are unique counts over ``sent``,
     rounded to 4 decimals, and 0 when nothing was sent.
     """
+
+    model_config = ConfigDict(json_schema_extra={"examples": [ENGAGEMENT_EXAMPLE]})
 
     sent: int = Field(description="Messages sent.")
     opens: int = Field(description="Open events, repeats and machine opens included.")
@@ -73,6 +117,8 @@ class Feedback(BaseModel):
     it. Rates are over ``sent``, rounded to 4 decimals, and 0 when nothing was sent.
     """
 
+    model_config = ConfigDict(json_schema_extra={"examples": [FEEDBACK_EXAMPLE]})
+
     sent: int = Field(description="Messages sent.")
     hard_bounces: int = Field(description="Sent messages that bounced for good.")
     soft_bounces: int = Field(description="Sent messages that bounced for now (mailbox full...).")
@@ -104,6 +150,15 @@ def feedback_figures(row: Mapping[str, Any]) -> dict[str, Any]:
 
 MAILBOX_REPORT_DAYS = 7
 
+_MAILBOX_EXAMPLE: dict[str, Any] = {
+    "folder": "INBOX",
+    "uidvalidity": 1712345678,
+    "last_uid": 4821,
+    "polled_at": "2025-03-14T09:29:30Z",
+    "last_error": None,
+    "reports": {"bounce": 12, "complaint": 1, "reply": 3, "auto-reply": 5},
+}
+
 
 class AccountMailbox(BaseModel):
     """How far the bouncer has read the account's mailbox, and what it found there lately.
@@ -111,6 +166,8 @@ class AccountMailbox(BaseModel):
     The position fields are null until the mailbox is first read (and again after its host,
     username or folder change).
     """
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_MAILBOX_EXAMPLE]})
 
     folder: str | None = Field(description="The folder read.")
     uidvalidity: int | None = Field(description="The folder's UIDVALIDITY when last read.")
@@ -129,6 +186,22 @@ class AccountHealth(Feedback):
     bounce or complaint rate over its last sends passes the configured maximum.
     """
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "account_id": "c7e1a9d3-5f2b-4c8e-b6a4-9d3f1e7c5a20",
+                    "status": "active",
+                    "status_reason": None,
+                    "rates_since": "2025-03-01T08:00:00Z",
+                    "window": 1000,
+                    **FEEDBACK_EXAMPLE,
+                    "mailbox": _MAILBOX_EXAMPLE,
+                }
+            ]
+        }
+    )
+
     account_id: UUID
     status: AccountStatus
     status_reason: str | None
@@ -140,12 +213,16 @@ class AccountHealth(Feedback):
 
 
 class AccountEngagement(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [ACCOUNT_ENGAGEMENT_EXAMPLE]})
+
     account_id: UUID
     name: str
     engagement: Engagement
 
 
 class CampaignEngagement(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [CAMPAIGN_ENGAGEMENT_EXAMPLE]})
+
     campaign_id: UUID
     name: str
     status: CampaignStatus

@@ -1,7 +1,7 @@
 """Bounces, complaints and replies read from the accounts' mailboxes."""
 
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -10,13 +10,43 @@ from pydantic import (
     Field,
 )
 
-from mailfleet_api.schemas.common import CursorPage, InboundKind, Moment
+from mailfleet_api.schemas.common import CursorPage, InboundKind, Moment, page_config
+
+_DETAIL_EXAMPLE: dict[str, Any] = {
+    "address": "gone@example.org",
+    "bounce": "hard",
+    "status": "5.1.1",
+    "diagnostic": "smtp; 550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown",
+    "action_field": "failed",
+    "reason": "the mailbox does not exist (5.1.1)",
+    "message_id": 48213,
+    "campaign_id": "0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+    "matched_by": "message-id",
+    "action": "suppressed:hard-bounce",
+    "feedback_type": None,
+}
+_REPORT_EXAMPLE: dict[str, Any] = {
+    "id": 9121,
+    "account_id": "c7e1a9d3-5f2b-4c8e-b6a4-9d3f1e7c5a20",
+    "kind": "bounce",
+    "parser": "rfc3464",
+    "sender": "MAILER-DAEMON@mx.example.org",
+    "subject": "Undelivered Mail Returned to Sender",
+    "size": 6242,
+    "truncated": False,
+    "matched": 1,
+    "problem": None,
+    "details": [_DETAIL_EXAMPLE],
+    "received_at": "2025-03-14T09:31:07Z",
+    "published": True,
+    "has_raw": False,
+}
 
 
 class InboundDetail(BaseModel):
     """What a report says about one recipient, and what was done about it."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", json_schema_extra={"examples": [_DETAIL_EXAMPLE]})
 
     address: str | None = None
     bounce: Literal["hard", "soft"] | None = None
@@ -36,6 +66,8 @@ class InboundDetail(BaseModel):
 
 class InboundReport(BaseModel):
     """One message the bouncer read from an account's mailbox."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_REPORT_EXAMPLE]})
 
     id: int
     account_id: UUID
@@ -74,4 +106,6 @@ class InboundReportFilter(BaseModel):
 
 
 class InboundReportPage(CursorPage[InboundReport]):
-    pass
+    """A page of inbound reports, newest first."""
+
+    model_config = page_config(_REPORT_EXAMPLE, "MjAyNS0wMy0xNFQwOTozMTowNyswMDowMHw5MTIx")

@@ -1,13 +1,14 @@
 """Suppressions: scopes, reasons, filters, imports."""
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    ConfigDict,
     Field,
     model_validator,
 )
@@ -19,6 +20,7 @@ from mailfleet_api.schemas.common import (
     Moment,
     filled,
     no_nul,
+    page_config,
     single_line,
 )
 
@@ -31,8 +33,32 @@ DEFAULT_SUPPRESSION_REASON = "manual"
 _EXPIRES_AT = "When it stops applying; null: never."
 _SUPPRESSION_CAMPAIGN = "The one campaign it applies to; null: every campaign."
 
+_SUPPRESSION_EXAMPLE: dict[str, Any] = {
+    "id": 7310,
+    "email": "carol@example.net",
+    "campaign_id": None,
+    "reason": "asked by phone",
+    "source": "api:user:3f1e9a52-7c4d-4b8e-a1f6-2d9c0e5b7a13",
+    "created_at": "2025-03-14T09:12:00Z",
+    "expires_at": None,
+    "active": True,
+}
+
 
 class SuppressionCreate(Body):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"email": "carol@example.net", "reason": "asked by phone"},
+                {
+                    "email": "dave@example.com",
+                    "reason": "on leave",
+                    "campaign_id": "0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+                },
+            ]
+        }
+    )
+
     email: EmailAddress
     reason: SuppressionReason = DEFAULT_SUPPRESSION_REASON
     campaign_id: UUID | None = Field(default=None, description=_SUPPRESSION_CAMPAIGN)
@@ -53,6 +79,8 @@ class SuppressionCreate(Body):
 
 
 class Suppression(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_SUPPRESSION_EXAMPLE]})
+
     id: int
     email: str
     campaign_id: UUID | None = Field(description=_SUPPRESSION_CAMPAIGN)
@@ -66,6 +94,12 @@ class Suppression(BaseModel):
 
 
 class SuppressionAdded(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"suppression": _SUPPRESSION_EXAMPLE, "created": True, "cancelled": 2}]
+        }
+    )
+
     suppression: Suppression = Field(
         description="The stored entry, which may differ from the request: a permanent "
         "suppression is never shortened, a temporary one only lengthened."
@@ -106,16 +140,44 @@ class SuppressionFilter(BaseModel):
 
 
 class SuppressionPage(CursorPage[Suppression]):
-    pass
+    """A page of suppressions, newest first."""
+
+    model_config = page_config(_SUPPRESSION_EXAMPLE, "MjAyNS0wMy0xNFQwOToxMjowMCswMDowMHw3MzEw")
+
+
+_INVALID_ROW_EXAMPLE: dict[str, Any] = {
+    "row": 14,
+    "email": "bob@",
+    "reason": "invalid email address",
+}
 
 
 class InvalidRow(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [_INVALID_ROW_EXAMPLE]})
+
     row: int = Field(description="The row in the file, the header being row 1.")
     email: str | None
     reason: str
 
 
 class SuppressionImport(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "dry_run": False,
+                    "rows": 250,
+                    "imported": 231,
+                    "already_present": 15,
+                    "repeated": 3,
+                    "invalid_count": 1,
+                    "invalid": [_INVALID_ROW_EXAMPLE],
+                    "cancelled": 4,
+                }
+            ]
+        }
+    )
+
     dry_run: bool = Field(description="Nothing was stored: the figures say what would be.")
     rows: int = Field(description="Rows read, the header and blank lines left out.")
     imported: int = Field(description="Addresses newly suppressed.")

@@ -1,7 +1,7 @@
 """Uncertain messages and their resolutions."""
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -12,14 +12,37 @@ from pydantic import (
     model_validator,
 )
 
-from mailfleet_api.schemas.common import Body, CursorPage
+from mailfleet_api.schemas.common import Body, CursorPage, page_config
 
 Resolution = Literal["sent", "resend"]
 _MESSAGE_IDS_MAX = 10_000
 
+_MESSAGE_EXAMPLE: dict[str, Any] = {
+    "id": 48213,
+    "campaign_id": "0b6c2f4e-8d1a-4e57-9c3b-5a7d2e9f1c48",
+    "account_id": "c7e1a9d3-5f2b-4c8e-b6a4-9d3f1e7c5a20",
+    "email": "ada@example.org",
+    "message_id": "<48213.0b6c2f4e@mail.example.com>",
+    "attempts": 1,
+    "sender_replica": "sender-7f9c4d-2xkq8",
+    "last_code": None,
+    "last_error": "connection lost after DATA",
+    "flagged_at": "2025-03-12T07:05:41Z",
+}
+_RESOLUTION_EXAMPLE: dict[str, Any] = {
+    "id": 311,
+    "message_id": 48213,
+    "resolution": "sent",
+    "resolved_by": "api:user:3f1e9a52-7c4d-4b8e-a1f6-2d9c0e5b7a13",
+    "resolved_at": "2025-03-12T08:00:00Z",
+    "note": "found in the provider's sent log",
+}
+
 
 class UncertainMessage(BaseModel):
     """A message that may or may not have reached the SMTP server; it is never re-sent alone."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_MESSAGE_EXAMPLE]})
 
     id: int
     campaign_id: UUID
@@ -51,15 +74,46 @@ class UncertainSelection(UncertainFilter):
     Ignoring it would widen the selection: `{"campain_id": ...}` would resolve every message.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "sender_replica": "sender-7f9c4d-2xkq8",
+                    "flagged_after": "2025-03-12T07:00:00Z",
+                    "flagged_before": "2025-03-12T07:10:00Z",
+                }
+            ]
+        },
+    )
 
 
 class UncertainPage(CursorPage[UncertainMessage]):
-    pass
+    """A page of uncertain messages, newest first."""
+
+    model_config = page_config(_MESSAGE_EXAMPLE, "MjAyNS0wMy0xMlQwNzowNTo0MSswMDowMHw0ODIxMw")
 
 
 class UncertainResolve(Body):
     """Resolve uncertain messages, chosen by `message_ids` or by `filter` (one of them)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "resolution": "sent",
+                    "message_ids": [48213],
+                    "note": "found in the provider's sent log",
+                },
+                {
+                    "resolution": "resend",
+                    "filter": {"sender_replica": "sender-7f9c4d-2xkq8"},
+                    "accept_duplicate_risk": True,
+                    "note": "replica killed mid-batch; provider has no record",
+                },
+            ]
+        }
+    )
 
     resolution: Resolution = Field(
         description="sent: it did arrive, mark it delivered. resend: queue it again with the "
@@ -88,6 +142,21 @@ class UncertainResolve(Body):
 
 
 class UncertainResolved(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "resolution": "sent",
+                    "resolved": 1,
+                    "message_ids": [48213],
+                    "not_uncertain": [],
+                    "resolved_by": "api:user:3f1e9a52-7c4d-4b8e-a1f6-2d9c0e5b7a13",
+                    "resolved_at": "2025-03-12T08:00:00Z",
+                }
+            ]
+        }
+    )
+
     resolution: Resolution
     resolved: int = Field(description="Messages resolved by this call.")
     message_ids: list[int] = Field(description="Their ids (the first 10,000).")
@@ -101,6 +170,8 @@ class UncertainResolved(BaseModel):
 class UncertainResolution(BaseModel):
     """Who resolved an uncertain message, how and when."""
 
+    model_config = ConfigDict(json_schema_extra={"examples": [_RESOLUTION_EXAMPLE]})
+
     id: int
     message_id: int
     resolution: Resolution
@@ -110,4 +181,6 @@ class UncertainResolution(BaseModel):
 
 
 class UncertainResolutionPage(CursorPage[UncertainResolution]):
-    pass
+    """A page of resolutions, newest first."""
+
+    model_config = page_config(_RESOLUTION_EXAMPLE)

@@ -1,0 +1,1 @@
+"""mailfleet webhooks: delivers the outbox of webhook events to the users' endpoints."""
