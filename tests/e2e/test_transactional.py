@@ -108,6 +108,13 @@ async def test_a_transactional_message_passes_the_backlog_once_with_its_attachme
 
     status = await db.fetchval("SELECT status FROM messages WHERE id = $1", message_id)
     assert status == "sent"
+
+    async def recorded() -> bool:
+        # Sends are counted from the attempts' reports, which the dispatcher records a moment
+        # after the outcomes themselves.
+        return await db.fetchval("SELECT sent FROM account_daily_usage") == 401
+
+    await wait_until(recorded, 10, "the attempts recorded")
     usage = await db.fetchrow("SELECT reserved, sent FROM account_daily_usage")
     assert usage is not None
     assert usage["reserved"] == usage["sent"] == 401

@@ -21,6 +21,13 @@ from mailfleet_dispatcher.settings import DispatchSettings
 
 log = logging.getLogger(__name__)
 
+# An urgent notice is a hint a sender replica may miss (a hand-over in progress, a
+# reconnection): the transactional lane sends it again for the messages still not claimed
+# this long after, a few times, before leaving them to their commands.
+_RENOTICE_AFTER_S = 1.0
+_RENOTICES = 3
+_NOTICED_MAX = 10_000
+
 
 @dataclass(frozen=True)
 class Traces:
@@ -187,6 +194,8 @@ class Assigner:
         self._headroom = 0 if urgent is None else settings.priority_headroom
         self._wakeup = asyncio.Event()
         self._rotation = 0
+        # Transactional messages noticed: id -> (account, when to check again, notices sent).
+        self._noticed: dict[int, tuple[UUID, float, int]] = {}
 
     def wake(self) -> None:
         """Run the next tick now rather than when the timer says."""
@@ -224,21 +233,65 @@ class Assigner:
                 # rare; the transaction rolled back whole, so trying again is safe.
                 if attempt == 2:
                     raise
+        if self._urgent is not None and assignments:
+            # First: the replica busy with the account sends these next, and the commands,
+            # behind the account's campaign commands, then find them claimed.
+            await self._notice(self._urgent, assignments)
         traces = None
         if assignments and tracing.enabled():
             traces = await self._traces(assignments, started_ns)
-        if assignments and self._urgent is not None:
-            # Before the commands: the replica busy with the account sends these next, and
-            # the commands, behind the account's campaign commands, then find them claimed.
-            try:
-                await self._urgent.publish_urgent(assignments)
-            except Exception as exc:
-                log.warning("urgent notice not published", extra={"error": repr(exc)})
         batches = await self._publisher.publish_batches(assignments, traces) if assignments else 0
+        if self._urgent is not None and self._noticed:
+            await self._notice_again(self._urgent)
         assigned = sum(len(ids) for ids in assignments.values())
         metrics.MESSAGES_ASSIGNED.inc(assigned)
         metrics.TICK_SECONDS.observe(time.perf_counter() - started)
         return TickResult(assigned=assigned, batches=batches, accounts=accounts)
+
+    async def _notice(
+        self,
+        urgent: UrgentPublisher,
+        assignments: Mapping[UUID, Sequence[int]],
+        times: Mapping[int, int] | None = None,
+    ) -> None:
+        """Notice the messages to the senders, to be checked again `_RENOTICE_AFTER_S` on.
+
+        `times`: how many notices each message has had before (none if missing).
+        """
+        due = time.monotonic() + _RENOTICE_AFTER_S
+        for account_id, ids in assignments.items():
+            for message_id in ids:
+                sent = 1 + (times or {}).get(message_id, 0)
+                self._noticed[message_id] = (account_id, due, sent)
+        while len(self._noticed) > _NOTICED_MAX:
+            del self._noticed[next(iter(self._noticed))]
+        try:
+            await urgent.publish_urgent(assignments)
+        except Exception as exc:
+            log.warning("urgent notice not published", extra={"error": repr(exc)})
+
+    async def _notice_again(self, urgent: UrgentPublisher) -> None:
+        """Notice again the messages noticed a while ago and still not claimed."""
+        now = time.monotonic()
+        due = [i for i, (_, at, _) in self._noticed.items() if at <= now]
+        if not due:
+            return
+        try:
+            async with self._pool.acquire() as conn:
+                waiting = dict(await queries.still_assigned(conn, due))
+        except Exception as exc:
+            log.warning("noticed messages not checked", extra={"error": repr(exc)})
+            return  # checked again at the next tick
+        again: dict[UUID, list[int]] = {}
+        times: dict[int, int] = {}
+        for message_id in due:
+            account_id, _, sent = self._noticed.pop(message_id)
+            if waiting.get(message_id) == account_id and sent < _RENOTICES:
+                again.setdefault(account_id, []).append(message_id)
+                times[message_id] = sent
+        if again:
+            metrics.URGENT_RENOTICED.inc(len(times))
+            await self._notice(urgent, again, times)
 
     async def _traces(
         self, assignments: Mapping[UUID, Sequence[int]], started_ns: int

@@ -18,6 +18,10 @@ TICK_SECONDS = Histogram(
     "Duration of one assignment tick, commit and publish included.",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
 )
+URGENT_RENOTICED = Counter(
+    "mailfleet_dispatcher_urgent_renoticed_total",
+    "Transactional messages noticed again to the senders, still unclaimed a second after.",
+)
 TICK_ERRORS = Counter("mailfleet_dispatcher_tick_errors_total", "Assignment ticks that failed.")
 SWEPT = Counter(
     "mailfleet_dispatcher_swept_total",

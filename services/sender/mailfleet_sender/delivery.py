@@ -6,7 +6,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -47,6 +47,52 @@ _tracer = tracing.get_tracer("mailfleet_sender")
 _DETAIL_MAX = 1000
 _NEVER = datetime.min.replace(tzinfo=UTC)
 _URGENT_MAX = 1000
+# How long a replica keeps a notice for an account it is not (yet) the active consumer of:
+# long enough to outlast a hand-over, short enough that few of them are stale by then.
+_PARKED_S = 30.0
+
+
+class UrgentIds:
+    """Transactional messages noticed for an account (UrgentSends), to send before the rest.
+
+    `ready` ones are sent before the next message of the account; `parked` ones were noticed
+    while this replica was not known to be the account's active consumer (standby, between
+    two registrations in a hand-over): they wait, for `_PARKED_S`, until it becomes active,
+    and are then checked against the database before joining the ready ones. Every id is
+    only a hint: it is claimed with a compare-and-set, so one sent meanwhile is skipped.
+    """
+
+    def __init__(self) -> None:
+        self._ready: deque[int] = deque(maxlen=_URGENT_MAX)
+        self._parked: dict[int, float] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._ready)
+
+    def add(self, ids: Sequence[int], ready: bool) -> None:
+        if ready:
+            queued = set(self._ready)
+            self._ready.extend(i for i in ids if i not in queued)
+            return
+        now = time.monotonic()
+        self._parked = {i: t for i, t in self._parked.items() if t > now}
+        if len(self._parked) + len(ids) <= _URGENT_MAX:
+            self._parked.update(dict.fromkeys(ids, now + _PARKED_S))
+
+    def pop(self) -> int | None:
+        return self._ready.popleft() if self._ready else None
+
+    def unpark(self) -> list[int]:
+        """The parked ids not yet expired, oldest first; none are parked afterwards."""
+        now = time.monotonic()
+        ids = sorted(i for i, t in self._parked.items() if t > now)
+        self._parked.clear()
+        return ids
+
+    def park(self) -> None:
+        """This replica is no longer the active consumer: the ready ids wait as parked ones."""
+        self.add(list(self._ready), ready=False)
+        self._ready.clear()
 
 
 @dataclass
@@ -63,7 +109,7 @@ class Account:
     free_at: datetime = _NEVER
     # Transactional messages just assigned to the account (UrgentSends): while it works its
     # commands, each is sent before the next message of the command in hand.
-    urgent: deque[int] = field(default_factory=lambda: deque(maxlen=_URGENT_MAX))
+    urgent: UrgentIds = field(default_factory=UrgentIds)
     _counters: dict[str, "Counter"] = field(default_factory=dict)
 
     @property
@@ -167,6 +213,8 @@ class Deliverer:
         self._publisher = publisher
         self._templates = templates
         self._tracker = tracker
+        # Contents of noticed transactional messages, read while they wait for their turn.
+        self._contents: dict[int, asyncio.Task[queries.ContentRow | None]] = {}
 
     async def deliver_batch(
         self,
@@ -200,15 +248,17 @@ class Deliverer:
         self, account: Account, slot: int, batch: _Batch, stopping: asyncio.Event
     ) -> None:
         pending: Outcome | None = None
-        while batch.ids:
+        while not batch.halted:
+            if stopping.is_set() or not await self._wait_while_held(account, stopping):
+                batch.interrupted = batch.interrupted or bool(batch.ids)
+                break
             # A transactional message goes before the rest of the command: its own command
             # comes later, behind the campaign's, and finds it claimed (compare-and-set).
-            message_id = account.urgent.popleft() if account.urgent else batch.ids.popleft()
-            if batch.halted:
-                break
-            if stopping.is_set() or not await self._wait_while_held(account, stopping):
-                batch.interrupted = True
-                break
+            message_id = account.urgent.pop()
+            if message_id is None:
+                if not batch.ids:
+                    break
+                message_id = batch.ids.popleft()
             delay = account.transport.reserve_turn()
             if delay > 0:
                 if pending is not None:
@@ -257,6 +307,50 @@ class Deliverer:
             pending = self._outcome(account, claimed, result)
         if pending is not None:
             await self._committer.submit(pending, None)
+
+    async def deliver_urgent(self, account: Account, stopping: asyncio.Event) -> None:
+        """Send the account's noticed transactional messages, outside any command.
+
+        Only the account's active consumer calls this (it alone sends for the account), so
+        the account's pace and connections hold as for a command.
+        """
+        if parked := account.urgent.unpark():
+
+            async def fetch() -> list[int]:
+                async with self._pool.acquire() as conn:
+                    return await queries.still_assigned(conn, account.id, parked)
+
+            account.urgent.add(await while_database_away(fetch, "noticed messages"), ready=True)
+        if account.urgent:
+            await self.deliver_batch(account, [], stopping)
+
+    def prefetch_contents(self, message_ids: Sequence[int]) -> None:
+        """Start reading the contents of transactional messages about to be sent here.
+
+        A message's content is written with it and never changes, so it can be read before
+        the claim; one never sent here is dropped with the oldest.
+        """
+        for message_id in message_ids:
+            if message_id not in self._contents:
+                task = asyncio.create_task(self._fetch_content(message_id))
+                # A failure is met again, and logged, by the read at send time.
+                task.add_done_callback(lambda t: t.cancelled() or t.exception())
+                self._contents[message_id] = task
+        while len(self._contents) > _URGENT_MAX:
+            self._contents.pop(next(iter(self._contents))).cancel()
+
+    async def _fetch_content(self, message_id: int) -> queries.ContentRow | None:
+        async with self._pool.acquire() as conn:
+            return await queries.fetch_content(conn, message_id)
+
+    async def _content(self, message_id: int) -> queries.ContentRow | None:
+        prefetched = self._contents.pop(message_id, None)
+        if prefetched is not None and not prefetched.cancelled():
+            try:
+                return await prefetched
+            except Exception as exc:
+                log.debug("prefetched content not read", extra={"error": repr(exc)})
+        return await while_database_away(lambda: self._fetch_content(message_id), "message content")
 
     async def _wait_while_held(self, account: Account, stopping: asyncio.Event) -> bool:
         """Wait out the account's hold after a failed connection; False if stopping."""
@@ -368,12 +462,7 @@ class Deliverer:
         Links and the open pixel follow its stream's `tracking`; there is no List-Unsubscribe
         (it is not bulk mail), but suppressions were checked at claim as for any message.
         """
-
-        async def fetch() -> queries.ContentRow | None:
-            async with self._pool.acquire() as conn:
-                return await queries.fetch_content(conn, claimed.id)
-
-        content = await while_database_away(fetch, "message content")
+        content = await self._content(claimed.id)
         if content is None:
             raise MessageBuildError(f"message {claimed.id} has no content")
         templates = compile_campaign(

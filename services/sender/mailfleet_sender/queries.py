@@ -165,6 +165,20 @@ async def fetch_content(conn: Conn, message_id: int) -> ContentRow | None:
     )
 
 
+async def still_assigned(conn: Conn, account_id: UUID, message_ids: list[int]) -> list[int]:
+    """Those of the messages still waiting, assigned to the account, to be sent; oldest first."""
+    rows = await conn.fetch(
+        """
+        SELECT id FROM messages
+        WHERE id = ANY($2::bigint[]) AND status = 'assigned' AND account_id = $1
+        ORDER BY id
+        """,
+        account_id,
+        message_ids,
+    )
+    return [row["id"] for row in rows]
+
+
 # Outcomes first (compare-and-set from `sending`; a slow sender swept to `uncertain` may still
 # record `sent`), then claims (`assigned -> sending`, only for an active account and a running
 # campaign). A claimed message whose address is suppressed (for good or not yet expired,

@@ -195,7 +195,8 @@ class SenderReplica:
         """Listen for transactional messages just assigned (UrgentSends), on a queue of ours.
 
         Exclusive to this connection and restored with it; notices sent while it was away
-        are lost, which only costs time: the commands follow.
+        are lost, which only costs time: the dispatcher notices again the messages still not
+        claimed a moment later, and the commands follow.
         """
         channel = await self._connection.channel(publisher_confirms=False)
         queue = await channel.declare_queue(
@@ -211,11 +212,13 @@ class SenderReplica:
             log.warning("malformed urgent notice ignored")
             return
         subscription = self.subscriptions.get(notice.account_id)
-        # Only the replica working the account's commands acts: it is the queue's active
-        # consumer, and it sends them on the account's own connection, at its pace. Ids
-        # already sent through their command are skipped at claim (compare-and-set).
-        if subscription is not None and subscription.serving:
-            subscription.account.urgent.extend(notice.message_ids)
+        # Only the account's active consumer sends them, on the account's own connection at
+        # its pace; the others keep them in case the account passes to them. Ids already
+        # sent through their command are skipped at claim (compare-and-set).
+        if subscription is not None:
+            subscription.notice(notice.message_ids)
+            if subscription.serving:
+                self._deliverer.prefetch_contents(notice.message_ids)
 
     async def _load_campaign(self, campaign_id: UUID) -> CampaignRow | None:
         async with self._pool.acquire() as conn:
@@ -281,6 +284,7 @@ class SenderReplica:
             partial(deliver_send_batch, self._deliverer, self._membership.lag),
             self._channels,
             partial(self._owned_elsewhere, row.id),
+            self._deliverer.deliver_urgent,
         )
         try:
             await subscription.start()

@@ -13,7 +13,8 @@ command left unacknowledged on the closed channel, so the command in hand stops 
 message in hand and commands waiting in an inbox are dropped, not worked twice.
 
 An account holds no task while it has nothing to do: one is started when a command arrives
-and ends when its inbox is empty.
+(or a transactional message is noticed while this replica is its active consumer) and ends
+when its inbox is empty.
 """
 
 import asyncio
@@ -38,15 +39,13 @@ from mailfleet_sender.metrics import CHANNELS, CONSUMER_RESTORES, HANDOVERS, HAN
 log = logging.getLogger(__name__)
 
 BatchHandler = Callable[[Account, AbstractIncomingMessage, asyncio.Event], Awaitable[None]]
+UrgentHandler = Callable[[Account, asyncio.Event], Awaitable[None]]
 
 # A channel that closes again soon after its consumers were restored (a queue that can no
 # longer be declared as configured, say) is restored ever more slowly, not in a tight loop.
 _RESTORE_SETTLE_S = 5.0
 _RESTORE_DELAY_MIN_S = 0.5
 _RESTORE_DELAY_MAX_S = 30.0
-# After its last command, how long a consumer still counts as the account's active one: the
-# next command of a busy account arrives within a round trip of the previous acknowledgement.
-_SERVING_GAP_S = 1.0
 
 
 class SharedChannel:
@@ -185,9 +184,11 @@ class AccountSubscription:
         handle: BatchHandler,
         channels: ConsumerChannels,
         owned_elsewhere: Callable[[], bool],
+        send_urgent: UrgentHandler,
     ) -> None:
         self.account = account
         self._handle = handle
+        self._send_urgent = send_urgent
         self._channels = channels
         self._owned_elsewhere = owned_elsewhere
         self._inbox: deque[AbstractIncomingMessage] = deque()
@@ -197,6 +198,11 @@ class AccountSubscription:
         self._interrupted = asyncio.Event()
         self._cycle = False
         self._tag: str | None = None
+        # The broker delivered to the consumer `_tag`: it is the queue's single active
+        # consumer, and stays so until it is cancelled or its channel closes.
+        self._active = False
+        # Became active with notices parked meanwhile: they are checked and sent first.
+        self._adopting = False
         self._shared: SharedChannel | None = None
         self._queue: AbstractRobustQueue | None = None
         self._task: asyncio.Task[None] | None = None
@@ -227,9 +233,23 @@ class AccountSubscription:
 
     @property
     def serving(self) -> bool:
-        """Working the account's commands, or between two of them (the active consumer)."""
-        recent = asyncio.get_running_loop().time() - self.idle_since < _SERVING_GAP_S
-        return self._tag is not None and (self.busy or recent)
+        """The account's active consumer: it alone sends for the account, busy or idle."""
+        return self._tag is not None and self._active
+
+    def notice(self, message_ids: list[int]) -> None:
+        """Transactional messages just assigned to the account: send them before the rest.
+
+        The active consumer sends them before the next message of its command in hand, or
+        at once if it is idle. Another replica keeps them for a while (parked): it may be
+        the next in line, taking over before their commands, behind the look-ahead, reach it.
+        """
+        self.account.urgent.add(message_ids, ready=self.serving)
+        if self.serving:
+            self._wake()
+
+    @property
+    def _urgent_due(self) -> bool:
+        return self.serving and (self._adopting or bool(self.account.urgent))
 
     async def start(self) -> None:
         """Take a place on a shared channel, declare and bind the queue, consume."""
@@ -271,7 +291,12 @@ class AccountSubscription:
     def interrupt(self) -> None:
         """The consumer is gone (channel closed or cancelled by the broker)."""
         self._tag = None
+        self._inactive()
         self._interrupted.set()
+
+    def _inactive(self) -> None:
+        self._active = self._adopting = False
+        self.account.urgent.park()
 
     def request_cycle(self) -> None:
         """Move to the back of the consumer line once the command in hand is done."""
@@ -315,6 +340,8 @@ class AccountSubscription:
         self._queue = None
 
     async def _on_delivery(self, message: AbstractIncomingMessage) -> None:
+        if not self._active and message.consumer_tag == self._tag:
+            self._active = self._adopting = True
         self._inbox.append(message)
         self._wake()
 
@@ -324,16 +351,33 @@ class AccountSubscription:
 
     async def _run(self) -> None:
         try:
-            while not self._stopping and (self._inbox or self._cycle):
+            while not self._stopping and (self._inbox or self._cycle or self._urgent_due):
+                if self._urgent_due:
+                    await self._urgent()
                 if self._inbox:
                     await self._work(self._inbox.popleft())
                 if self._cycle and not self._stopping:
+                    # Noticed messages go out before the account passes to another replica.
+                    if self._urgent_due:
+                        await self._urgent()
                     await self._recycle()
         finally:
             self.idle_since = asyncio.get_running_loop().time()
 
+    async def _urgent(self) -> None:
+        self._adopting = False
+        try:
+            await self._send_urgent(self.account, self._interrupted)
+        except Exception:
+            # Their commands follow on the queue: a failure here only costs time. Parked,
+            # they are not tried again until the account's next activation.
+            self.account.urgent.park()
+            log.exception("noticed messages not sent", extra={"account_id": str(self.account.id)})
+        finally:
+            self.account.free_at = datetime.now(UTC)
+
     async def _work(self, message: AbstractIncomingMessage) -> None:
-        if message.consumer_tag != self._tag or message.channel.is_closed:
+        if message.consumer_tag != self._tag or _on_closed_channel(message):
             # From a consumer that is gone: the broker requeued it when the channel closed,
             # or it comes back to the queue now.
             await _requeue(message)
@@ -365,6 +409,7 @@ class AccountSubscription:
 
     async def _cancel_consumer(self) -> None:
         tag, self._tag = self._tag, None
+        self._inactive()
         if tag is not None and self._queue is not None:
             try:
                 await self._queue.cancel(tag)
@@ -373,15 +418,23 @@ class AccountSubscription:
 
     def _drop_stale(self) -> None:
         # Commands delivered on a channel that closed: the broker has them back already.
-        self._inbox = deque(m for m in self._inbox if not m.channel.is_closed)
+        self._inbox = deque(m for m in self._inbox if not _on_closed_channel(m))
 
     async def _requeue_inbox(self) -> None:
         while self._inbox:
             await _requeue(self._inbox.popleft())
 
 
+def _on_closed_channel(message: AbstractIncomingMessage) -> bool:
+    # aio-pika raises instead of answering once the channel is closed.
+    try:
+        return message.channel.is_closed
+    except aiormq.exceptions.ChannelInvalidStateError:
+        return True
+
+
 async def _requeue(message: AbstractIncomingMessage) -> None:
-    if message.channel.is_closed:
+    if _on_closed_channel(message):
         return  # the broker requeued it when its channel closed
     try:
         await message.nack(requeue=True)
