@@ -309,7 +309,7 @@ async def test_one_click_unsubscribe_as_a_mail_client_sends_it(fleet: Fleet, db:
             "recipients": [{"email": "Leaving@Example.org"}, {"email": "staying@example.org"}],
         },
     )
-    assert response.status_code == 200, response.text
+    assert response.status_code == 202, response.text
     assert response.json()["accepted"] == 1
     assert [(r["email"].lower(), r["reason"]) for r in response.json()["rejected"]] == [
         ("leaving@example.org", "suppressed")
