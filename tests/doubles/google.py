@@ -23,6 +23,7 @@ from tests.doubles.oauth import (
     OAuthError,
     TokenStore,
     oauth_error_response,
+    read_form,
     scope_set,
     token_response,
 )
@@ -153,7 +154,7 @@ class GoogleDouble:
     # -- the HTTP side ------------------------------------------------------------------------
 
     async def _token(self, request: Request) -> Response:
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        form = await read_form(request)
         grant_type = form.get("grant_type", "")
         user = None
         try:
@@ -245,7 +246,7 @@ class GoogleDouble:
         return str(subject), scopes, account.email
 
     async def _revoke(self, request: Request) -> Response:
-        token = request.query_params.get("token") or str((await request.form()).get("token", ""))
+        token = request.query_params.get("token") or (await read_form(request)).get("token", "")
         if not self.tokens.revoke(token):
             return oauth_error_response(OAuthError("invalid_token", "Token expired or revoked"))
         return Response(status_code=200)

@@ -17,6 +17,7 @@ from tests.doubles.oauth import (
     OAuthError,
     TokenStore,
     oauth_error_response,
+    read_form,
     scope_set,
     token_response,
 )
@@ -189,7 +190,7 @@ class MicrosoftDouble:
             )
 
     async def _token(self, request: Request) -> Response:
-        form = {k: str(v) for k, v in (await request.form()).items()}
+        form = await read_form(request)
         grant_type = form.get("grant_type", "")
         user = None
         try:

@@ -6,7 +6,7 @@ import secrets
 import threading
 import time
 from dataclasses import dataclass, field
-from urllib.parse import unquote, urlencode
+from urllib.parse import parse_qsl, unquote, urlencode
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
@@ -68,6 +68,11 @@ class OAuthError(Exception):
         self.description = description
         self.status = status
         self.code = code  # Microsoft's AADSTS number
+
+
+async def read_form(request: Request) -> dict[str, str]:
+    """RFC 6749 section 3.2: token requests are application/x-www-form-urlencoded."""
+    return dict(parse_qsl((await request.body()).decode("utf-8", "replace")))
 
 
 def pkce_matches(verifier: str, challenge: str, method: str) -> bool:
