@@ -1,7 +1,7 @@
 """Pytest fixtures serving the Google and Microsoft doubles: one server per session, reset per test.
 
-Use them from another test folder with `from tests.doubles.fixtures import google, microsoft`
-(imported names are fixtures) or `pytest_plugins` in the root conftest.
+Use them from another test folder's conftest.py with `from tests.doubles.fixtures import *`
+(the session fixtures behind `google` and `microsoft` must be imported with them).
 """
 
 from collections.abc import Iterator
@@ -10,6 +10,8 @@ import pytest
 
 from tests.doubles.google import GoogleDouble
 from tests.doubles.microsoft import MicrosoftDouble
+
+__all__ = ["_google_server", "_microsoft_server", "google", "microsoft"]
 
 
 @pytest.fixture(scope="session")
