@@ -28,6 +28,8 @@ FAST_WORKER_ENV = {
     "MAILFLEET_WEBHOOKS__LEASE_S": "3",
     "MAILFLEET_WEBHOOKS__POLL_S": "0.2",
     "MAILFLEET_WEBHOOKS__DISABLE_AFTER_FAILURES": "100000",
+    # The receiver runs on this machine.
+    "MAILFLEET_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS": "true",
 }
 
 EVERY_TYPE = list(get_args(WebhookEventType))

@@ -138,6 +138,30 @@ async def test_a_delivery_is_given_up_after_its_schedule_with_the_response_logge
     assert [r["headers"]["webhook-id"] for r in receiver.records()] == [f"msg_{event_id}"] * 3
 
 
+async def test_private_destinations_are_refused_without_a_request_by_default(
+    db: Db, crypto_keys: str, receiver: Receiver, stack: Stack
+) -> None:
+    await add_endpoint(db, crypto_keys, receiver.url)  # on 127.0.0.1
+    await stack.start_webhooks(
+        {
+            "MAILFLEET_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS": "false",
+            "MAILFLEET_WEBHOOKS__RETRY_SCHEDULE_S": "[0.1]",
+        }
+    )
+    await insert_events(db, 1)
+
+    async def given_up() -> bool:
+        return await db.fetchval("SELECT status FROM webhook_deliveries") == "failed"
+
+    await wait_for(given_up, 10, "the delivery failed")
+    rows = await db.fetch("SELECT status_code, error FROM webhook_attempts")
+    assert len(rows) == 2
+    for row in rows:
+        assert row["status_code"] is None
+        assert "resolves to 127.0.0.1, not a public address" in row["error"]
+    assert receiver.records() == []
+
+
 async def test_an_endpoint_failing_persistently_is_disabled_with_a_notice(
     db: Db, crypto_keys: str, receiver: Receiver, stack: Stack
 ) -> None:

@@ -1,6 +1,8 @@
 """Posting one webhook: Standard Webhooks signing, and an HTTP request with firm limits."""
 
 import asyncio
+import ipaddress
+import socket
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -21,10 +23,43 @@ class Response:
     body: str | None  # the start of the response body, up to the configured bound
     error: str | None  # timeout, connection refused, ...
     timed_out: bool = False
+    refused: bool = False  # not sent: the destination is not a public address
 
     @property
     def delivered(self) -> bool:
         return self.status_code is not None and 200 <= self.status_code < 300
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%", 1)[0])  # an IPv6 zone is not part of it
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global
+
+
+async def refused_destination(url: str) -> str | None:
+    """Why `url` may not be posted to, or None: its host must resolve to public addresses only.
+
+    Loopback, private, link-local (cloud metadata), shared and reserved addresses are the
+    platform's own network, not a user's receiver. The check resolves the name as the request
+    will a moment later; a name whose answers change in between (DNS rebinding) is outside
+    it, which the deployment's egress policy covers (deploy/k8s: port 443 to the internet).
+    """
+    parsed = httpx.URL(url)
+    host = parsed.host
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"cannot resolve {host}: {exc}"
+    for *_, sockaddr in infos:
+        address = str(sockaddr[0])
+        if not _public(address):
+            return (
+                f"{host} resolves to {address}, not a public address "
+                "(MAILFLEET_WEBHOOKS__ALLOW_PRIVATE_DESTINATIONS allows it)"
+            )
+    return None
 
 
 def signed_headers(signer: Webhook, webhook_id: str, body: str, at: datetime) -> dict[str, str]:

@@ -5,10 +5,11 @@ from prometheus_client import Counter, Gauge, Histogram
 ATTEMPTS = Counter(
     "mailfleet_webhooks_attempts_total",
     "Webhook requests made, by result: delivered (2xx), http_error (any other status),"
-    " timeout, network (connection refused, reset, TLS, ...).",
+    " timeout, network (connection refused, reset, TLS, ...), refused (not sent: the"
+    " endpoint's host is not a public address).",
     ["result"],
 )
-for _result in ("delivered", "http_error", "timeout", "network"):
+for _result in ("delivered", "http_error", "timeout", "network", "refused"):
     ATTEMPTS.labels(_result)
 ATTEMPT_SECONDS = Histogram(
     "mailfleet_webhooks_attempt_seconds",

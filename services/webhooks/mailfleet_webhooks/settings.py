@@ -19,6 +19,9 @@ class WebhookSettings(BaseModel):
     - poll_s: the longest wait for new work (a notification wakes the worker sooner).
     - connect_timeout_s, timeout_s: one request's limits (connect; whole request).
     - max_response_bytes: the most of a response body read, and kept in the delivery log.
+    - allow_private_destinations: post to endpoints whose host resolves to loopback, private,
+      link-local or reserved addresses too. Off: such an attempt fails without a request (the
+      platform's own network is not a place users may send signed requests to).
 
     Retrying and disabling:
     - retry_schedule_s: the delay before each retry, in order; a delivery failing once more
@@ -36,6 +39,7 @@ class WebhookSettings(BaseModel):
     connect_timeout_s: float = Field(default=5.0, gt=0)
     timeout_s: float = Field(default=15.0, gt=0)
     max_response_bytes: int = Field(default=4096, ge=0, le=1024 * 1024)
+    allow_private_destinations: bool = False
     retry_schedule_s: list[float] = Field(default=DEFAULT_RETRY_SCHEDULE_S, max_length=50)
     jitter: float = Field(default=0.2, ge=0, le=1)
     disable_after_failures: int = Field(default=20, ge=1)

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from uuid import UUID
 
 import asyncpg
@@ -213,14 +213,24 @@ class WebhookWorker:
                 return
             now = datetime.now().astimezone()
             headers = delivery.signed_headers(signer, f"msg_{item.event_id}", item.body, now)
-            answer = await delivery.post(
-                self._client,
-                item.url,
-                headers,
-                item.body,
-                config.max_response_bytes,
-                config.timeout_s,
+            refused = (
+                None
+                if config.allow_private_destinations
+                else await delivery.refused_destination(item.url)
             )
+            if refused is not None:
+                answer = delivery.Response(
+                    datetime.now(UTC), None, 0.0, None, refused, refused=True
+                )
+            else:
+                answer = await delivery.post(
+                    self._client,
+                    item.url,
+                    headers,
+                    item.body,
+                    config.max_response_bytes,
+                    config.timeout_s,
+                )
         finally:
             metrics.IN_FLIGHT.dec()
         metrics.ATTEMPT_SECONDS.observe(answer.latency_ms / 1000)
@@ -228,6 +238,8 @@ class WebhookWorker:
             metrics.ATTEMPTS.labels("delivered").inc()
         elif answer.timed_out:
             metrics.ATTEMPTS.labels("timeout").inc()
+        elif answer.refused:
+            metrics.ATTEMPTS.labels("refused").inc()
         elif answer.status_code is None:
             metrics.ATTEMPTS.labels("network").inc()
         else:

@@ -30,6 +30,10 @@ COUNTERS = (*EVENT_COUNTERS, *MESSAGE_COUNTERS)
 
 _COLUMNS = ", ".join(COUNTERS)
 _SUMS = ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in COUNTERS)
+MESSAGE_STATUS_COLUMNS = ", ".join(f"messages_{s}" for s in MESSAGE_STATUSES)
+MESSAGE_STATUS_SUMS = ", ".join(
+    f"coalesce(sum(messages_{s}), 0)::bigint AS messages_{s}" for s in MESSAGE_STATUSES
+)
 _EVENT_SUMS = ", ".join(f"coalesce(sum({c}), 0)::bigint AS {c}" for c in EVENT_COUNTERS)
 
 

@@ -78,17 +78,33 @@ async def count_messages_by_status(conn: Conn) -> dict[str, int]:
 
 
 async def count_account_messages_by_status(conn: Conn) -> list[schemas.AccountQueue]:
-    """Per account, its messages in each status (messages not tied to an account left out)."""
+    """Per account, its messages in each status (messages not tied to an account left out).
+
+    From the counters (one row per account, plus the unfolded deltas), not from `messages`:
+    grouping the messages themselves took seconds at 10M.
+    """
     rows = await conn.fetch(
-        """
-        SELECT a.id AS account_id, a.name, jsonb_object_agg(m.status, m.n) AS by_status
-        FROM (SELECT account_id, status, count(*) AS n FROM messages
-              WHERE account_id IS NOT NULL GROUP BY 1, 2) m
-        JOIN accounts a ON a.id = m.account_id
+        f"""
+        SELECT a.id AS account_id, a.name, {counters.MESSAGE_STATUS_SUMS}
+        FROM (
+            SELECT account_id, {counters.MESSAGE_STATUS_COLUMNS} FROM counter_buckets
+            WHERE campaign_id = '{counters.EVERY}' AND account_id <> '{counters.EVERY}'
+              AND bucket = '-infinity'
+            UNION ALL
+            SELECT account_id, {counters.MESSAGE_STATUS_COLUMNS} FROM counter_deltas
+            WHERE account_id IS NOT NULL AND bucket = '-infinity'
+        ) c
+        JOIN accounts a ON a.id = c.account_id
         GROUP BY a.id, a.name ORDER BY a.name, a.id
-        """
+        """  # noqa: S608 - constants only
     )
-    return [schemas.AccountQueue.model_validate(dict(r)) for r in rows]
+    queues = [
+        schemas.AccountQueue(
+            account_id=r["account_id"], name=r["name"], by_status=counters.messages_by_status(r)
+        )
+        for r in rows
+    ]
+    return [q for q in queues if q.by_status]
 
 
 async def delete_failed_messages(conn: Conn, campaign_id: UUID | None) -> int:
