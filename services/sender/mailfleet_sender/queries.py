@@ -7,6 +7,7 @@ from uuid import UUID
 
 import asyncpg
 import asyncpg.pool
+from mailfleet_common import pausing
 
 # A plain connection or one borrowed from a pool: the caller owns the transaction.
 Conn: TypeAlias = (
@@ -353,45 +354,8 @@ async def requeue_and_pause_account(
 ) -> datetime | None:
     """Pause an account whose configuration is wrong, and give its messages back to the queue.
 
-    The message in hand (`sending`, nothing was sent for it) loses the attempt its claim
-    counted; it and every other message still assigned to the account go back to `queued`
-    and give their units of capacity back to the day they were assigned on. The account is
-    updated first: the dispatcher's assignment locks the account row, so once the pause holds,
-    no new assignment can appear that the second statement would not see. The pause's
-    'account-paused' event is written with it (the dispatcher, receiving the AccountPaused of
-    the same instant, records nothing more). Returns when this call paused the account, or None
-    if it was no longer active.
+    See pausing.requeue_and_pause_account: the message in hand goes back with the others.
     """
-    async with conn.transaction():
-        paused_at: datetime | None = await conn.fetchval(
-            "SELECT pause_account($1, $2, 'sender')", account_id, reason
-        )
-        await conn.execute(
-            """
-            WITH msg AS (
-                UPDATE messages
-                SET status = 'queued', account_id = NULL, assigned_at = NULL,
-                    sender_replica = NULL,
-                    attempts = CASE WHEN id = $1 THEN attempts - 1 ELSE attempts END,
-                    last_code = CASE WHEN id = $1 THEN $3 ELSE last_code END,
-                    last_error = CASE WHEN id = $1 THEN $4 ELSE last_error END,
-                    updated_at = now()
-                FROM (SELECT id AS held_id, assigned_at AS held_at FROM messages
-                      WHERE (id = $1 AND status = 'sending')
-                         OR (account_id = $2 AND status = 'assigned')
-                      FOR NO KEY UPDATE) AS held
-                WHERE messages.id = held.held_id
-                RETURNING held.held_at
-            )
-            SELECT release_reservations(
-                array_agg($2::uuid), array_agg((held_at AT TIME ZONE 'UTC')::date),
-                array_agg(1)
-            )
-            FROM msg
-            """,
-            message_id,
-            account_id,
-            code,
-            reason,
-        )
-    return paused_at
+    return await pausing.requeue_and_pause_account(
+        conn, account_id, reason, "sender", message_id=message_id, code=code
+    )
