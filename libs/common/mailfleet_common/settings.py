@@ -112,6 +112,40 @@ class TemplateSettings(BaseModel):
         return TemplateLimits(self.max_operations, self.max_output_chars)
 
 
+class OAuthClientSettings(BaseModel):
+    """One provider's OAuth client (its app registration) and token endpoint."""
+
+    client_id: str = ""
+    client_secret: SecretStr = SecretStr("")
+    token_uri: str
+    scopes: str  # space-separated, as asked of the provider
+
+
+class OAuthSettings(BaseModel):
+    """OAuth2 clients for Google and Microsoft accounts, read by every service that sends or reads.
+
+    - google / microsoft (MAILFLEET_OAUTH__GOOGLE__CLIENT_ID, __CLIENT_SECRET, __TOKEN_URI,
+      __SCOPES; the same under __MICROSOFT__): the app registration refresh tokens were issued
+      to. Microsoft's token_uri names the tenant (``common`` takes any).
+    - refresh_margin_s (MAILFLEET_OAUTH__REFRESH_MARGIN_S): an access token this close to its
+      expiry is refreshed before use, so none expires in the middle of a send.
+    - timeout_s (MAILFLEET_OAUTH__TIMEOUT_S): the most one token request may take.
+    """
+
+    google: OAuthClientSettings = OAuthClientSettings(
+        token_uri="https://oauth2.googleapis.com/token",  # noqa: S106 - a URL
+        scopes="https://www.googleapis.com/auth/gmail.send "
+        "https://www.googleapis.com/auth/gmail.modify",
+    )
+    microsoft: OAuthClientSettings = OAuthClientSettings(
+        token_uri="https://login.microsoftonline.com/common/oauth2/v2.0/token",  # noqa: S106
+        scopes="offline_access https://outlook.office.com/SMTP.Send "
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+    )
+    refresh_margin_s: float = Field(default=300.0, ge=0)
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
 class ServiceSettings(BaseSettings):
     """Base for each service's Settings: MAILFLEET_POSTGRES__DSN, MAILFLEET_RABBIT__URL, ..."""
 

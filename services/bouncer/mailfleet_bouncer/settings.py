@@ -4,6 +4,7 @@ from mailfleet_common.settings import (
     AccountRateSettings,
     CryptoSettings,
     HttpSettings,
+    OAuthSettings,
     ServiceSettings,
     TrackingSettings,
 )
@@ -56,5 +57,6 @@ class BouncerHttp(HttpSettings):
 class Settings(ServiceSettings):
     http: BouncerHttp = BouncerHttp()
     crypto: CryptoSettings = CryptoSettings()
+    oauth: OAuthSettings = OAuthSettings()
     tracking: TrackingSettings = TrackingSettings()
     bouncer: BouncerSettings = BouncerSettings()

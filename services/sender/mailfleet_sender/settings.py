@@ -3,6 +3,7 @@
 from mailfleet_common.settings import (
     CryptoSettings,
     HttpSettings,
+    OAuthSettings,
     ReplicaSettings,
     ServiceSettings,
     TemplateSettings,
@@ -65,6 +66,7 @@ class Settings(ServiceSettings):
 
     http: SenderHttp = SenderHttp()
     crypto: CryptoSettings = CryptoSettings()
+    oauth: OAuthSettings = OAuthSettings()
     sender: SenderSettings = SenderSettings()
     replicas: ReplicaSettings = ReplicaSettings()
     templates: TemplateSettings = TemplateSettings()
