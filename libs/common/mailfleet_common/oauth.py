@@ -230,6 +230,14 @@ async def import_refresh_token(
     await _store_credentials(conn, account_id, provider, box.encrypt(refresh_token), None, None)
 
 
+def check_service_account_key(key: dict[str, Any]) -> None:
+    """Raise ValueError unless google-auth can sign with this service-account key."""
+    try:
+        service_account.Credentials.from_service_account_info(key)  # type: ignore[no-untyped-call]
+    except (ValueError, KeyError) as exc:
+        raise ValueError("the service-account key's private_key is not a usable key") from exc
+
+
 async def import_service_account(
     conn: Conn, box: SecretBox, account_id: UUID, key: dict[str, Any], subject: str
 ) -> None:

@@ -13,6 +13,7 @@ from uuid import UUID
 import asyncpg
 import typer
 from email_validator import EmailNotValidError, validate_email
+from mailfleet_common import oauth
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.migrate import migrate as apply_migrations
 from mailfleet_common.serving import serve
@@ -273,14 +274,14 @@ def create_api_key(
 
 @app.command("rotate-secrets")
 def rotate_secrets() -> None:
-    """Re-encrypt SMTP and IMAP passwords and webhook secrets with the newest key."""
+    """Re-encrypt passwords, OAuth credentials, access tokens and webhook secrets: newest key."""
     settings = _settings()
     box = SecretBox.from_settings(settings.crypto)
 
     def rotated(token: bytes | None) -> bytes | None:
         return None if token is None else box.rotate(token)
 
-    async def rotate() -> tuple[int, int]:
+    async def rotate() -> tuple[int, int, int]:
         conn = await asyncpg.connect(settings.postgres.dsn)
         try:
             async with conn.transaction():
@@ -305,14 +306,15 @@ def rotate_secrets() -> None:
                     for account in accounts
                     for token in (account.smtp_password_enc, account.imap_password_enc)
                 )
-                return secrets, len(endpoints)
+                oauth_accounts = await oauth.rotate_oauth_secrets(conn, box)
+                return secrets, oauth_accounts, len(endpoints)
         finally:
             await conn.close()
 
-    accounts, endpoints = asyncio.run(rotate())
+    accounts, oauth_accounts, endpoints = asyncio.run(rotate())
     typer.echo(
-        f"re-encrypted {accounts} account secrets and {endpoints} webhook secrets with the "
-        "newest key"
+        f"re-encrypted {accounts} account secrets, the OAuth credentials and tokens of "
+        f"{oauth_accounts} accounts and {endpoints} webhook secrets with the newest key"
     )
 
 

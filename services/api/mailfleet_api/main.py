@@ -26,6 +26,7 @@ from mailfleet_api.errors import document_errors, install_error_handlers
 from mailfleet_api.middleware import PlainErrorsAsProblems, RateLimitHeaders, RequestMetrics
 from mailfleet_api.rate_limits import RateLimiter
 from mailfleet_api.routes import (
+    account_oauth,
     accounts,
     analytics,
     auth,
@@ -55,6 +56,7 @@ _ROUTES = (
     auth,
     users,
     accounts,
+    account_oauth,
     pools,
     stats,
     campaigns,

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict
 from mailfleet_api import schemas
 from mailfleet_api.queries.columns import field_expressions, json_object, select_list
 from mailfleet_api.queries.pages import keyset_page
+from mailfleet_api.schemas.oauth import OAuthStatus
 
 # An account has two shapes, each written once:
 # - AccountRow, its writable columns: a request becomes one (routes.accounts.account_row) and
@@ -74,6 +75,17 @@ _IMAP = json_object(
         schemas.ImapSettings, "a.imap_{}", {"has_password": "a.imap_password_enc IS NOT NULL"}
     )
 )
+_OAUTH = json_object(
+    field_expressions(
+        OAuthStatus,
+        "o.{}",
+        {
+            "credential": "CASE WHEN o.refresh_token_enc IS NOT NULL THEN 'refresh_token' "
+            "ELSE 'service_account' END",
+            "access_token_expires_at": "o.access_expires_at",
+        },
+    )
+)
 _ACCOUNT = field_expressions(
     schemas.Account,
     "a.{}",
@@ -84,6 +96,7 @@ _ACCOUNT = field_expressions(
         "held_until": "CASE WHEN account_held(a) THEN a.held_until END",
         "held_reason": "CASE WHEN account_held(a) THEN a.held_reason END",
         "imap": f"CASE WHEN a.imap_host IS NOT NULL THEN {_IMAP} END",
+        "oauth": f"(SELECT {_OAUTH} FROM account_oauth o WHERE o.account_id = a.id)",  # noqa: S608
         "today": USAGE_TODAY,
     },
 )

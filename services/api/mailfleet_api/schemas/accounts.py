@@ -1,7 +1,7 @@
 """Sender accounts: SMTP and IMAP settings, tags, today's usage."""
 
 from datetime import date, datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from uuid import UUID
 
 from pydantic import (
@@ -27,6 +27,7 @@ from mailfleet_api.schemas.common import (
     page_config,
     single_line,
 )
+from mailfleet_api.schemas.oauth import OAuthStatus
 
 
 class _AccountFields(Body):
@@ -83,6 +84,8 @@ _ACCOUNT_EXAMPLE: dict[str, Any] = {
     "smtp_tls": "starttls",
     "smtp_username": "news@example.com",
     "has_password": True,
+    "auth_kind": "password",
+    "oauth": None,
     "from_email": "news@example.com",
     "from_name": "Example News",
     "daily_limit": 5000,
@@ -310,6 +313,13 @@ class Account(BaseModel):
         "set when the account is resumed."
     )
     imap: ImapSettings | None = Field(description=_IMAP)
+    auth_kind: Literal["password", "oauth2"] = Field(
+        description="How the account signs in: its password, or OAuth2 (see oauth)."
+    )
+    oauth: OAuthStatus | None = Field(
+        description="Its OAuth2 credentials (never the secrets), once imported "
+        "(POST /api/admin/accounts/{id}/oauth)."
+    )
     created_at: datetime
     updated_at: datetime
     today: AccountUsage
