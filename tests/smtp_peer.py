@@ -4,8 +4,17 @@
 ``full-...@``: 552. Any login is accepted except with the password ``wrong`` (535).
 A peer made with ``auth=False`` offers no AUTH; with an ``ssl_context`` it speaks TLS from the
 first byte (``tls="implicit"``) or offers STARTTLS (``tls="starttls"``, and AUTH only after it).
+
+Given a ``tokens`` registry (tests/oauth_tokens.py) the peer also offers AUTH XOAUTH2 and
+OAUTHBEARER, accepting a live token issued to the address the client names (235). A bad token
+is refused as the providers do: ``oauth_errors="google"`` sends the error challenge (334 and
+base64 JSON ``{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}``), waits
+for the client's empty line and answers ``535 5.7.8``; ``"microsoft"`` answers
+``535 5.7.3 Authentication unsuccessful`` at once, as Exchange Online does.
 """
 
+import base64
+import json
 import socket
 import ssl
 import threading
@@ -13,10 +22,18 @@ from dataclasses import dataclass, field
 from email.message import Message
 from email.parser import BytesParser
 from email.policy import default
-from typing import Any
+from typing import Any, Literal
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from tests.oauth_tokens import GMAIL_SCOPE, TokenRegistry, parse_bearer_response
+
+GOOGLE_BAD_CREDENTIALS = (
+    "535-5.7.8 Username and Password not accepted. For more information, go to",
+    "535 5.7.8  https://support.google.com/mail/?p=BadCredentials",
+)
+MICROSOFT_BAD_CREDENTIALS = "535 5.7.3 Authentication unsuccessful"
 
 
 @dataclass(frozen=True)
@@ -105,6 +122,54 @@ class Handler:
             return {r.peer for r in self.received}
 
 
+@dataclass
+class OAuthHandler(Handler):
+    """A Handler that also takes SASL XOAUTH2 and OAUTHBEARER against a token registry."""
+
+    tokens: TokenRegistry = field(default_factory=TokenRegistry)
+    oauth_errors: Literal["google", "microsoft"] = "google"
+    refused_tokens: list[str] = field(default_factory=list)
+
+    async def auth_XOAUTH2(self, server: SMTP, args: list[str]) -> AuthResult | None:  # noqa: N802 - aiosmtpd hook name
+        return await self._bearer(server, "XOAUTH2", args)
+
+    async def auth_OAUTHBEARER(self, server: SMTP, args: list[str]) -> AuthResult | None:  # noqa: N802 - aiosmtpd hook name
+        return await self._bearer(server, "OAUTHBEARER", args)
+
+    async def _bearer(self, server: SMTP, mechanism: str, args: list[str]) -> AuthResult | None:
+        if len(args) > 1:
+            try:
+                blob = base64.b64decode(args[1], validate=True)
+            except ValueError:
+                return AuthResult(success=False, handled=False, message="501 5.5.2 Bad base64")
+        else:
+            answer = await server.challenge_auth(b"")
+            if answer is MISSING:
+                return None  # challenge_auth has answered already
+            assert isinstance(answer, bytes)
+            blob = answer
+        parsed = parse_bearer_response(mechanism, blob)
+        if parsed is not None:
+            address, token = parsed
+            issued = self.tokens.holder(token)
+            if issued is not None and issued.address == address.lower():
+                with self._lock:
+                    self.logins.append(address)
+                return AuthResult(success=True, auth_data=address)
+            with self._lock:
+                self.refused_tokens.append(token)
+        if self.oauth_errors == "microsoft":
+            return AuthResult(success=False, handled=False, message=MICROSOFT_BAD_CREDENTIALS)
+        status = "401" if mechanism == "XOAUTH2" else "invalid_token"
+        error = {"status": status, "schemes": "bearer", "scope": GMAIL_SCOPE}
+        # The client answers the error challenge with an empty line (OAUTHBEARER: ^A).
+        if await server.challenge_auth(json.dumps(error).encode()) is MISSING:
+            return None
+        for line in GOOGLE_BAD_CREDENTIALS:
+            await server.push(line)
+        return None
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -120,8 +185,12 @@ class SmtpPeer:
         tls: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
         port: int | None = None,
+        tokens: TokenRegistry | None = None,
+        oauth_errors: Literal["google", "microsoft"] = "google",
     ) -> None:
-        self.handler = Handler()
+        self.handler = (
+            Handler() if tokens is None else OAuthHandler(tokens=tokens, oauth_errors=oauth_errors)
+        )
 
         def authenticate(
             server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any

@@ -1,8 +1,11 @@
 """Fixtures for the bouncer tests: a real Dovecot and Postfix for the whole run (see servers.py).
 
 ``dovecot`` serves IMAP and LMTP, ``postfix`` takes SMTP and delivers to it over LMTP, and
-``mailbox`` is a new ``sender-<random>@fleet.example.com`` user for each test. Missing packages fail
-the tests instead of skipping them: CI installs them (.ci/run, ``make test``).
+``mailbox`` is a new ``sender-<random>@fleet.example.com`` user for each test.
+``oauth_dovecot`` is a second Dovecot that also takes XOAUTH2 and OAUTHBEARER logins, checking
+the tokens of ``oauth_tokens`` through its introspection endpoint (tests/oauth_tokens.py).
+Missing packages fail the tests instead of skipping them: CI installs them (.ci/run,
+``make test``).
 """
 
 import shutil
@@ -12,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.bouncer.servers import Dovecot, Mailbox, Postfix, ServerError, make_servers_dir
+from tests.oauth_tokens import IntrospectionServer, TokenRegistry
 
 
 def _start(server: Dovecot | Postfix) -> None:
@@ -41,6 +45,29 @@ def mail_servers_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]
 def dovecot(mail_servers_dir: Path) -> Iterator[Dovecot]:
     """Dovecot on free ports of 127.0.0.1: ``imap_port``, ``lmtp_port``, ``add_user()``."""
     server = Dovecot(mail_servers_dir / "dovecot")
+    _start(server)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def introspection() -> Iterator[IntrospectionServer]:
+    """An RFC 7662 introspection endpoint over a token registry (``introspection.tokens``)."""
+    server = IntrospectionServer(TokenRegistry()).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def oauth_tokens(introspection: IntrospectionServer) -> TokenRegistry:
+    """The tokens ``oauth_dovecot`` accepts: ``issue(address)``, ``revoke(token)``."""
+    return introspection.tokens
+
+
+@pytest.fixture(scope="session")
+def oauth_dovecot(mail_servers_dir: Path, introspection: IntrospectionServer) -> Iterator[Dovecot]:
+    """Dovecot like ``dovecot``, also taking XOAUTH2 and OAUTHBEARER with ``oauth_tokens``."""
+    server = Dovecot(mail_servers_dir / "dovecot-oauth", oauth2_introspection_url=introspection.url)
     _start(server)
     yield server
     server.stop()

@@ -242,10 +242,17 @@ class Dovecot:
     IMAP offers STARTTLS on ``imap_port`` (plain logins are allowed too) and implicit TLS on
     ``imaps_port``, with a certificate for 127.0.0.1 and ``localhost`` issued by the CA in
     ``ca_file``, made up at each start.
+
+    With ``oauth2_introspection_url``, IMAP also takes SASL XOAUTH2 and OAUTHBEARER: an
+    ``oauth2`` passdb posts the bearer token to that RFC 7662 endpoint (tests/oauth_tokens.py)
+    and lets the user in when it answers active, for that address (``email``). Passwords keep
+    working through the passwd-file passdb; the user still needs its passwd-file (the userdb).
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, oauth2_introspection_url: str | None = None) -> None:
         self.root = root
+        self.oauth2_introspection_url = oauth2_introspection_url
+        self.oauth2_config_path = root / "dovecot-oauth2.conf.ext"
         self.host = HOST
         self.imap_port = 0
         self.imaps_port = 0
@@ -273,6 +280,8 @@ class Dovecot:
         os.chown(self.mail_dir, mail_user.pw_uid, mail_user.pw_gid)
         self.ca_file, self.cert_file, self.key_file = write_certificates(self.root)
         self.config_path.write_text(self._config(mail_user.pw_uid, mail_user.pw_gid))
+        if self.oauth2_introspection_url is not None:
+            self.oauth2_config_path.write_text(self._oauth2_config(self.oauth2_introspection_url))
         self._output = self.output_path.open("ab")
         self._process = subprocess.Popen(
             [dovecot, "-F", "-c", str(self.config_path)],
@@ -325,8 +334,36 @@ class Dovecot:
         """The end of Dovecot's log and of what it wrote to stdout/stderr."""
         return _logs(self.log_path, self.output_path)
 
+    def _oauth2_config(self, introspection_url: str) -> str:
+        # No tokeninfo_url: every login is one introspection request, so a revoked token
+        # fails at once. The answer must name the user logging in and say it is active.
+        return f"""\
+# The oauth2 passdb of the Dovecot for the bouncer tests, written by tests/bouncer/servers.py.
+introspection_mode = post
+introspection_url = {introspection_url}
+username_attribute = email
+active_attribute = active
+active_value = true
+timeout_msecs = 5000
+"""
+
+    def _oauth2_passdb(self) -> str:
+        if self.oauth2_introspection_url is None:
+            return ""
+        return f"""
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {self.oauth2_config_path}
+}}"""
+
     def _config(self, uid: int, gid: int) -> str:
         root = self.root
+        mechanisms, failure_delay, penalty = "plain login", "2 secs", "0600"
+        if self.oauth2_introspection_url is not None:
+            # A refused token answers at once: the tests refuse many on purpose. Without its
+            # socket, the auth process adds no growing penalty per failed login from 127.0.0.1.
+            mechanisms, failure_delay, penalty = "plain login xoauth2 oauthbearer", "0", "0"
         return f"""\
 # Dovecot for the bouncer tests, written by tests/bouncer/servers.py.
 instance_name = mailfleet-test-{self.imap_port}
@@ -340,7 +377,8 @@ ssl = yes
 ssl_cert = <{self.cert_file}
 ssl_key = <{self.key_file}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = {mechanisms}
+auth_failure_delay = {failure_delay}
 auth_verbose = yes
 first_valid_uid = {uid}
 last_valid_uid = {uid}
@@ -350,8 +388,9 @@ mail_location = maildir:~/Maildir
 
 passdb {{
   driver = passwd-file
+  mechanisms = plain login
   args = scheme=PLAIN username_format=%Lu {self.users_dir}/%Lu
-}}
+}}{self._oauth2_passdb()}
 userdb {{
   driver = passwd-file
   args = username_format=%Lu {self.users_dir}/%Lu
@@ -371,6 +410,11 @@ service imap-login {{
     address = {HOST}
     port = {self.imaps_port}
     ssl = yes
+  }}
+}}
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = {penalty}
   }}
 }}
 service lmtp {{
