@@ -56,9 +56,8 @@ class Api:
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
-    def skip_without(self, pattern: str) -> None:
-        if not any(re.fullmatch(pattern, path) for path in self.paths):
-            pytest.skip(f"no path like {pattern} in this API's /openapi.json yet")
+    def offers(self, pattern: str) -> bool:
+        return any(re.fullmatch(pattern, path) for path in self.paths)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +234,7 @@ def test_an_unreachable_api_is_a_clear_message(api: Api) -> None:
 
 
 async def test_messages_show_gives_a_message_with_its_history(api: Api, tmp_path: Path) -> None:
-    api.skip_without(MESSAGE_PATH)
+    assert api.offers(MESSAGE_PATH)
     campaign_id = _create_campaign(api, tmp_path)
     path = tmp_path / "one.csv"
     path.write_text("email,name,code\nreader@example.com,Reader,c1\n")
@@ -259,7 +258,7 @@ async def test_messages_show_gives_a_message_with_its_history(api: Api, tmp_path
 
 
 async def test_events_tail_follows_new_events_as_json_lines(api: Api, tmp_path: Path) -> None:
-    api.skip_without(FEED_PATH)
+    assert api.offers(FEED_PATH)
     sink = await api.stack.start_sink()
     await api.stack.start_dispatcher()
     await api.stack.start_sender()
@@ -308,7 +307,7 @@ def _tail(api: Api, *args: str) -> Iterator["subprocess.Popen[str]"]:
 
 
 async def test_events_tail_stops_cleanly_on_ctrl_c(api: Api) -> None:
-    api.skip_without(FEED_PATH)
+    assert api.offers(FEED_PATH)
     with _tail(api) as tail:
         assert tail.stderr is not None
         first = await asyncio.wait_for(asyncio.to_thread(tail.stderr.readline), timeout=30)
