@@ -146,6 +146,17 @@ class OAuthSettings(BaseModel):
     timeout_s: float = Field(default=10.0, gt=0)
 
 
+class GmailSettings(BaseModel):
+    """Where the Gmail API is, for Gmail-API accounts (the sender and the bouncer).
+
+    - api_url (MAILFLEET_GMAIL__API_URL): the REST API's base, up to and including ``/gmail/v1``.
+    - timeout_s (MAILFLEET_GMAIL__TIMEOUT_S): the most one request may take.
+    """
+
+    api_url: str = "https://gmail.googleapis.com/gmail/v1"
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
 class ServiceSettings(BaseSettings):
     """Base for each service's Settings: MAILFLEET_POSTGRES__DSN, MAILFLEET_RABBIT__URL, ..."""
 
