@@ -70,6 +70,20 @@ async def test_a_refreshed_token_is_cached_and_shared_until_near_its_expiry(
     assert len(_refreshes(google)) == 2
 
 
+async def test_a_refused_token_is_forgotten_once_and_the_next_call_refreshes(
+    db: Conn, google: GoogleDouble, google_account: uuid.UUID, tokens: AccessTokens
+) -> None:
+    first = await tokens.access_token(db, google_account)
+    assert await tokens.forget(db, google_account, first)
+    second = await tokens.access_token(db, google_account)
+    assert second != first
+    assert len(_refreshes(google)) == 2
+    # A replica still holding the old token does not drop the new one.
+    assert not await tokens.forget(db, google_account, first)
+    assert await tokens.access_token(db, google_account) == second
+    assert len(_refreshes(google)) == 2
+
+
 async def test_concurrent_callers_on_two_replicas_cause_one_refresh(
     database_dsn: str,
     box: SecretBox,

@@ -128,6 +128,23 @@ class AccessTokens:
                 return grant.access_token
         raise lost
 
+    async def forget(self, conn: Conn, account_id: UUID, token: str) -> bool:
+        """Drop ``token`` from the cache: the provider refused it before its expiry (revoked).
+
+        The next access_token() refreshes, so a caller may retry once with a new token. Only
+        this very token is dropped: if another replica has already replaced it, the new one
+        stays. Returns whether it was dropped. A caller whose fresh token is refused too must
+        not loop: the grant itself is at fault (pause the account).
+        """
+        async with conn.transaction():
+            row = await conn.fetchrow(_LOCKED_TOKEN, account_id)
+            if row is None or row["access_token_enc"] is None:
+                return False
+            if self._box.decrypt(bytes(row["access_token_enc"])) != token:
+                return False
+            await conn.execute(_FORGET_TOKEN, account_id)
+            return True
+
     async def _refresh(self, row: asyncpg.Record) -> _Grant:
         client: OAuthClientSettings = getattr(self._settings, row["provider"])
         timeout = self._settings.timeout_s
@@ -330,5 +347,10 @@ _STORE_GRANT = """
 _MARK_CONSENT_NEEDED = """
     UPDATE account_oauth
     SET consent = 'needed', access_token_enc = NULL, access_expires_at = NULL, updated_at = now()
+    WHERE account_id = $1
+"""
+_LOCKED_TOKEN = "SELECT access_token_enc FROM account_oauth WHERE account_id = $1 FOR NO KEY UPDATE"
+_FORGET_TOKEN = """
+    UPDATE account_oauth SET access_token_enc = NULL, access_expires_at = NULL, updated_at = now()
     WHERE account_id = $1
 """
