@@ -137,12 +137,12 @@ class AccessTokens:
         not loop: the grant itself is at fault (pause the account).
         """
         async with conn.transaction():
-            row = await conn.fetchrow(_LOCKED_TOKEN, account_id)
+            row = await conn.fetchrow(_LOCKED_ACCESS, account_id)
             if row is None or row["access_token_enc"] is None:
                 return False
             if self._box.decrypt(bytes(row["access_token_enc"])) != token:
                 return False
-            await conn.execute(_FORGET_TOKEN, account_id)
+            await conn.execute(_DROP_ACCESS, account_id)
             return True
 
     async def _refresh(self, row: asyncpg.Record) -> _Grant:
@@ -349,8 +349,10 @@ _MARK_CONSENT_NEEDED = """
     SET consent = 'needed', access_token_enc = NULL, access_expires_at = NULL, updated_at = now()
     WHERE account_id = $1
 """
-_LOCKED_TOKEN = "SELECT access_token_enc FROM account_oauth WHERE account_id = $1 FOR NO KEY UPDATE"
-_FORGET_TOKEN = """
+_LOCKED_ACCESS = """
+    SELECT access_token_enc FROM account_oauth WHERE account_id = $1 FOR NO KEY UPDATE
+"""
+_DROP_ACCESS = """
     UPDATE account_oauth SET access_token_enc = NULL, access_expires_at = NULL, updated_at = now()
     WHERE account_id = $1
 """
