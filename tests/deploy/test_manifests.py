@@ -272,7 +272,9 @@ def test_network_policies_allow_only_the_expected_paths() -> None:
     assert {name[w] for w in pods if egress_allowed(policies, pods[w], 5672)} == on_the_bus
     assert {name[w] for w in pods if egress_allowed(policies, pods[w], 25)} == {"sender"}
     assert {name[w] for w in pods if egress_allowed(policies, pods[w], 993)} == {"bouncer"}
-    assert {name[w] for w in pods if egress_allowed(policies, pods[w], 443)} == {"webhooks"}
+    # Webhook endpoints; OAuth token endpoints and the Gmail API.
+    https = {"webhooks", "api", "sender", "bouncer"}
+    assert {name[w] for w in pods if egress_allowed(policies, pods[w], 443)} == https
     assert all(egress_allowed(policies, pods[w], 53) for w in pods)
     # Nothing else leaves: an arbitrary port is closed to every pod.
     assert not any(egress_allowed(policies, pods[w], 8080) for w in pods)
