@@ -261,6 +261,12 @@ async def account_state(db: Any, account_id: uuid.UUID) -> Any:
     )
 
 
+async def held_state(db: Any, account_id: uuid.UUID) -> Any:
+    """The account's state once it is held, else None."""
+    state = await account_state(db, account_id)
+    return state if state["held_until"] is not None else None
+
+
 async def attempts_of(db: Any, ids: list[int]) -> list[int]:
     """The attempts counted on each message, in id order."""
     rows = await db.fetch(

@@ -26,6 +26,7 @@ from tests.sender.conftest import (
     account_state,
     attempts_of,
     drain_queue,
+    held_state,
     insert_campaign,
     insert_messages,
     insert_oauth_account,
@@ -141,7 +142,7 @@ async def test_a_quota_refusal_holds_only_that_account_while_another_keeps_sendi
         held_ids = await fleet.command(alice, 1)
         other_ids = await fleet.command(bob, 3)
         await wait_for(lambda: settled(db, other_ids))
-        state = await wait_for(lambda: _held(db, alice))
+        state = await wait_for(lambda: held_state(db, alice))
         # Gmail's "Retry after" is honoured; the message went back unburned.
         assert state["held_until"] >= retry_at - timedelta(milliseconds=300)
         assert "rateLimitExceeded" in state["held_reason"]
@@ -155,11 +156,6 @@ async def test_a_quota_refusal_holds_only_that_account_while_another_keeps_sendi
     assert await attempts_of(db, held_ids) == [1]
 
 
-async def _held(db: Any, account: uuid.UUID) -> Any:
-    state = await account_state(db, account)
-    return state if state["held_until"] is not None else None
-
-
 async def test_the_daily_sending_limit_holds_the_account_until_the_next_utc_midnight(
     db: Any, rabbit_url: str, google: GoogleDouble, fleet: GmailFleet
 ) -> None:
@@ -167,7 +163,7 @@ async def test_the_daily_sending_limit_holds_the_account_until_the_next_utc_midn
     google.gmail.daily_send_limit = 1
     async with running_sender(fleet.settings):
         ids = await fleet.command(account, 3)
-        state = await wait_for(lambda: _held(db, account))
+        state = await wait_for(lambda: held_state(db, account))
         await wait_for(lambda: _statuses_are(db, ids, ["sent", "assigned", "assigned"]))
 
     midnight = next_utc_midnight(datetime.now(UTC))
