@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import httpx
 import pytest
 from mailfleet_common import topology
-from mailfleet_sender.gmail import next_utc_midnight
+from mailfleet_sender.gmail import classify_answer, next_utc_midnight, retry_after_s
 from mailfleet_sender.settings import Settings
 from prometheus_client import REGISTRY
 
@@ -312,3 +313,34 @@ async def test_sends_of_one_account_are_spaced_to_stay_within_its_quota(
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert times[-1] - times[0] >= 4 * 0.2 - 0.1, gaps
     assert min(gaps) >= 0.1, gaps
+
+
+def test_the_wait_gmail_names_is_read_from_retry_after_or_from_its_message() -> None:
+    now = datetime(2026, 12, 6, 6, 0, tzinfo=UTC)
+    seconds = httpx.Response(429, headers={"Retry-After": "7"})
+    date = httpx.Response(429, headers={"Retry-After": "Sun, 06 Dec 2026 06:00:30 GMT"})
+    text = "User-rate limit exceeded.  Retry after 2026-12-06T06:01:00.000Z"
+    assert retry_after_s(seconds, "", now) == 7
+    assert retry_after_s(date, "", now) == 30
+    assert retry_after_s(httpx.Response(429), text, now) == 60
+    assert retry_after_s(httpx.Response(429), "Too many concurrent requests for user", now) == 0
+
+
+@pytest.mark.parametrize(
+    ("response", "verdict"),
+    [
+        (httpx.Response(502, text="<html>Bad Gateway</html>"), "temporary"),
+        (httpx.Response(403, text=""), "config"),
+        (gmail_errors.DELEGATION_DENIED, "config"),
+        (gmail_errors.RATE_LIMIT, "throttled"),
+        (gmail_errors.DAILY_LIMIT, "throttled"),
+    ],
+)
+def test_odd_and_quota_answers_never_fail_the_message(
+    response: httpx.Response | gmail_errors.GmailError, verdict: str
+) -> None:
+    if isinstance(response, gmail_errors.GmailError):
+        answer = response.response()
+        response = httpx.Response(answer.status_code, content=answer.body)
+    result, _ = classify_answer(response, datetime.now(UTC))
+    assert result.verdict == verdict

@@ -28,7 +28,7 @@ from typing import Literal
 
 import aiosmtplib
 from mailfleet_common.crypto import SecretBoxError
-from mailfleet_common.oauth import ConsentNeededError, NotAnOAuthAccountError, TokenRefreshError
+from mailfleet_common.oauth import ConsentNeededError, NotAnOAuthAccountError
 
 from mailfleet_sender.metrics import (
     CONNECTING,
@@ -164,8 +164,6 @@ def classify_token_failure(exc: Exception) -> SmtpResult:
     """What failing to get an account's access token means for it."""
     if isinstance(exc, ConsentNeededError):
         return SmtpResult("config", None, exc.reason, consent=exc)
-    if isinstance(exc, TokenRefreshError):
-        return SmtpResult("unreachable", None, f"OAuth2 access token not refreshed: {exc}")
     if isinstance(exc, (NotAnOAuthAccountError, TokensUnusableError)):
         return SmtpResult("config", None, f"OAuth2 login impossible: {exc}")
     if isinstance(exc, SecretBoxError):
@@ -175,7 +173,9 @@ def classify_token_failure(exc: Exception) -> SmtpResult:
             "the OAuth credentials cannot be decrypted with MAILFLEET_CRYPTO__KEYS: add the "
             "key they were stored with, or import them again",
         )
-    raise exc
+    # TokenRefreshError (the provider unreachable, or refusing the client), or a surprise:
+    # nothing was sent, the account waits and, failing on, is paused in the end.
+    return SmtpResult("unreachable", None, f"OAuth2 access token not refreshed: {exc}")
 
 
 def classify_reply(code: int, message: str) -> SmtpResult:

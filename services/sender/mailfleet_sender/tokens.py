@@ -1,5 +1,6 @@
 """OAuth2 access tokens of the accounts this replica sends for, read through its pool."""
 
+import logging
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -7,6 +8,8 @@ from mailfleet_common.crypto import SecretBox
 from mailfleet_common.db import Pool, while_database_away
 from mailfleet_common.oauth import AccessTokens, OAuthTokenError
 from mailfleet_common.settings import OAuthSettings
+
+log = logging.getLogger(__name__)
 
 
 class TokensUnusableError(OAuthTokenError):
@@ -48,7 +51,15 @@ class AccountTokens:
             async with self._pool.acquire() as conn:
                 return await tokens.forget(conn, account_id, token)
 
-        await while_database_away(forget, "forget access token")
+        try:
+            await while_database_away(forget, "forget access token")
+        except Exception as exc:
+            # The retry then gets the same token, refused again: the account is paused, which
+            # is what a token that cannot be forgotten deserves; nothing is sent meanwhile.
+            log.warning(
+                "refused access token not forgotten",
+                extra={"account_id": str(account_id), "error": repr(exc)},
+            )
 
 
 @dataclass(frozen=True, slots=True)
