@@ -14,8 +14,12 @@ import pytest
 from mailfleet_common import topology
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.messages import SendBatch
+from mailfleet_common.oauth import import_refresh_token
 from mailfleet_common.settings import (
     CryptoSettings,
+    GmailSettings,
+    OAuthClientSettings,
+    OAuthSettings,
     PostgresSettings,
     RabbitSettings,
     ReplicaSettings,
@@ -26,6 +30,12 @@ from mailfleet_sender.main import create_app
 from mailfleet_sender.metrics import SKIPPED
 from mailfleet_sender.replica import SenderReplica
 from mailfleet_sender.settings import SenderSettings, Settings
+from pydantic import SecretStr
+
+from tests.doubles.fixtures import *  # noqa: F403 - the google and microsoft doubles
+from tests.doubles.google import GoogleDouble
+from tests.doubles.microsoft import MicrosoftDouble
+from tests.doubles.oauth import OAuthClient
 
 Db = "asyncpg.Connection[asyncpg.Record]"
 TRACKER = "http://tracker.test"
@@ -48,6 +58,63 @@ def settings(database_dsn: str, rabbit_url: str, crypto_keys: str, tracking_keys
             smtp_timeout_s=5,
             helo_name="sender.test",
         ),
+    )
+
+
+GMAIL_SEND = "https://www.googleapis.com/auth/gmail.send"
+GOOGLE_MAIL = "https://mail.google.com/"
+OUTLOOK_SMTP = "https://outlook.office.com/SMTP.Send"
+TENANT = "contoso.onmicrosoft.com"
+
+
+@pytest.fixture
+def google_client(google: GoogleDouble) -> OAuthClient:
+    return google.add_client()
+
+
+@pytest.fixture
+def microsoft_client(microsoft: MicrosoftDouble) -> OAuthClient:
+    return microsoft.add_client(TENANT)
+
+
+@pytest.fixture
+def oauth_settings(
+    settings: Settings,
+    google: GoogleDouble,
+    microsoft: MicrosoftDouble,
+    google_client: OAuthClient,
+    microsoft_client: OAuthClient,
+) -> Settings:
+    """The sender's settings with OAuth clients at the doubles, and Gmail at Google's.
+
+    The quota gap is made negligible (a test of pacing sets its own), and so are the waits of
+    a held account.
+    """
+    return settings.model_copy(
+        update={
+            "oauth": OAuthSettings(
+                google=OAuthClientSettings(
+                    client_id=google_client.client_id,
+                    client_secret=SecretStr(google_client.secret or ""),
+                    token_uri=google.token_uri,
+                    scopes=f"{GOOGLE_MAIL} {GMAIL_SEND}",
+                ),
+                microsoft=OAuthClientSettings(
+                    client_id=microsoft_client.client_id,
+                    client_secret=SecretStr(microsoft_client.secret or ""),
+                    token_uri=microsoft.token_uri(TENANT),
+                    scopes=f"offline_access {OUTLOOK_SMTP}",
+                ),
+            ),
+            "gmail": GmailSettings(api_url=google.gmail_url, timeout_s=1.0),
+            "sender": settings.sender.model_copy(
+                update={
+                    "gmail_units_per_minute": 6_000_000,
+                    "connect_backoff_base_s": 0.3,
+                    "connect_backoff_cap_s": 3.0,
+                }
+            ),
+        }
     )
 
 
@@ -149,6 +216,63 @@ async def insert_account(
         tls,
     )
     return account_id
+
+
+async def insert_oauth_account(
+    db: Any,
+    crypto_keys: str,
+    provider: str,
+    refresh_token: str,
+    email: str,
+    *,
+    kind: str = "gmail-api",
+    smtp_port: int | None = None,
+    smtp_username: str | None = None,
+    min_gap_ms: int = 0,
+) -> uuid.UUID:
+    """An active OAuth2 account of `kind` sending as `email`, its refresh token imported.
+
+    A 'gmail-api' account has no SMTP server; an 'smtp' one uses the peer on `smtp_port`.
+    """
+    smtp = (None, None, None) if kind == "gmail-api" else ("127.0.0.1", smtp_port, "none")
+    account_id: uuid.UUID = await db.fetchval(
+        """
+        INSERT INTO accounts (name, kind, auth_kind, smtp_host, smtp_port, smtp_tls,
+                              smtp_username, from_email, from_name, daily_limit, min_gap_ms)
+        VALUES ($1, $2, 'oauth2', $3, $4, $5, $6, $1, 'Mail Fleet', 1000, $7)
+        RETURNING id
+        """,
+        email,
+        kind,
+        *smtp,
+        smtp_username,
+        min_gap_ms,
+    )
+    box = SecretBox([k for k in crypto_keys.split(",") if k])
+    await import_refresh_token(db, box, account_id, provider, refresh_token)
+    return account_id
+
+
+async def account_state(db: Any, account_id: uuid.UUID) -> Any:
+    """The account's status, pause reason and hold."""
+    return await db.fetchrow(
+        "SELECT status, status_reason, held_until, held_reason FROM accounts WHERE id = $1",
+        account_id,
+    )
+
+
+async def held_state(db: Any, account_id: uuid.UUID) -> Any:
+    """The account's state once it is held, else None."""
+    state = await account_state(db, account_id)
+    return state if state["held_until"] is not None else None
+
+
+async def attempts_of(db: Any, ids: list[int]) -> list[int]:
+    """The attempts counted on each message, in id order."""
+    rows = await db.fetch(
+        "SELECT attempts FROM messages WHERE id = ANY($1::bigint[]) ORDER BY id", ids
+    )
+    return [row["attempts"] for row in rows]
 
 
 async def insert_campaign(

@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from uuid import UUID
 
-from mailfleet_common import tracing
+from mailfleet_common import oauth, tracing
 from mailfleet_common.crypto import SecretBox, SecretBoxError
 from mailfleet_common.db import Pool, while_database_away
 from mailfleet_common.messages import AccountPaused, SendAttempt
@@ -24,6 +24,7 @@ from prometheus_client import Counter
 
 from mailfleet_sender import queries
 from mailfleet_sender.claims import Claim, Committer, Outcome
+from mailfleet_sender.gmail import GmailApi, GmailTransport
 from mailfleet_sender.metrics import DELIVERY_LATENCY, MESSAGES
 from mailfleet_sender.mime import (
     Attachment,
@@ -39,6 +40,7 @@ from mailfleet_sender.queries import AccountRow, ClaimedMessage
 from mailfleet_sender.reporting import AttemptReporter, EventPublisher
 from mailfleet_sender.settings import Settings
 from mailfleet_sender.smtp import AccountTransport, SmtpEndpoint, SmtpOptions, SmtpResult
+from mailfleet_sender.tokens import AccountTokens
 from mailfleet_sender.tracking import MessageLinks, Tracker
 
 log = logging.getLogger(__name__)
@@ -95,12 +97,22 @@ class UrgentIds:
         self._ready.clear()
 
 
+@dataclass(frozen=True, slots=True)
+class Connectors:
+    """What the replica's accounts send through, shared by all of them."""
+
+    smtp: SmtpOptions
+    secrets: SecretBox | None
+    tokens: AccountTokens
+    gmail: GmailApi
+
+
 @dataclass
 class Account:
-    """An account as this replica delivers for it: config, headers and SMTP connections."""
+    """An account as this replica delivers for it: config, headers and its transport."""
 
     row: AccountRow
-    transport: AccountTransport
+    transport: AccountTransport | GmailTransport
     from_header: str
     envelope_from: str
     domain: str
@@ -129,7 +141,19 @@ class Account:
         self._counters.clear()
 
 
-def _endpoint(row: AccountRow, secrets: SecretBox | None) -> SmtpEndpoint:
+def _endpoint(row: AccountRow, connectors: Connectors) -> SmtpEndpoint:
+    # The schema requires the server of 'smtp' accounts (accounts_smtp_complete).
+    host, port, tls = row.smtp_host or "", row.smtp_port or 0, row.smtp_tls or "none"
+    if row.auth_kind == "oauth2":
+        return SmtpEndpoint(
+            host=host,
+            port=port,
+            tls=tls,
+            username=row.smtp_username or row.from_email,
+            password=None,
+            oauth=connectors.tokens.of(row.id),
+        )
+    secrets = connectors.secrets
     password = None
     error = None
     if row.smtp_password_enc is not None:
@@ -147,52 +171,75 @@ def _endpoint(row: AccountRow, secrets: SecretBox | None) -> SmtpEndpoint:
                     "the key it was stored with, or enter the password again"
                 )
     return SmtpEndpoint(
-        host=row.smtp_host,
-        port=row.smtp_port,
-        tls=row.smtp_tls,
+        host=host,
+        port=port,
+        tls=tls,
         username=row.smtp_username,
         password=password,
         password_error=error,
     )
 
 
-def open_account(
-    row: AccountRow, settings: Settings, options: SmtpOptions, secrets: SecretBox | None
-) -> Account:
-    transport = AccountTransport(
-        _endpoint(row, secrets),
-        options,
+def _transport(
+    row: AccountRow, settings: Settings, connectors: Connectors
+) -> AccountTransport | GmailTransport:
+    if row.kind == "gmail-api":
+        return GmailTransport(
+            connectors.gmail,
+            connectors.tokens.of(row.id),
+            settings.sender.max_connections_per_account,
+            row.min_gap_ms,
+            settings.sender.gmail_units_per_minute,
+        )
+    return AccountTransport(
+        _endpoint(row, connectors),
+        connectors.smtp,
         settings.sender.max_connections_per_account,
         row.min_gap_ms,
     )
+
+
+def open_account(row: AccountRow, settings: Settings, connectors: Connectors) -> Account:
     return Account(
         row=row,
-        transport=transport,
+        transport=_transport(row, settings, connectors),
         from_header=mailbox(row.from_name, row.from_email),
         envelope_from=envelope_address(row.from_email),
         domain=row.from_email.rpartition("@")[2] or "mailfleet.invalid",
     )
 
 
-def reconfigure_account(account: Account, row: AccountRow, secrets: SecretBox | None) -> None:
+def reconfigure_account(
+    account: Account, row: AccountRow, settings: Settings, connectors: Connectors
+) -> None:
     """Adopt a changed account row; its SMTP sessions reopen with the new settings."""
+    old = account.row
     account.row = row
     account.from_header = mailbox(row.from_name, row.from_email)
     account.envelope_from = envelope_address(row.from_email)
     account.domain = row.from_email.rpartition("@")[2] or "mailfleet.invalid"
-    account.transport.reconfigure(_endpoint(row, secrets), row.min_gap_ms)
+    transport = account.transport
+    if (row.kind, row.auth_kind) != (old.kind, old.auth_kind):
+        transport.close()  # each SMTP session closes after its message in hand
+        account.transport = _transport(row, settings, connectors)
+    elif isinstance(transport, GmailTransport):
+        transport.reconfigure(row.min_gap_ms)
+    else:
+        transport.reconfigure(_endpoint(row, connectors), row.min_gap_ms)
 
 
 @dataclass
 class _Batch:
     ids: deque[int]
     traces: Mapping[int, str] | None = None  # each traced message's dispatch traceparent
-    halted: bool = False  # the account was paused: its messages went back to the queue
+    # The account was paused (its messages went back to the queue), or held for longer than
+    # a command may wait (they stay assigned to it; the dispatcher's sweep requeues them).
+    halted: bool = False
     interrupted: bool = False  # shutting down: a pulled id was left unprocessed
 
 
 class Deliverer:
-    """Works SendBatch commands through an account's SMTP connections."""
+    """Works SendBatch commands through an account's SMTP connections or the Gmail API."""
 
     def __init__(
         self,
@@ -203,10 +250,13 @@ class Deliverer:
         publisher: EventPublisher,
         templates: TemplateCache,
         tracker: Tracker,
-        secrets: SecretBox | None,
+        connectors: Connectors,
     ) -> None:
         self._settings = settings
-        self._secrets = secrets
+        self._connectors = connectors
+        # A hold longer than any connection backoff (a daily limit) ends the command instead
+        # of keeping it, unacknowledged, for hours.
+        self._long_hold_s = 1.5 * settings.sender.connect_backoff_cap_s
         self._pool = pool
         self._committer = committer
         self._reporter = reporter
@@ -249,7 +299,7 @@ class Deliverer:
     ) -> None:
         pending: Outcome | None = None
         while not batch.halted:
-            if stopping.is_set() or not await self._wait_while_held(account, stopping):
+            if stopping.is_set() or not await self._wait_while_held(account, batch, stopping):
                 batch.interrupted = batch.interrupted or bool(batch.ids)
                 break
             # A transactional message goes before the rest of the command: its own command
@@ -283,6 +333,15 @@ class Deliverer:
                 log.exception("delivery crashed", extra={"message_id": claimed.id})
                 # Whether anything reached the server is unknown: never retry it blindly.
                 result = SmtpResult("permanent", None, f"internal error: {exc!r}")
+            if result.verdict == "throttled":
+                account.transport.throttle(
+                    result.hold_s or 0.0,
+                    self._settings.sender.connect_backoff_base_s,
+                    self._settings.sender.connect_backoff_cap_s,
+                )
+                await self._release(account, claimed, result, account.transport.throttled)
+                batch.ids.appendleft(message_id)  # the same message, once the wait is over
+                continue
             if result.verdict in ("unreachable", "exhausted"):
                 tries = account.transport.hold(
                     self._settings.sender.connect_backoff_base_s,
@@ -293,10 +352,11 @@ class Deliverer:
                     await self._release(account, claimed, result, tries)
                     batch.ids.appendleft(message_id)  # the same message, once the wait is over
                     continue
+                what = "Gmail API" if account.row.kind == "gmail-api" else "SMTP server"
                 result = SmtpResult(
                     "config",
                     result.code,
-                    f"SMTP server unreachable ({tries} tries in a row): {result.detail}",
+                    f"{what} unreachable ({tries} tries in a row): {result.detail}",
                 )
             else:
                 account.transport.reachable()
@@ -352,9 +412,18 @@ class Deliverer:
                 log.debug("prefetched content not read", extra={"error": repr(exc)})
         return await while_database_away(lambda: self._fetch_content(message_id), "message content")
 
-    async def _wait_while_held(self, account: Account, stopping: asyncio.Event) -> bool:
-        """Wait out the account's hold after a failed connection; False if stopping."""
+    async def _wait_while_held(
+        self, account: Account, batch: _Batch, stopping: asyncio.Event
+    ) -> bool:
+        """Wait out the account's hold; False if stopping, or if the hold is too long to wait.
+
+        The messages of a command that stops for a long hold stay assigned to the account,
+        which the database marks held: the dispatcher's sweep gives them to other accounts.
+        """
         while (left := account.transport.held_until - time.monotonic()) > 0:
+            if left > self._long_hold_s:
+                batch.halted = True
+                return False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stopping.wait(), timeout=left)
             if stopping.is_set():
@@ -364,7 +433,7 @@ class Deliverer:
     async def _release(
         self, account: Account, claimed: ClaimedMessage, result: SmtpResult, tries: int
     ) -> None:
-        """Un-claim a message whose account could not open a session: it stays assigned."""
+        """Un-claim a message nothing was sent for, its account waiting: it stays assigned."""
         detail = result.detail[:_DETAIL_MAX]
         hold_s = max(0.0, account.transport.held_until - time.monotonic())
 
@@ -376,7 +445,7 @@ class Deliverer:
         await while_database_away(release, "release claim")
         account.count("held")
         log.warning(
-            "SMTP session not opened; the account waits",
+            "nothing sent; the account waits",
             extra={
                 "account_id": str(account.id),
                 "verdict": result.verdict,
@@ -395,23 +464,26 @@ class Deliverer:
         # The message is claimed already: wait for the database rather than drop it.
         row = await while_database_away(fetch, "account reload")
         if row is not None and row.updated_at > account.row.updated_at:
-            reconfigure_account(account, row, self._secrets)
+            reconfigure_account(account, row, self._settings, self._connectors)
 
     async def _traced_attempt(
         self, account: Account, slot: int, claimed: ClaimedMessage, parent: str
     ) -> SmtpResult:
         """The attempt in a CLIENT span, a child of the message's dispatch in its trace."""
+        attributes: dict[str, str | int] = {
+            "mailfleet.message_id": claimed.id,
+            "mailfleet.account_id": str(account.id),
+            "mailfleet.attempt": claimed.attempts,
+        }
+        if account.row.smtp_host is not None and account.row.smtp_port is not None:
+            attributes["server.address"] = account.row.smtp_host
+            attributes["server.port"] = account.row.smtp_port
+        gmail = account.row.kind == "gmail-api"
         with _tracer.start_as_current_span(
-            "smtp transaction",
+            "gmail send" if gmail else "smtp transaction",
             context=tracing.context_from(parent),
             kind=SpanKind.CLIENT,
-            attributes={
-                "mailfleet.message_id": claimed.id,
-                "mailfleet.account_id": str(account.id),
-                "mailfleet.attempt": claimed.attempts,
-                "server.address": account.row.smtp_host,
-                "server.port": account.row.smtp_port,
-            },
+            attributes=attributes,
         ) as span:
             result = await self._attempt(account, slot, claimed)
             span.set_attribute("mailfleet.smtp.verdict", result.verdict)
@@ -498,6 +570,8 @@ class Deliverer:
         ):
             status = "deferred"
             retry_at = now + timedelta(seconds=self._backoff(claimed.attempts))
+        elif result.verdict == "uncertain":
+            status = "uncertain"  # it may have been delivered: never sent again by itself
         else:
             status = "failed"
         account.count(status)
@@ -529,9 +603,14 @@ class Deliverer:
         'account-paused' event and an AccountPaused, and its reason is in the account's row.
         """
         reason = result.detail[:_DETAIL_MAX]
+        consent = result.consent
 
         async def requeue_and_pause() -> datetime | None:
             async with self._pool.acquire() as conn:
+                if consent is not None:
+                    return await oauth.pause_for_consent(
+                        conn, consent, "sender", message_id=claimed.id
+                    )
                 return await queries.requeue_and_pause_account(
                     conn, claimed.id, account.id, result.code, reason
                 )

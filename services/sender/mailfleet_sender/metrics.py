@@ -54,6 +54,20 @@ CONNECTS = Counter(
     "(this process is out of file descriptors).",
     ["outcome"],
 )
+GMAIL_REQUESTS = Counter(
+    "mailfleet_sender_gmail_requests_total",
+    "Gmail API messages.send requests, by outcome: sent, unauthorized (token refused; tried "
+    "once more with a fresh one), throttled (quota: the account waits), daily_limit (it waits "
+    "for the next UTC day), invalid (the message fails), server_error (retried later), config "
+    "(the account is paused), unreachable (no connection; the account waits), exhausted (this "
+    "replica's connections were all busy), uncertain (no answer after the request was sent).",
+    ["outcome"],
+)
+GMAIL_SECONDS = Histogram(
+    "mailfleet_sender_gmail_seconds",
+    "Time for one Gmail API messages.send request that was answered.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
 CONNECTING = Gauge(
     "mailfleet_sender_smtp_connecting",
     "SMTP sessions being opened right now (bounded by MAILFLEET_SENDER__MAX_CONNECTING).",

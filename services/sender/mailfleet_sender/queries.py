@@ -21,9 +21,12 @@ class AccountRow:
 
     id: UUID
     status: str
-    smtp_host: str
-    smtp_port: int
-    smtp_tls: str
+    kind: str  # smtp | gmail-api
+    auth_kind: str  # password | oauth2
+    # Only 'smtp' accounts have a server.
+    smtp_host: str | None
+    smtp_port: int | None
+    smtp_tls: str | None
     smtp_username: str | None
     smtp_password_enc: bytes | None
     from_email: str
@@ -73,8 +76,8 @@ class ContentRow:
 
 
 _ACCOUNT_SELECT = """
-    SELECT id, status, smtp_host, smtp_port, smtp_tls, smtp_username, smtp_password_enc,
-           from_email, from_name, min_gap_ms, updated_at
+    SELECT id, status, kind, auth_kind, smtp_host, smtp_port, smtp_tls, smtp_username,
+           smtp_password_enc, from_email, from_name, min_gap_ms, updated_at
     FROM accounts
 """
 

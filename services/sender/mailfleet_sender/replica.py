@@ -20,7 +20,8 @@ from pydantic import ValidationError
 
 from mailfleet_sender import queries
 from mailfleet_sender.claims import Committer
-from mailfleet_sender.delivery import Deliverer, open_account, reconfigure_account
+from mailfleet_sender.delivery import Connectors, Deliverer, open_account, reconfigure_account
+from mailfleet_sender.gmail import GmailApi
 from mailfleet_sender.handlers import deliver_send_batch
 from mailfleet_sender.membership import Membership, new_replica_id
 from mailfleet_sender.metrics import ACCOUNTS
@@ -30,6 +31,7 @@ from mailfleet_sender.reporting import AttemptReporter, EventPublisher
 from mailfleet_sender.settings import Settings
 from mailfleet_sender.smtp import SessionBudget, SmtpOptions, default_max_sessions
 from mailfleet_sender.subscriptions import AccountSubscription, ConsumerChannels
+from mailfleet_sender.tokens import AccountTokens
 from mailfleet_sender.tracking import Tracker
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,13 @@ class SenderReplica:
             settings.sender.flush_concurrency,
         )
         self._committer.start()
+        self._gmail = GmailApi(settings.gmail)
+        self._connectors = Connectors(
+            self._smtp,
+            self._secrets,
+            AccountTokens(settings.oauth, self._secrets, self._pool),
+            self._gmail,
+        )
         self._deliverer = Deliverer(
             settings,
             self._pool,
@@ -118,7 +127,7 @@ class SenderReplica:
             publisher,
             TemplateCache(self._load_campaign, settings.templates.limits()),
             self._tracker,
-            self._secrets,
+            self._connectors,
         )
         self._membership = Membership(self._pool, self.replica_id, settings.replicas.timeout_s)
         # Registering before the first heartbeat means that, by the time the others see us
@@ -149,6 +158,7 @@ class SenderReplica:
         )
         await self._channels.close()
         await self._committer.close()
+        await self._gmail.aclose()
         await self._reporter.close()
         try:
             await self._membership.leave()
@@ -253,7 +263,7 @@ class SenderReplica:
             if subscription is None:
                 new.append(row)
             elif subscription.account.row.updated_at < row.updated_at:
-                reconfigure_account(subscription.account, row, self._secrets)
+                reconfigure_account(subscription.account, row, self.settings, self._connectors)
         new.sort(key=lambda row: not self._membership.owns(row.id))
         await self._bounded(self._unsubscribe, [a for a in gone if a in self.subscriptions])
         if new:
@@ -278,7 +288,7 @@ class SenderReplica:
         await asyncio.gather(*(one(item) for item in items))
 
     async def _subscribe(self, row: queries.AccountRow) -> None:
-        account = open_account(row, self.settings, self._smtp, self._secrets)
+        account = open_account(row, self.settings, self._connectors)
         subscription = AccountSubscription(
             account,
             partial(deliver_send_batch, self._deliverer, self._membership.lag),

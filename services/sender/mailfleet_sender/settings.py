@@ -2,6 +2,7 @@
 
 from mailfleet_common.settings import (
     CryptoSettings,
+    GmailSettings,
     HttpSettings,
     OAuthSettings,
     ReplicaSettings,
@@ -46,6 +47,10 @@ class SenderSettings(BaseModel):
     connect_failures_to_pause: int = Field(default=10, ge=1)
     # An account's SMTP sessions close after this long without a message to send.
     smtp_idle_s: float = Field(default=10.0, gt=0)
+    # Gmail API: quota units per minute a Gmail-API account may spend on sending (Google
+    # allows 15,000 per user, a send costs 100; the rest is a margin for the bouncer's reads
+    # of the same mailbox and for clock skew). Sends are spaced accordingly, per account.
+    gmail_units_per_minute: int = Field(default=12_000, ge=100)
     # Retries of temporary failures.
     retry_base_s: float = Field(default=60.0, ge=0)
     retry_cap_s: float = Field(default=3600.0, ge=0)
@@ -67,6 +72,7 @@ class Settings(ServiceSettings):
     http: SenderHttp = SenderHttp()
     crypto: CryptoSettings = CryptoSettings()
     oauth: OAuthSettings = OAuthSettings()
+    gmail: GmailSettings = GmailSettings()
     sender: SenderSettings = SenderSettings()
     replicas: ReplicaSettings = ReplicaSettings()
     templates: TemplateSettings = TemplateSettings()

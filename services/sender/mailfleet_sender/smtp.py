@@ -6,13 +6,18 @@ is treated as temporary. A session that cannot be opened is the account's proble
 message's: either its configuration is wrong (credentials refused or unusable, AUTH or STARTTLS
 not offered, a TLS failure) and only an operator can fix it, or its server cannot be reached
 (refused, DNS, timeout) and the account waits before it tries again.
+
+OAuth2 accounts log in with SASL XOAUTH2 and the account's access token. A refused token is
+forgotten and the login tried once more with a fresh one; refused again, the grant is at fault
+and the account is paused, as for a refused password. A grant the provider revoked pauses the
+account for consent; a provider that cannot be asked for a token holds it, as an unreachable
+server does.
 """
 
 import asyncio
 import contextlib
 import errno
 import logging
-import random
 import resource
 import socket
 import ssl
@@ -22,6 +27,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import aiosmtplib
+from mailfleet_common.crypto import SecretBoxError
+from mailfleet_common.oauth import ConsentNeededError, NotAnOAuthAccountError
 
 from mailfleet_sender.metrics import (
     CONNECTING,
@@ -30,20 +37,32 @@ from mailfleet_sender.metrics import (
     SESSIONS_EVICTED,
     SMTP_SECONDS,
 )
+from mailfleet_sender.pacing import PacedTransport
+from mailfleet_sender.tokens import AccountToken, TokensUnusableError
 
 log = logging.getLogger(__name__)
 
 # config: the account's settings are wrong, pause it; unreachable: its server cannot be
 # reached, hold it; exhausted: this process is out of file descriptors, which says nothing
-# about the account, so it only waits. In all three, nothing was sent.
-Verdict = Literal["sent", "temporary", "permanent", "config", "unreachable", "exhausted"]
+# about the account, so it only waits; throttled: the provider asked the account to slow down
+# (Gmail's quotas), it waits `hold_s`. In these four, nothing was sent. uncertain: the request
+# was sent but its answer never came (a Gmail API timeout): it may have been delivered, so it
+# is never tried again automatically.
+Verdict = Literal[
+    "sent", "temporary", "permanent", "config", "unreachable", "exhausted", "throttled", "uncertain"
+]
 
 
 @dataclass(frozen=True, slots=True)
 class SmtpResult:
+    """The result of one attempt, whatever the transport (SMTP or the Gmail API)."""
+
     verdict: Verdict
     code: int | None
     detail: str
+    hold_s: float | None = None  # throttled: how long the account waits at least
+    # config: the provider refused the account's grant; it is paused for consent.
+    consent: ConsentNeededError | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +76,8 @@ class SmtpEndpoint:
     password: str | None
     # Set when the stored password cannot be decrypted: every login would fail.
     password_error: str | None = None
+    # OAuth2 accounts: logs in with XOAUTH2 as `username` and this account's access token.
+    oauth: AccountToken | None = None
 
 
 # File descriptors left to everything but SMTP sessions: the database pool, the broker, the
@@ -137,6 +158,24 @@ class SmtpOptions:
     helo_name: str
     # Shared by every account of the replica.
     sessions: SessionBudget = field(default_factory=lambda: SessionBudget(1000, 32))
+
+
+def classify_token_failure(exc: Exception) -> SmtpResult:
+    """What failing to get an account's access token means for it."""
+    if isinstance(exc, ConsentNeededError):
+        return SmtpResult("config", None, exc.reason, consent=exc)
+    if isinstance(exc, (NotAnOAuthAccountError, TokensUnusableError)):
+        return SmtpResult("config", None, f"OAuth2 login impossible: {exc}")
+    if isinstance(exc, SecretBoxError):
+        return SmtpResult(
+            "config",
+            None,
+            "the OAuth credentials cannot be decrypted with MAILFLEET_CRYPTO__KEYS: add the "
+            "key they were stored with, or import them again",
+        )
+    # TokenRefreshError (the provider unreachable, or refusing the client), or a surprise:
+    # nothing was sent, the account waits and, failing on, is paused in the end.
+    return SmtpResult("unreachable", None, f"OAuth2 access token not refreshed: {exc}")
 
 
 def classify_reply(code: int, message: str) -> SmtpResult:
@@ -284,7 +323,9 @@ class SmtpConnection:
                 )
             await client.starttls()
             await client.ehlo()  # RFC 3207: what was offered before TLS no longer holds
-        if endpoint.username:
+        if endpoint.oauth is not None:
+            await self._login_xoauth2(client, endpoint.oauth)
+        elif endpoint.username:
             if not client.supports_extension("auth"):
                 raise SessionError(
                     SmtpResult(
@@ -296,6 +337,35 @@ class SmtpConnection:
                     )
                 )
             await client.login(endpoint.username, endpoint.password or "")
+
+    async def _login_xoauth2(self, client: aiosmtplib.SMTP, oauth: AccountToken) -> None:
+        """AUTH XOAUTH2; a refused token is forgotten and a fresh one tried, once."""
+        endpoint = self._endpoint
+        if "xoauth2" not in client.server_auth_methods:
+            raise SessionError(
+                SmtpResult(
+                    "config",
+                    None,
+                    f"{endpoint.host}:{endpoint.port} does not offer AUTH XOAUTH2, needed by an "
+                    "OAuth2 account: use tls starttls/implicit if it offers it only over TLS",
+                )
+            )
+        username = endpoint.username or ""
+        token = await self._token(oauth)
+        try:
+            await client.auth_xoauth2(username, token)
+        except aiosmtplib.SMTPAuthenticationError:
+            # Revoked before its expiry (a password change, an admin's action): only a new
+            # token tells whether the grant itself is gone. A second refusal pauses the account.
+            await oauth.forget(token)
+            await client.auth_xoauth2(username, await self._token(oauth))
+
+    @staticmethod
+    async def _token(oauth: AccountToken) -> str:
+        try:
+            return await oauth.get()
+        except Exception as exc:
+            raise SessionError(classify_token_failure(exc)) from exc
 
     async def send(self, sender: str, recipient: str, data: bytes) -> SmtpResult:
         """Send one message; every expected failure is a result, not an exception."""
@@ -343,51 +413,18 @@ class SmtpConnection:
         self._options.sessions.closed(self)
 
 
-class AccountTransport:
+class AccountTransport(PacedTransport):
     """An account's SMTP connections (at most `max_connections`) and its pace between sends."""
+
+    connections: list[SmtpConnection]
 
     def __init__(
         self, endpoint: SmtpEndpoint, options: SmtpOptions, max_connections: int, min_gap_ms: int
     ) -> None:
+        super().__init__(max_connections, min_gap_ms / 1000)
         self._options = options
-        self._max = max_connections
         self._endpoint = endpoint
-        self._gap = min_gap_ms / 1000
-        self._next_at = 0.0
         self.connections = [SmtpConnection(endpoint, options) for _ in range(max_connections)]
-        # Sessions that could not be opened in a row, and until when the account waits.
-        self.unreachable = 0
-        self.held_until = 0.0
-
-    @property
-    def size(self) -> int:
-        return self._max
-
-    def reserve_turn(self) -> float:
-        """Book the account's next send slot; returns how long to wait before sending."""
-        if self._gap <= 0:
-            return 0.0
-        now = time.monotonic()
-        at = max(now, self._next_at)
-        self._next_at = at + self._gap
-        return at - now
-
-    def hold(self, base_s: float, cap_s: float, counted: bool = True) -> int:
-        """Count one more session that could not be opened, and make the account wait.
-
-        The wait doubles with each failure in a row, up to `cap_s`, with a jitter so that
-        accounts of one unreachable provider do not all try again at the same moment. A
-        failure that is not the account's (`counted` false) only makes it wait `base_s`.
-        """
-        self.unreachable += counted
-        delay = min(cap_s, base_s * 2 ** max(self.unreachable - 1, 0)) if counted else base_s
-        jitter = random.uniform(0.8, 1.2)  # noqa: S311 - spreading retries, not a secret
-        self.held_until = time.monotonic() + delay * jitter
-        return self.unreachable
-
-    def reachable(self) -> None:
-        self.unreachable = 0
-        self.held_until = 0.0
 
     def reconfigure(self, endpoint: SmtpEndpoint, min_gap_ms: int) -> None:
         """New settings: connections are replaced, each old one closing after its message."""
@@ -399,8 +436,4 @@ class AccountTransport:
             [SmtpConnection(endpoint, self._options) for _ in range(self._max)],
         )
         for connection in old:
-            connection.retire()
-
-    def close(self) -> None:
-        for connection in self.connections:
             connection.retire()
