@@ -2,6 +2,7 @@
 
 ``dovecot`` serves IMAP and LMTP, ``postfix`` takes SMTP and delivers to it over LMTP, and
 ``mailbox`` is a new ``sender-<random>@fleet.example.com`` user for each test.
+``google`` and ``microsoft`` are the OAuth and Gmail doubles (tests/doubles).
 ``oauth_dovecot`` is a second Dovecot that also takes XOAUTH2 and OAUTHBEARER logins, checking
 the tokens of ``oauth_tokens`` through its introspection endpoint (tests/oauth_tokens.py).
 Missing packages fail the tests instead of skipping them: CI installs them (.ci/run,
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.bouncer.servers import Dovecot, Mailbox, Postfix, ServerError, make_servers_dir
+from tests.doubles.fixtures import *  # noqa: F403
 from tests.oauth_tokens import IntrospectionServer, TokenRegistry
 
 
