@@ -14,6 +14,7 @@ less; the reports are what decides.
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from mailfleet_common.db import Pool
@@ -60,10 +61,13 @@ class GmailReader:
         stopping: asyncio.Event,
         progress: Progress,
     ) -> None:
-        label = await mailbox.label_id(self._config.gmail_processed_label)
         async with self._pool.acquire() as conn:
             state = await queries.gmail_state(conn, account.id)
-            if state.processed_label_id != label:
+        if state.backoff_until is not None and state.backoff_until > datetime.now(UTC):
+            return  # Gmail asked this mailbox to wait
+        label = await mailbox.label_id(self._config.gmail_processed_label)
+        if state.processed_label_id != label:
+            async with self._pool.acquire() as conn:
                 await queries.save_gmail_label(conn, account.id, label)
         if state.history_id is not None:
             try:
