@@ -2,7 +2,6 @@
 the processed label, expired history, each message acted on once, quota and a refused grant.
 """
 
-from collections.abc import AsyncIterator
 from uuid import UUID
 
 import pytest
@@ -53,26 +52,6 @@ def settings(
     )
     settings.gmail = GmailSettings(api_url=google.gmail_url, timeout_s=5)
     return settings
-
-
-@pytest.fixture
-def box(crypto_keys: str) -> SecretBox:
-    return SecretBox(crypto_keys.split(","))
-
-
-@pytest.fixture
-def published() -> Published:
-    return Published()
-
-
-@pytest.fixture
-async def replica(
-    db: Conn, settings: Settings, published: Published
-) -> AsyncIterator[BouncerReplica]:
-    bouncer = BouncerReplica(settings)
-    await bouncer.open(published)
-    yield bouncer
-    await bouncer.stop()
 
 
 async def gmail_account(
