@@ -10,6 +10,9 @@ import time
 from uuid import UUID
 
 import pytest
+from aioimaplib import IMAP4
+from mailfleet_bouncer.imap import Mailbox as ImapMailbox
+from mailfleet_bouncer.imap import TokenRefusedError as ImapTokenRefusedError
 from mailfleet_bouncer.replica import BouncerReplica
 from mailfleet_bouncer.settings import Settings
 from mailfleet_common.crypto import SecretBox
@@ -172,3 +175,27 @@ async def test_a_revoked_grant_pauses_the_account_without_hanging(
     assert event.account_id == account
     await replica.rebalance()
     assert replica.owned == frozenset()
+
+
+@pytest.mark.parametrize("sasl_ir", [True, False], ids=["initial response", "after a +"])
+async def test_xoauth2_logs_in_or_is_refused_with_and_without_sasl_ir(
+    sasl_ir: bool, oauth_dovecot: Dovecot, oauth_mailbox: Mailbox, oauth_tokens: TokenRegistry
+) -> None:
+    live = oauth_tokens.issue(oauth_mailbox.address, scope=OUTLOOK_SCOPE)
+    revoked = oauth_tokens.issue(oauth_mailbox.address, scope=OUTLOOK_SCOPE)
+    oauth_tokens.revoke(revoked)
+    for token, accepted in [(revoked, False), (live, True)]:
+        client = IMAP4(oauth_dovecot.host, oauth_dovecot.imap_port, timeout=IMAP_TIMEOUT_S)
+        await client.wait_hello_from_server()
+        if not sasl_ir:  # as with a server that does not offer it
+            client.protocol.capabilities.discard("SASL-IR")
+        mailbox = ImapMailbox(client, IMAP_TIMEOUT_S)
+        try:
+            if accepted:
+                await mailbox._xoauth2(oauth_mailbox.address, token)
+                assert (await mailbox.select("INBOX")).uidvalidity > 0
+            else:
+                with pytest.raises(ImapTokenRefusedError, match="AUTHENTICATIONFAILED"):
+                    await mailbox._xoauth2(oauth_mailbox.address, token)
+        finally:
+            await mailbox.close()

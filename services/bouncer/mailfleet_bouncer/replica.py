@@ -235,6 +235,7 @@ class BouncerReplica:
 
     async def _drop(self, account_id: UUID) -> None:
         reader = self._readers.pop(account_id, None)
+        self._quotas.pop(account_id, None)
         if reader is None:
             return
         reader.stopping.set()
@@ -289,8 +290,12 @@ class BouncerReplica:
                 )
                 await reader.read(account, mailbox_api, stopping, progress)
             else:
+                stage = "credentials"
+                password = None
+                if account.password_enc is not None:
+                    password = self._box.decrypt(account.password_enc)
                 stage = "connect"
-                mailbox = await self._connect(account, tokens)
+                mailbox = await self._connect(account, password, tokens)
                 try:
                     stage = "read"
                     await self._read(account, mailbox, stopping, progress)
@@ -318,27 +323,28 @@ class BouncerReplica:
             metrics.POLL_SECONDS.observe(time.perf_counter() - started)
         return progress.processed
 
-    async def _connect(self, account: MailboxAccount, tokens: "_AccountTokens") -> Mailbox:
+    async def _connect(
+        self, account: MailboxAccount, password: str | None, tokens: "_AccountTokens"
+    ) -> Mailbox:
         """Log in with the password, or without one (an OAuth2 account) by XOAUTH2.
 
         A refused token is dropped and a fresh one tried once: a second refusal is the
         mailbox's error (the grant itself refused raises ConsentNeededError on refresh).
         """
 
-        async def connect(password: str | None, token: str | None) -> Mailbox:
+        async def connect(secret: str | None, token: str | None) -> Mailbox:
             return await Mailbox.connect(
                 account.host or "",
                 account.port or 0,
                 account.tls or "",
                 account.username or "",
-                password,
+                secret,
                 timeout_s=self._config.imap_timeout_s,
                 ssl_context=self._ssl_context,
                 access_token=token,
             )
 
-        if account.password_enc is not None:
-            password = self._box.decrypt(account.password_enc)
+        if password is not None:
             return await connect(password, None)
         token = await tokens.token()
         try:
