@@ -1,6 +1,7 @@
 """Reading a Gmail-API account's mailbox: in full at first, then by its history, each message once.
 
-A full read lists the inbox without the messages already labelled processed, reads each
+A full read lists the inbox, sets aside the messages listed under the processed label (by
+label id: no search query, whose label names would need quoting), reads each
 (format=raw) through the same classifier and actions as IMAP, labels it, and stores the
 history id taken before listing. Later reads ask users.history.list for the messages added to
 the inbox since that id; when Gmail no longer has it (404), a full read again.

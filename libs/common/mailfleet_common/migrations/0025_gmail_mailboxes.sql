@@ -21,6 +21,7 @@ CREATE TABLE gmail_mailboxes (
 -- an unsigned 64-bit number that fits no bigint). Unique per account: a message listed again
 -- (after history expired, or before it was labelled) is recognised before it is fetched, and
 -- never acted on twice. IMAP messages leave it NULL (their digest and checkpoint do that job).
-ALTER TABLE inbound_reports ADD COLUMN provider_id text;
-CREATE UNIQUE INDEX inbound_reports_provider_idx ON inbound_reports (account_id, provider_id)
-    WHERE provider_id IS NOT NULL;
+-- IF NOT EXISTS: both may be made beforehand, the index CONCURRENTLY (docs/operations.md).
+ALTER TABLE inbound_reports ADD COLUMN IF NOT EXISTS provider_id text;
+CREATE UNIQUE INDEX IF NOT EXISTS inbound_reports_provider_idx
+    ON inbound_reports (account_id, provider_id) WHERE provider_id IS NOT NULL;
