@@ -2,6 +2,9 @@
 
 ``dovecot`` serves IMAP and LMTP, ``postfix`` takes SMTP and delivers to it over LMTP, and
 ``mailbox`` is a new ``sender-<random>@fleet.example.com`` user for each test.
+``replica`` is a bouncer replica opened (not started) with the test module's ``settings``,
+publishing into ``published``; ``box`` encrypts as it decrypts.
+``google`` and ``microsoft`` are the OAuth and Gmail doubles (tests/doubles).
 ``oauth_dovecot`` is a second Dovecot that also takes XOAUTH2 and OAUTHBEARER logins, checking
 the tokens of ``oauth_tokens`` through its introspection endpoint (tests/oauth_tokens.py).
 Missing packages fail the tests instead of skipping them: CI installs them (.ci/run,
@@ -9,12 +12,18 @@ Missing packages fail the tests instead of skipping them: CI installs them (.ci/
 """
 
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from mailfleet_bouncer.replica import BouncerReplica
+from mailfleet_bouncer.settings import Settings
+from mailfleet_common.crypto import SecretBox
+from mailfleet_common.db import Conn
 
 from tests.bouncer.servers import Dovecot, Mailbox, Postfix, ServerError, make_servers_dir
+from tests.bouncer.test_mailbox import Published
+from tests.doubles.fixtures import *  # noqa: F403
 from tests.oauth_tokens import IntrospectionServer, TokenRegistry
 
 
@@ -86,3 +95,23 @@ def postfix(dovecot: Dovecot, mail_servers_dir: Path) -> Iterator[Postfix]:
 def mailbox(dovecot: Dovecot) -> Mailbox:
     """A new Dovecot user ``sender-<random>@fleet.example.com`` with a random password."""
     return dovecot.create_mailbox("sender")
+
+
+@pytest.fixture
+def box(crypto_keys: str) -> SecretBox:
+    return SecretBox(crypto_keys.split(","))
+
+
+@pytest.fixture
+def published() -> Published:
+    return Published()
+
+
+@pytest.fixture
+async def replica(
+    db: Conn, settings: Settings, published: Published
+) -> AsyncIterator[BouncerReplica]:
+    bouncer = BouncerReplica(settings)
+    await bouncer.open(published)
+    yield bouncer
+    await bouncer.stop()

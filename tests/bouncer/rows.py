@@ -9,6 +9,7 @@ from uuid import UUID
 
 from mailfleet_common.crypto import SecretBox
 from mailfleet_common.db import Conn
+from mailfleet_common.oauth import import_refresh_token
 
 from tests.bouncer.servers import Mailbox
 
@@ -66,6 +67,54 @@ async def insert_imap_account(
             "processed_folder": processed_folder,
         },
     )
+
+
+async def insert_gmail_account(
+    db: Conn, box: SecretBox, address: str, refresh_token: str, *, status: str = "active"
+) -> UUID:
+    """A Gmail-API account of `address`, with a Google refresh token; read through the API."""
+    account_id: UUID = await db.fetchval(
+        """
+        INSERT INTO accounts (name, kind, auth_kind, from_email, daily_limit, status)
+        VALUES ($1, 'gmail-api', 'oauth2', $1, 1000, $2) RETURNING id
+        """,
+        address,
+        status,
+    )
+    await import_refresh_token(db, box, account_id, "google", refresh_token)
+    return account_id
+
+
+async def insert_xoauth2_account(
+    db: Conn, box: SecretBox, mailbox: Mailbox, refresh_token: str, access_token: str
+) -> UUID:
+    """An SMTP account whose mailbox is read by XOAUTH2 (no IMAP password), Microsoft's way.
+
+    `access_token` is cached as the account's current token; `refresh_token` is what a refresh
+    uses (at the Microsoft double).
+    """
+    account_id: UUID = await db.fetchval(
+        """
+        INSERT INTO accounts (name, auth_kind, smtp_host, smtp_port, smtp_tls, from_email,
+                              daily_limit, imap_host, imap_port, imap_tls, imap_username)
+        VALUES ($1, 'oauth2', '127.0.0.1', 2525, 'none', $1, 1000, $2, $3, 'none', $1)
+        RETURNING id
+        """,
+        mailbox.address,
+        mailbox.host,
+        mailbox.imap_port,
+    )
+    await import_refresh_token(db, box, account_id, "microsoft", refresh_token)
+    await db.execute(
+        """
+        UPDATE account_oauth
+        SET access_token_enc = $2, access_expires_at = now() + interval '1 hour'
+        WHERE account_id = $1
+        """,
+        account_id,
+        box.encrypt(access_token),
+    )
+    return account_id
 
 
 async def insert_campaign(

@@ -55,26 +55,6 @@ def settings(database_dsn: str, rabbit_url: str, crypto_keys: str, tracking_keys
     return bouncer_settings(database_dsn, rabbit_url, crypto_keys, tracking_keys)
 
 
-@pytest.fixture
-def box(crypto_keys: str) -> SecretBox:
-    return SecretBox(crypto_keys.split(","))
-
-
-@pytest.fixture
-def published() -> Published:
-    return Published()
-
-
-@pytest.fixture
-async def replica(
-    db: Conn, settings: Settings, published: Published
-) -> AsyncIterator[BouncerReplica]:
-    bouncer = BouncerReplica(settings)
-    await bouncer.open(published)
-    yield bouncer
-    await bouncer.stop()
-
-
 class Imap:
     """A test's own IMAP session on a mailbox: append, flags, counts."""
 

@@ -5,6 +5,7 @@ and UIDVALIDITY says when they were reassigned.
 """
 
 import asyncio
+import base64
 import re
 import ssl
 from collections.abc import Iterator
@@ -23,11 +24,46 @@ class ImapError(Exception):
     """The server refused a command, or answered what this client cannot use."""
 
 
+class TokenRefusedError(ImapError):
+    """The server refused the OAuth2 access token (XOAUTH2): revoked, expired or not the user's."""
+
+
+class _SaslCommand(aioimaplib.Command):  # type: ignore[misc]
+    """AUTHENTICATE that answers the server's continuations itself.
+
+    aioimaplib 2 hands a continuation to the pending command and sends nothing, so its own
+    xoauth2() waits for ever when a token is refused: the server then sends the error as a
+    base64 JSON challenge and waits for an empty line before its tagged NO
+    (developers.google.com/gmail/imap/xoauth2-protocol). Without SASL-IR the initial response
+    goes in answer to the first (empty) continuation instead of on the command line.
+    """
+
+    def __init__(
+        self, protocol: aioimaplib.IMAP4ClientProtocol, mechanism: str, initial: str, sasl_ir: bool
+    ) -> None:
+        args = (mechanism, initial) if sasl_ir else (mechanism,)
+        super().__init__("AUTHENTICATE", protocol.new_tag(), *args, loop=protocol.loop)
+        self._protocol = protocol
+        self._pending = None if sasl_ir else initial
+        self.challenges: list[bytes] = []
+
+    def flush(self) -> None:
+        line = bytes(self._resp_lines[-1]) if self._resp_lines else b""
+        if not line.startswith(b"+"):
+            return
+        self.challenges.append(line[1:].strip())
+        answer, self._pending = self._pending or "", None
+        self._protocol.transport.write(answer.encode("ascii") + b"\r\n")
+
+
 @dataclass(frozen=True, slots=True)
 class Fetched:
+    """A message read from a mailbox (over IMAP, or through an API: then uid is 0)."""
+
     uid: int
     size: int  # the whole message's size on the server
     raw: bytes  # the message, or its first `limit` bytes when truncated
+    provider_id: str | None = None  # the API's message id (Gmail's)
 
     @property
     def truncated(self) -> bool:
@@ -109,12 +145,17 @@ class Mailbox:
         port: int,
         tls: str,
         username: str,
-        password: str,
+        password: str | None,
         *,
         timeout_s: float,
         ssl_context: ssl.SSLContext | None = None,
+        access_token: str | None = None,
     ) -> "Mailbox":
-        """Connect (implicit TLS, STARTTLS or plain) and log in."""
+        """Connect (implicit TLS, STARTTLS or plain) and log in.
+
+        With the password, or with an OAuth2 access token by XOAUTH2 (TokenRefusedError when the
+        server refuses it).
+        """
         context = ssl_context or ssl.create_default_context()
         if tls == "implicit":
             client: aioimaplib.IMAP4 = aioimaplib.IMAP4_SSL(
@@ -127,7 +168,10 @@ class Mailbox:
             await client.wait_hello_from_server()
             if tls == "starttls":
                 await mailbox._starttls(host, context)
-            _check(await client.login(username, password), "LOGIN")
+            if access_token is not None:
+                await mailbox._xoauth2(username, access_token)
+            else:
+                _check(await client.login(username, password or ""), "LOGIN")
         except BaseException:
             await mailbox.close()
             raise
@@ -151,6 +195,20 @@ class Mailbox:
             ssl_handshake_timeout=self._timeout,
         )
         protocol.transport = transport
+        await asyncio.wait_for(protocol.capability(), self._timeout)
+
+    async def _xoauth2(self, username: str, token: str) -> None:
+        protocol = self._client.protocol
+        if "AUTH=XOAUTH2" not in protocol.capabilities:
+            raise ImapError("the server does not offer AUTH=XOAUTH2")
+        initial = base64.b64encode(f"user={username}\1auth=Bearer {token}\1\1".encode()).decode()
+        command = _SaslCommand(protocol, "XOAUTH2", initial, "SASL-IR" in protocol.capabilities)
+        response = await asyncio.wait_for(protocol.execute(command, scrub=initial), self._timeout)
+        if response.result != "OK":
+            detail = b" ".join(bytes(line) for line in response.lines[-1:]).decode(errors="replace")
+            raise TokenRefusedError(f"AUTHENTICATE XOAUTH2: {response.result} {detail}".strip())
+        protocol.state = aioimaplib.AUTH
+        # The capabilities before login are not those after (RFC 3501 section 6.2.2: MOVE...).
         await asyncio.wait_for(protocol.capability(), self._timeout)
 
     async def select(self, folder: str) -> Selected:

@@ -20,7 +20,7 @@ ACTIONS = Counter(
 )
 MAILBOX_ERRORS = Counter(
     "mailfleet_bouncer_mailbox_errors_total",
-    "Mailbox polls that failed, by stage (connect, login, select, fetch, store, database).",
+    "Mailbox polls that failed, by stage (credentials, connect, read, gmail, database, ownership).",
     ["stage"],
 )
 MAILBOXES_OWNED = Gauge(

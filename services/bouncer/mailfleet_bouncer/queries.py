@@ -22,18 +22,28 @@ LOCK_CLASS = 0x6D66_6272  # "mfbr"
 
 @dataclass(frozen=True, slots=True)
 class MailboxAccount:
-    """An account whose mailbox is read, with what it takes to read it."""
+    """An account whose mailbox is read, with what it takes to read it.
+
+    A Gmail-API account is read through the Gmail API (`kind` 'gmail-api'; no IMAP columns);
+    any other over IMAP, with its password or (`auth_kind` 'oauth2', no password) XOAUTH2.
+    """
 
     id: UUID
     status: str
-    host: str
-    port: int
-    tls: str
-    username: str
-    password_enc: bytes
+    kind: str
+    auth_kind: str
+    host: str | None
+    port: int | None
+    tls: str | None
+    username: str | None
+    password_enc: bytes | None
     folder: str
     processed_folder: str | None
     updated_at: datetime
+
+    @property
+    def via_gmail_api(self) -> bool:
+        return self.kind == "gmail-api"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +65,8 @@ class SentMessage:
 
 
 _MAILBOX_COLUMNS = """
-    id, status, imap_host, imap_port, imap_tls, imap_username, imap_password_enc, imap_folder,
-    imap_processed_folder, updated_at
+    id, status, kind, auth_kind, imap_host, imap_port, imap_tls, imap_username,
+    imap_password_enc, imap_folder, imap_processed_folder, updated_at
 """
 
 
@@ -64,30 +74,42 @@ def _mailbox(row: asyncpg.Record) -> MailboxAccount:
     return MailboxAccount(
         row["id"],
         row["status"],
+        row["kind"],
+        row["auth_kind"],
         row["imap_host"],
         row["imap_port"],
         row["imap_tls"],
         row["imap_username"],
-        bytes(row["imap_password_enc"]),
+        None if row["imap_password_enc"] is None else bytes(row["imap_password_enc"]),
         row["imap_folder"],
         row["imap_processed_folder"],
         row["updated_at"],
     )
 
 
+# A mailbox is read over IMAP or, for a Gmail-API account, through the Gmail API. Not while
+# the account's OAuth grant was refused (consent 'needed'): nothing can log in until someone
+# consents again, which sets it back to 'granted'.
+_READABLE = """
+    (imap_host IS NOT NULL OR kind = 'gmail-api') AND status <> 'archived'
+    AND NOT EXISTS (SELECT 1 FROM account_oauth o
+                    WHERE o.account_id = accounts.id AND o.consent = 'needed')
+"""
+
+
 async def mailbox_accounts(conn: Conn) -> list[MailboxAccount]:
     """Accounts with a mailbox to read. Paused and disabled ones too: their returns still come."""
     rows = await conn.fetch(
-        f"SELECT {_MAILBOX_COLUMNS} FROM accounts "  # noqa: S608 - spliced constant only
-        "WHERE imap_host IS NOT NULL AND status <> 'archived' ORDER BY id"
+        f"SELECT {_MAILBOX_COLUMNS} FROM accounts "  # noqa: S608 - spliced constants only
+        f"WHERE {_READABLE} ORDER BY id"
     )
     return [_mailbox(row) for row in rows]
 
 
 async def mailbox_account(conn: Conn, account_id: UUID) -> MailboxAccount | None:
     row = await conn.fetchrow(
-        f"SELECT {_MAILBOX_COLUMNS} FROM accounts "  # noqa: S608 - spliced constant only
-        "WHERE id = $1 AND imap_host IS NOT NULL AND status <> 'archived'",
+        f"SELECT {_MAILBOX_COLUMNS} FROM accounts "  # noqa: S608 - spliced constants only
+        f"WHERE id = $1 AND {_READABLE}",
         account_id,
     )
     return None if row is None else _mailbox(row)
@@ -181,6 +203,96 @@ async def record_poll(conn: Conn, account_id: UUID, error: str | None) -> None:
     )
 
 
+# -- Gmail mailboxes ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class GmailState:
+    """Where a Gmail mailbox was read up to (see gmail_mailboxes)."""
+
+    history_id: str | None
+    processed_label_id: str | None
+    backoff_until: datetime | None
+
+
+async def gmail_state(conn: Conn, account_id: UUID) -> GmailState:
+    row = await conn.fetchrow(
+        """
+        SELECT history_id, processed_label_id, backoff_until FROM gmail_mailboxes
+        WHERE account_id = $1
+        """,
+        account_id,
+    )
+    if row is None:
+        return GmailState(None, None, None)
+    return GmailState(row["history_id"], row["processed_label_id"], row["backoff_until"])
+
+
+async def save_gmail_label(conn: Conn, account_id: UUID, label_id: str) -> None:
+    await conn.execute(
+        """
+        INSERT INTO gmail_mailboxes (account_id, processed_label_id) VALUES ($1, $2)
+        ON CONFLICT (account_id) DO UPDATE SET processed_label_id = excluded.processed_label_id
+        """,
+        account_id,
+        label_id,
+    )
+
+
+async def gmail_synced(conn: Conn, account_id: UUID, history_id: str, full: bool) -> None:
+    """The mailbox was read up to `history_id`: the next read starts there."""
+    await conn.execute(
+        """
+        INSERT INTO gmail_mailboxes (account_id, history_id, synced_at, full_synced_at)
+        VALUES ($1, $2, now(), CASE WHEN $3 THEN now() END)
+        ON CONFLICT (account_id) DO UPDATE
+        SET history_id = excluded.history_id, synced_at = now(), polled_at = now(),
+            full_synced_at = coalesce(excluded.full_synced_at, gmail_mailboxes.full_synced_at),
+            last_error = NULL, backoff_until = NULL
+        """,
+        account_id,
+        history_id,
+        full,
+    )
+
+
+async def forget_gmail_history(conn: Conn, account_id: UUID) -> None:
+    """Gmail no longer has the history from the stored id: the next read is a full one."""
+    await conn.execute(
+        "UPDATE gmail_mailboxes SET history_id = NULL WHERE account_id = $1", account_id
+    )
+
+
+async def gmail_failed(
+    conn: Conn, account_id: UUID, error: str, backoff_until: datetime | None
+) -> None:
+    """Why the mailbox was not read, and (asked to slow down) when to try again."""
+    await conn.execute(
+        """
+        INSERT INTO gmail_mailboxes (account_id, last_error, backoff_until)
+        SELECT id, $2, $3 FROM accounts WHERE id = $1
+        ON CONFLICT (account_id) DO UPDATE
+        SET polled_at = now(), last_error = $2, backoff_until = $3
+        """,
+        account_id,
+        error,
+        backoff_until,
+    )
+
+
+async def known_provider_ids(conn: Conn, account_id: UUID, provider_ids: Sequence[str]) -> set[str]:
+    """Which of these provider message ids the account's reports already hold."""
+    rows = await conn.fetch(
+        """
+        SELECT provider_id FROM inbound_reports
+        WHERE account_id = $1 AND provider_id = ANY($2::text[])
+        """,
+        account_id,
+        list(provider_ids),
+    )
+    return {row["provider_id"] for row in rows}
+
+
 # -- Reports --------------------------------------------------------------------------------
 
 
@@ -200,14 +312,19 @@ async def insert_report(
     truncated: bool,
     problem: str | None,
     received_at: datetime,
+    provider_id: str | None = None,
 ) -> int | None:
-    """The new report's id, or None when this very message was processed before."""
+    """The new report's id, or None when this very message was processed before.
+
+    Before: the same bytes in the account's mailbox, or the same provider message id.
+    """
     value = await conn.fetchval(
         """
         INSERT INTO inbound_reports (account_id, folder, uidvalidity, uid, digest, kind, parser,
-                                     sender, subject, size, truncated, problem, received_at)
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
-        ON CONFLICT (account_id, digest) DO NOTHING
+                                     sender, subject, size, truncated, problem, received_at,
+                                     provider_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+        ON CONFLICT DO NOTHING
         RETURNING id
         """,
         account_id,
@@ -223,6 +340,7 @@ async def insert_report(
         truncated,
         problem,
         received_at,
+        provider_id,
     )
     return None if value is None else int(value)
 

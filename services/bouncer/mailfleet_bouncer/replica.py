@@ -20,21 +20,32 @@ import secrets
 import ssl
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Protocol
 from uuid import UUID
 
 import aioimaplib
 import asyncpg
+import httpx
 from mailfleet_common.crypto import SecretBox, SecretBoxError
 from mailfleet_common.db import Conn as Connection
 from mailfleet_common.db import Pool, create_pool
 from mailfleet_common.messages import AccountPaused, Feedback
+from mailfleet_common.oauth import (
+    AccessTokens,
+    ConsentNeededError,
+    OAuthTokenError,
+    pause_for_consent,
+)
 from mailfleet_common.topology import ACCOUNT_PAUSED_KEY, FEEDBACK_KEYS
 from mailfleet_common.tracking import TokenSigner, parse_keys
 from pydantic import BaseModel
 
 from mailfleet_bouncer import metrics, queries
+from mailfleet_bouncer.gmail import GmailError, GmailMailbox, Quota, RateLimitedError
+from mailfleet_bouncer.gmail_reading import GmailReader
 from mailfleet_bouncer.imap import Fetched, ImapError, Mailbox
+from mailfleet_bouncer.imap import TokenRefusedError as ImapTokenRefusedError
 from mailfleet_bouncer.queries import MailboxAccount
 from mailfleet_bouncer.reports import Folder, ReportProcessor, feedback_from_details
 from mailfleet_bouncer.settings import Settings
@@ -59,6 +70,23 @@ class _Progress:
     processed: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _AccountTokens:
+    """One account's OAuth2 access tokens, each call on a pooled connection."""
+
+    pool: Pool
+    tokens: AccessTokens
+    account_id: UUID
+
+    async def token(self) -> str:
+        async with self.pool.acquire() as conn:
+            return await self.tokens.access_token(conn, self.account_id)
+
+    async def forget(self, token: str) -> None:
+        async with self.pool.acquire() as conn:
+            await self.tokens.forget(conn, self.account_id, token)
+
+
 @dataclass
 class _Reader:
     task: asyncio.Task[None]
@@ -75,8 +103,11 @@ class BouncerReplica:
         self._box = SecretBox.from_settings(settings.crypto)
         signer = TokenSigner(parse_keys(settings.tracking.keys.get_secret_value()))
         self._processor = ReportProcessor(settings.bouncer, signer)
+        self._tokens = AccessTokens(settings.oauth, self._box)
+        self._quotas: dict[UUID, Quota] = {}
         self._ssl_context = ssl_context or self._default_context()
         self._pool: Pool | None = None
+        self._http: httpx.AsyncClient | None = None
         self._lock_conn: Connection | None = None
         self._readers: dict[UUID, _Reader] = {}
         self._publisher: Publisher | None = None
@@ -97,6 +128,12 @@ class BouncerReplica:
         return self._pool
 
     @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            raise RuntimeError("the bouncer replica is not started")
+        return self._http
+
+    @property
     def publisher(self) -> Publisher:
         if self._publisher is None:
             raise RuntimeError("the bouncer replica is not started")
@@ -110,6 +147,7 @@ class BouncerReplica:
         """Connect to the database; nothing is read until `start` (or `poll`)."""
         self._publisher = publisher
         self._pool = await create_pool(self._settings.postgres)
+        self._http = httpx.AsyncClient(timeout=self._settings.gmail.timeout_s)
 
     async def start(self, publisher: Publisher) -> None:
         """Open, then take a share of the mailboxes and read them until `stop`."""
@@ -128,6 +166,9 @@ class BouncerReplica:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self._close_lock_conn()
+        http, self._http = self._http, None
+        if http is not None:
+            await http.aclose()
         pool, self._pool = self._pool, None
         if pool is not None:
             await pool.close()
@@ -194,6 +235,7 @@ class BouncerReplica:
 
     async def _drop(self, account_id: UUID) -> None:
         reader = self._readers.pop(account_id, None)
+        self._quotas.pop(account_id, None)
         if reader is None:
             return
         reader.stopping.set()
@@ -226,49 +268,125 @@ class BouncerReplica:
         started = time.perf_counter()
         progress = _Progress()
         stage = "database"
+        gmail_api = False
         try:
             async with self.pool.acquire() as conn:
                 account = await queries.mailbox_account(conn, account_id)
             if account is None:
                 return 0
-            stage = "credentials"
-            password = self._box.decrypt(account.password_enc)
-            stage = "connect"
-            mailbox = await Mailbox.connect(
-                account.host,
-                account.port,
-                account.tls,
-                account.username,
-                password,
-                timeout_s=self._config.imap_timeout_s,
-                ssl_context=self._ssl_context,
-            )
-            try:
-                stage = "read"
-                await self._read(account, mailbox, stopping, progress)
-            finally:
-                await mailbox.close()
+            gmail_api = account.via_gmail_api
+            tokens = _AccountTokens(self.pool, self._tokens, account.id)
+            if gmail_api:
+                stage = "gmail"
+                mailbox_api = GmailMailbox(
+                    self.http,
+                    self._settings.gmail.api_url,
+                    tokens,
+                    self._quotas.setdefault(account.id, Quota(self._config.gmail_quota_per_minute)),
+                    self._config.gmail_backoff_s,
+                )
+                reader = GmailReader(
+                    self.pool, self._config, self.process_group, self._outbox_wake.set
+                )
+                await reader.read(account, mailbox_api, stopping, progress)
+            else:
+                stage = "credentials"
+                password = None
+                if account.password_enc is not None:
+                    password = self._box.decrypt(account.password_enc)
+                stage = "connect"
+                mailbox = await self._connect(account, password, tokens)
+                try:
+                    stage = "read"
+                    await self._read(account, mailbox, stopping, progress)
+                finally:
+                    await mailbox.close()
+        except ConsentNeededError as exc:
+            await self._consent_needed(exc)
+            await self._failed(account_id, "credentials", exc, gmail_api)
+        except RateLimitedError as exc:
+            await self._failed(account_id, stage, exc, gmail_api, backoff_until=exc.retry_at)
         except (
             ImapError,
             aioimaplib.AioImapException,
             OSError,
             TimeoutError,
             SecretBoxError,
+            OAuthTokenError,
+            GmailError,
+            httpx.HTTPError,
         ) as exc:
-            await self._failed(account_id, stage, exc)
+            await self._failed(account_id, stage, exc, gmail_api)
         except (asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            await self._failed(account_id, "database", exc)
+            await self._failed(account_id, "database", exc, gmail_api)
         else:
             metrics.POLL_SECONDS.observe(time.perf_counter() - started)
         return progress.processed
 
-    async def _failed(self, account_id: UUID, stage: str, exc: BaseException) -> None:
+    async def _connect(
+        self, account: MailboxAccount, password: str | None, tokens: "_AccountTokens"
+    ) -> Mailbox:
+        """Log in with the password, or without one (an OAuth2 account) by XOAUTH2.
+
+        A refused token is dropped and a fresh one tried once: a second refusal is the
+        mailbox's error (the grant itself refused raises ConsentNeededError on refresh).
+        """
+
+        async def connect(secret: str | None, token: str | None) -> Mailbox:
+            return await Mailbox.connect(
+                account.host or "",
+                account.port or 0,
+                account.tls or "",
+                account.username or "",
+                secret,
+                timeout_s=self._config.imap_timeout_s,
+                ssl_context=self._ssl_context,
+                access_token=token,
+            )
+
+        if password is not None:
+            return await connect(password, None)
+        token = await tokens.token()
+        try:
+            return await connect(None, token)
+        except ImapTokenRefusedError:
+            await tokens.forget(token)
+            return await connect(None, await tokens.token())
+
+    async def _consent_needed(self, error: ConsentNeededError) -> None:
+        """The account's grant was refused: pause it (its messages go back to the queue).
+
+        Its mailbox is not read again until someone consents again (queries.mailbox_accounts).
+        """
+        log.error(
+            "account's OAuth grant refused",
+            extra={"account_id": str(error.account_id), "reason": error.reason},
+        )
+        async with self.pool.acquire() as conn:
+            paused_at = await pause_for_consent(conn, error, "bouncer")
+        if paused_at is not None:
+            metrics.ACTIONS.labels("account-paused").inc()
+            await self._publish_pause(
+                AccountPaused(account_id=error.account_id, reason=error.reason, paused_at=paused_at)
+            )
+
+    async def _failed(
+        self,
+        account_id: UUID,
+        stage: str,
+        exc: BaseException,
+        gmail_api: bool = False,
+        backoff_until: datetime | None = None,
+    ) -> None:
         metrics.MAILBOX_ERRORS.labels(stage).inc()
         message = f"{stage}: {type(exc).__name__}: {exc}"[:1000]
         log.warning("mailbox not read", extra={"account_id": str(account_id), "error": message})
         with contextlib.suppress(Exception):
             async with self.pool.acquire() as conn:
-                await queries.record_poll(conn, account_id, message)
+                if gmail_api:
+                    await queries.gmail_failed(conn, account_id, message, backoff_until)
+                else:
+                    await queries.record_poll(conn, account_id, message)
 
     async def _read(
         self,
@@ -304,21 +422,30 @@ class BouncerReplica:
             if stopping.is_set():
                 break
             fetched = await mailbox.fetch(group, self._config.max_message_bytes)
-            done: list[int] = []
-            rates_due = False
-            async with self.pool.acquire() as conn:
-                for item in fetched:
-                    rates_due = await self._process(conn, folder, item) or rates_due
-                    done.append(item.uid)
-                    progress.processed += 1
-                if rates_due and account.status == "active":
-                    await self._publish_pause(await self._processor.judge(conn, account.id))
-            if done:
-                await self._put_away(account, mailbox, done)
+            await self.process_group(account, folder, fetched, progress)
+            if fetched:
+                await self._put_away(account, mailbox, [item.uid for item in fetched])
                 self._outbox_wake.set()
         async with self.pool.acquire() as conn:
             await queries.record_poll(conn, account.id, None)
-            if account.status == "active":
+        await self.judge(account)
+
+    async def process_group(
+        self, account: MailboxAccount, folder: Folder, fetched: list[Fetched], progress: _Progress
+    ) -> None:
+        """Process fetched messages in order, then judge the rates if one of them calls for it."""
+        rates_due = False
+        async with self.pool.acquire() as conn:
+            for item in fetched:
+                rates_due = await self._process(conn, folder, item) or rates_due
+                progress.processed += 1
+            if rates_due and account.status == "active":
+                await self._publish_pause(await self._processor.judge(conn, account.id))
+
+    async def judge(self, account: MailboxAccount) -> None:
+        """Judge an active account's rates (after each poll: see ReportProcessor.judge)."""
+        if account.status == "active":
+            async with self.pool.acquire() as conn:
                 await self._publish_pause(await self._processor.judge(conn, account.id))
 
     async def _process(self, conn: queries.Conn, folder: Folder, item: Fetched) -> bool:

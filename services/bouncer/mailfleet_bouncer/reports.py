@@ -407,6 +407,7 @@ async def _insert_report(
         truncated=fetched.truncated,
         problem=classified.problem,
         received_at=now,
+        provider_id=fetched.provider_id,
     )
 
 

@@ -3,6 +3,7 @@
 from mailfleet_common.settings import (
     AccountRateSettings,
     CryptoSettings,
+    GmailSettings,
     HttpSettings,
     OAuthSettings,
     ServiceSettings,
@@ -26,6 +27,12 @@ class BouncerSettings(AccountRateSettings):
     - rebalance_s: how often a replica re-counts live replicas and takes or gives up mailboxes.
     - imap_ca_file: a PEM bundle of further CAs to trust for IMAP over TLS (a private CA);
       the system's CAs are trusted either way.
+    - gmail_processed_label: the label Gmail-API mailboxes' processed messages get (created
+      if absent).
+    - gmail_quota_per_minute: the Gmail API quota units the bouncer spends per mailbox and
+      minute, its share of Google's 15,000 per user (sending a message costs 100 of them).
+    - gmail_backoff_s: how long a mailbox is left alone when Gmail says its quota is spent
+      without saying until when.
 
     Acting:
     - soft_bounce_limit within soft_bounce_window_days: that many of an address's messages
@@ -42,6 +49,9 @@ class BouncerSettings(AccountRateSettings):
     imap_timeout_s: float = Field(default=30.0, gt=0)
     rebalance_s: float = Field(default=10.0, gt=0)
     imap_ca_file: str = ""
+    gmail_processed_label: str = Field(default="mailfleet/processed", min_length=1)
+    gmail_quota_per_minute: int = Field(default=5000, ge=50, le=15_000)
+    gmail_backoff_s: float = Field(default=60.0, gt=0)
 
     soft_bounce_limit: int = Field(default=3, ge=1)
     soft_bounce_window_days: float = Field(default=7.0, gt=0)
@@ -58,5 +68,6 @@ class Settings(ServiceSettings):
     http: BouncerHttp = BouncerHttp()
     crypto: CryptoSettings = CryptoSettings()
     oauth: OAuthSettings = OAuthSettings()
+    gmail: GmailSettings = GmailSettings()
     tracking: TrackingSettings = TrackingSettings()
     bouncer: BouncerSettings = BouncerSettings()
