@@ -6,11 +6,13 @@ from typing import Any, get_args
 from uuid import UUID
 
 from mailfleet_common.db import Conn
+from mailfleet_common.oauth import CONSENT_NEEDED
 from pydantic import BaseModel, ConfigDict
 
 from mailfleet_api import schemas
 from mailfleet_api.queries.columns import field_expressions, json_object, select_list
 from mailfleet_api.queries.pages import keyset_page
+from mailfleet_api.queries.webhooks import record_account_status
 from mailfleet_api.schemas.oauth import OAuthStatus
 
 # An account has two shapes, each written once:
@@ -26,9 +28,11 @@ class AccountRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    smtp_host: str
-    smtp_port: int
-    smtp_tls: schemas.SmtpTls
+    kind: schemas.AccountKind
+    auth_kind: schemas.AuthKind
+    smtp_host: str | None
+    smtp_port: int | None
+    smtp_tls: schemas.SmtpTls | None
     smtp_username: str | None
     smtp_password_enc: bytes | None
     from_email: str
@@ -165,6 +169,35 @@ async def update_account(
     restart_rates: bounce and complaint rates count only sends from now on.
     """
     await conn.execute(_UPDATE, account_id, *row.values(), restart_rates)
+
+
+async def has_usable_oauth(conn: Conn, account_id: UUID) -> bool:
+    """Whether the account has OAuth2 credentials that the provider has not refused."""
+    found = await conn.fetchval(
+        "SELECT consent = 'granted' FROM account_oauth WHERE account_id = $1", account_id
+    )
+    return bool(found)
+
+
+async def resume_after_consent(conn: Conn, account_id: UUID, reason: str) -> bool:
+    """Make active again an account paused for consent ("consent needed: ..."), as a resume.
+
+    Its bounce and complaint rates start afresh, as when an operator resumes it, and the
+    'account-resumed' event is recorded. False if it was not paused for consent.
+    """
+    resumed = await conn.fetchval(
+        """
+        UPDATE accounts
+        SET status = 'active', status_reason = NULL, rates_since = now(), updated_at = now()
+        WHERE id = $1 AND status = 'paused' AND starts_with(status_reason, $2)
+        RETURNING true
+        """,
+        account_id,
+        CONSENT_NEEDED,
+    )
+    if resumed:
+        await record_account_status(conn, account_id, "active", "paused", reason)
+    return bool(resumed)
 
 
 async def delete_mailbox_checkpoint(conn: Conn, account_id: UUID) -> None:
