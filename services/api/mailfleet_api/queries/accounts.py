@@ -312,6 +312,60 @@ async def forget_account_secrets(
     )
 
 
+class OAuthSecrets(BaseModel):
+    """An OAuth2 account's encrypted credentials and cached access token, and its name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: UUID
+    name: str
+    refresh_token_enc: bytes | None
+    service_account_key_enc: bytes | None
+    access_token_enc: bytes | None
+
+
+async def fetch_oauth_secrets(conn: Conn) -> list[OAuthSecrets]:
+    """Every account's OAuth2 secrets, row-locked until the transaction ends."""
+    rows = await conn.fetch(
+        """
+        SELECT o.account_id, a.name, o.refresh_token_enc, o.service_account_key_enc,
+               o.access_token_enc
+        FROM account_oauth o JOIN accounts a ON a.id = o.account_id
+        ORDER BY o.account_id FOR NO KEY UPDATE OF o
+        """
+    )
+    return [OAuthSecrets.model_validate(dict(r)) for r in rows]
+
+
+async def forget_oauth_secrets(
+    conn: Conn, account_id: UUID, credentials: bool, reason: str
+) -> None:
+    """Drop OAuth2 secrets no key can decrypt: the cached access token, or all credentials.
+
+    Without credentials the account is no OAuth2 account any more until connected again: an
+    active one is paused with `reason` (consent needed), and resumes once connected.
+    """
+    if not credentials:
+        await conn.execute(
+            """
+            UPDATE account_oauth SET access_token_enc = NULL, access_expires_at = NULL,
+                                     updated_at = now()
+            WHERE account_id = $1
+            """,
+            account_id,
+        )
+        return
+    await conn.execute("DELETE FROM account_oauth WHERE account_id = $1", account_id)
+    await conn.execute(
+        """
+        UPDATE accounts SET status = 'paused', status_reason = $2, updated_at = now()
+        WHERE id = $1 AND status = 'active'
+        """,
+        account_id,
+        reason,
+    )
+
+
 # Counters of schemas.Feedback over a set of messages.
 FEEDBACK_COUNTS = """
     count(*) FILTER (WHERE bounce = 'hard') AS hard_bounces,
