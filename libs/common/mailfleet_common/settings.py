@@ -1,8 +1,9 @@
 """Settings sections shared by every service; each service adds its own on top."""
 
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailfleet_common.templating import TemplateLimits
@@ -125,6 +126,22 @@ class OAuthClientSettings(BaseModel):
     scopes: str  # space-separated, as asked of the provider
 
 
+_PROVIDER_DEFAULTS: dict[str, dict[str, str]] = {
+    "google": {
+        "token_uri": "https://oauth2.googleapis.com/token",
+        "auth_uri": "https://accounts.google.com/o/oauth2/v2/auth",
+        "scopes": "https://www.googleapis.com/auth/gmail.send "
+        "https://www.googleapis.com/auth/gmail.modify",
+    },
+    "microsoft": {
+        "token_uri": "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+        "auth_uri": "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+        "scopes": "offline_access https://outlook.office.com/SMTP.Send "
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+    },
+}
+
+
 class OAuthSettings(BaseModel):
     """OAuth2 clients for Google and Microsoft accounts, read by every service that sends or reads.
 
@@ -139,23 +156,22 @@ class OAuthSettings(BaseModel):
     - timeout_s (MAILFLEET_OAUTH__TIMEOUT_S): the most one token request may take.
     """
 
-    google: OAuthClientSettings = OAuthClientSettings(
-        token_uri="https://oauth2.googleapis.com/token",  # noqa: S106 - a URL
-        auth_uri="https://accounts.google.com/o/oauth2/v2/auth",
-        scopes="https://www.googleapis.com/auth/gmail.send "
-        "https://www.googleapis.com/auth/gmail.modify",
-    )
-    microsoft: OAuthClientSettings = OAuthClientSettings(
-        token_uri="https://login.microsoftonline.com/common/oauth2/v2.0/token",  # noqa: S106
-        auth_uri="https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
-        scopes="offline_access https://outlook.office.com/SMTP.Send "
-        "https://outlook.office.com/IMAP.AccessAsUser.All",
-    )
+    google: OAuthClientSettings = OAuthClientSettings(**_PROVIDER_DEFAULTS["google"])
+    microsoft: OAuthClientSettings = OAuthClientSettings(**_PROVIDER_DEFAULTS["microsoft"])
     refresh_margin_s: float = Field(default=300.0, ge=0)
     timeout_s: float = Field(default=10.0, gt=0)
     redirect_uri: str = ""
 
     _redirect_uri = field_validator("redirect_uri")(absolute_http_url)
+
+    @field_validator("google", "microsoft", mode="before")
+    @classmethod
+    def _provider_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        # Environment variables give only some fields of a client (its id and secret, say):
+        # the provider's endpoints and scopes stay as they are unless given too.
+        if isinstance(value, dict):
+            return {**_PROVIDER_DEFAULTS[info.field_name or ""], **value}
+        return value
 
 
 class GmailSettings(BaseModel):

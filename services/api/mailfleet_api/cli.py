@@ -1,6 +1,6 @@
 """The ``mailfleet`` command: migrate, users and API keys, secrets and keys, serve, demo.
 
-The commands for API consumers (campaigns, enqueue, messages, events) are in
+The commands for API consumers (accounts, campaigns, enqueue, messages, events) are in
 ``mailfleet_api.client``; they talk to the API, not to the database.
 """
 
@@ -21,6 +21,7 @@ from mailfleet_common.settings import HttpSettings
 from pydantic import TypeAdapter, ValidationError
 
 from mailfleet_api import auth, queries, schemas
+from mailfleet_api.client import accounts as account_commands
 from mailfleet_api.client import campaigns as campaign_commands
 from mailfleet_api.client import enqueue as enqueue_commands
 from mailfleet_api.client import events as event_commands
@@ -39,6 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(account_commands.app, name="accounts")
 app.add_typer(campaign_commands.app, name="campaigns")
 app.add_typer(message_commands.app, name="messages")
 app.add_typer(event_commands.app, name="events")
