@@ -34,9 +34,17 @@ MAILBOX = "news@example.com"
 
 @pytest.fixture
 async def consent_client(
-    settings: Settings, google: GoogleDouble, microsoft: MicrosoftDouble, db: Conn
+    request: pytest.FixtureRequest,
+    settings: Settings,
+    google: GoogleDouble,
+    microsoft: MicrosoftDouble,
+    db: Conn,
 ) -> AsyncIterator[httpx.AsyncClient]:
-    """The API with OAuth clients registered at the doubles, as a browser-less HTTP client."""
+    """The API with OAuth clients registered at the doubles, as a browser-less HTTP client.
+
+    Google's scopes are the default ones unless a test is parametrized indirectly with others.
+    """
+    google_scopes = getattr(request, "param", f"{GMAIL_SEND} {GMAIL_MODIFY}")
     google_client = google.tokens.add_client("google-app", "google-secret", (REDIRECT_URI,))
     microsoft_client = microsoft.add_client("common", (REDIRECT_URI,))
     oauth = OAuthSettings(
@@ -45,7 +53,7 @@ async def consent_client(
             client_secret=google_client.secret or "",
             token_uri=google.token_uri,
             auth_uri=google.auth_uri,
-            scopes=f"{GMAIL_SEND} {GMAIL_MODIFY}",
+            scopes=google_scopes,
         ),
         microsoft=OAuthClientSettings(
             client_id=microsoft_client.client_id,
@@ -185,6 +193,22 @@ async def test_consenting_at_microsoft_connects_an_oauth2_smtp_account(
     )
     stored = await _stored_refresh_token(db, crypto_keys)
     assert microsoft.tokens.refresh_tokens[stored].user == MAILBOX
+
+
+@pytest.mark.parametrize("consent_client", [GMAIL_SEND], indirect=True)
+async def test_a_send_only_grant_is_taken_though_its_mailbox_cannot_be_read(
+    consent_client: httpx.AsyncClient, admin: dict[str, Any], google: GoogleDouble, db: Conn
+) -> None:
+    # gmail.send does not allow users.getProfile: Gmail answers 403, the mailbox stays unknown.
+    google.add_user("someone@example.com")
+    account_id = await _create(consent_client, admin, gmail_body())
+    started = await _consent(
+        consent_client, admin, account_id, provider="google", login_hint="someone@example.com"
+    )
+    page = await consent_client.get(await _browse(started["authorization_url"]))
+    assert page.status_code == 200, page.text
+    assert f"connected to {MAILBOX}" in page.text
+    assert (await _account(consent_client, admin, account_id))["status"] == "active"
 
 
 async def _nothing_stored(db: Conn, http: httpx.AsyncClient, admin: Any, account_id: str) -> None:
