@@ -195,17 +195,22 @@ async def test_consenting_at_microsoft_connects_an_oauth2_smtp_account(
     assert microsoft.tokens.refresh_tokens[stored].user == MAILBOX
 
 
+async def _gmail_consent_as(
+    http: httpx.AsyncClient, admin: dict[str, Any], google: GoogleDouble, user: str
+) -> tuple[str, httpx.Response]:
+    """A gmail-api account for MAILBOX, and the callback's page once `user` consented for it."""
+    google.add_user(user)
+    account_id = await _create(http, admin, gmail_body())
+    started = await _consent(http, admin, account_id, provider="google", login_hint=user)
+    return account_id, await http.get(await _browse(started["authorization_url"]))
+
+
 @pytest.mark.parametrize("consent_client", [GMAIL_SEND], indirect=True)
 async def test_a_send_only_grant_is_taken_though_its_mailbox_cannot_be_read(
     consent_client: httpx.AsyncClient, admin: dict[str, Any], google: GoogleDouble, db: Conn
 ) -> None:
     # gmail.send does not allow users.getProfile: Gmail answers 403, the mailbox stays unknown.
-    google.add_user("someone@example.com")
-    account_id = await _create(consent_client, admin, gmail_body())
-    started = await _consent(
-        consent_client, admin, account_id, provider="google", login_hint="someone@example.com"
-    )
-    page = await consent_client.get(await _browse(started["authorization_url"]))
+    account_id, page = await _gmail_consent_as(consent_client, admin, google, "someone@example.com")
     assert page.status_code == 200, page.text
     assert f"connected to {MAILBOX}" in page.text
     assert (await _account(consent_client, admin, account_id))["status"] == "active"
@@ -234,12 +239,7 @@ async def test_a_refused_consent_stores_nothing(
 async def test_consent_for_another_mailbox_than_the_accounts_is_refused(
     consent_client: httpx.AsyncClient, admin: dict[str, Any], google: GoogleDouble, db: Conn
 ) -> None:
-    google.add_user("someone@example.com")
-    account_id = await _create(consent_client, admin, gmail_body())
-    started = await _consent(
-        consent_client, admin, account_id, provider="google", login_hint="someone@example.com"
-    )
-    page = await consent_client.get(await _browse(started["authorization_url"]))
+    account_id, page = await _gmail_consent_as(consent_client, admin, google, "someone@example.com")
     assert page.status_code == 400
     assert f"given for someone@example.com, but the account's mailbox is {MAILBOX}" in page.text
     await _nothing_stored(db, consent_client, admin, account_id)
