@@ -181,11 +181,104 @@ async def test_rotate_secrets_reencrypts_oauth_credentials_and_cached_tokens(
         "UPDATE account_oauth SET access_token_enc = $1, access_expires_at = now()",
         old.encrypt("access"),
     )
+    await _consent_under_way(db, account, old, b"state")
     newest = generate_key()
     result = await mailfleet(database_dsn, f"{newest},{crypto_keys}", "rotate-secrets")
     assert result.exit_code == 0, result.output
     assert "the OAuth credentials and tokens of 1 accounts" in result.output
+    assert "the verifiers of 1 consents under way" in result.output
     row = await db.fetchrow("SELECT refresh_token_enc, access_token_enc FROM account_oauth")
     only_newest = SecretBox([newest])
     assert only_newest.decrypt(bytes(row["refresh_token_enc"])) == REFRESH_TOKEN
     assert only_newest.decrypt(bytes(row["access_token_enc"])) == "access"
+    verifier = await db.fetchval("SELECT code_verifier_enc FROM oauth_consents")
+    assert only_newest.decrypt(bytes(verifier)) == "verifier"
+
+
+async def _consent_under_way(db: Conn, account_id: str, box: SecretBox, state: bytes) -> None:
+    await db.execute(
+        "INSERT INTO oauth_consents (state_hash, account_id, provider, code_verifier_enc,"
+        " expires_at) VALUES ($1, $2, 'google', $3, now() + interval '15 minutes')",
+        state,
+        uuid.UUID(account_id),
+        box.encrypt("verifier"),
+    )
+
+
+async def test_check_keys_finds_and_forgets_oauth_secrets_no_key_decrypts(
+    client: httpx.AsyncClient,
+    admin: dict[str, Any],
+    db: Conn,
+    database_dsn: str,
+    crypto_keys: str,
+) -> None:
+    h = admin["headers"]
+    accounts = []
+    for name in ("lost", "cache", "kept"):
+        # OAuth2 accounts with no password: only their OAuth2 secrets are at stake.
+        body = account_body(
+            name=name, auth_kind="oauth2", smtp_username="news@example.com", smtp_password=None
+        )
+        created = await client.post("/api/admin/accounts", json=body, headers=h)
+        accounts.append(created.json()["id"])
+        body = {"provider": "google", "refresh_token": f"1//{name}"}
+        url = f"/api/admin/accounts/{accounts[-1]}/oauth"
+        assert (await client.post(url, json=body, headers=h)).json()["status"] == "active"
+    lost, cache, kept = accounts
+    old, new_key = SecretBox(crypto_keys.split(",")), generate_key()
+    new = SecretBox([new_key])
+    # "cache" keeps credentials the new key reads, but an access token of the old key; "kept"
+    # has only new-key secrets.
+    for account_id, box in ((cache, new), (kept, new)):
+        await db.execute(
+            "UPDATE account_oauth SET refresh_token_enc = $2 WHERE account_id = $1",
+            uuid.UUID(account_id),
+            box.encrypt("1//refresh"),
+        )
+    await db.execute(
+        "UPDATE account_oauth SET access_token_enc = $2, access_expires_at = now() "
+        "WHERE account_id = $1",
+        uuid.UUID(cache),
+        old.encrypt("access"),
+    )
+    await _consent_under_way(db, kept, old, b"old-state")
+    await _consent_under_way(db, kept, new, b"new-state")
+
+    found = await mailfleet(database_dsn, new_key, "check-keys")
+    assert found.exit_code == 2, found.output
+    assert "the OAuth2 secrets of 2 of 3 OAuth2 accounts cannot be decrypted" in found.output
+    assert "credentials lost: 'lost'" in found.output
+    assert "1 consents under way cannot be finished" in found.output
+
+    forgotten = await mailfleet(database_dsn, new_key, "check-keys", "--forget")
+    assert forgotten.exit_code == 0, forgotten.output
+    assert (
+        "the OAuth2 credentials of 1 accounts (paused for consent), 1 cached access tokens "
+        "and 1 consents under way"
+    ) in forgotten.output
+    rows = {
+        str(r["id"]): r
+        for r in await db.fetch(
+            "SELECT a.id, a.status, a.status_reason, o.account_id IS NOT NULL AS has_oauth,"
+            " o.access_token_enc FROM accounts a LEFT JOIN account_oauth o ON o.account_id = a.id"
+        )
+    }
+    assert (rows[lost]["status"], rows[lost]["has_oauth"]) == ("paused", False)
+    assert rows[lost]["status_reason"].startswith("consent needed: its OAuth2 credentials")
+    assert (rows[cache]["status"], rows[cache]["has_oauth"]) == ("active", True)
+    assert rows[cache]["access_token_enc"] is None
+    assert rows[kept]["status"] == "active"
+    consents = await db.fetch(
+        "SELECT state_hash, code_verifier_enc IS NULL AS ended FROM oauth_consents"
+        " ORDER BY state_hash"
+    )
+    assert [(bytes(r["state_hash"]), r["ended"]) for r in consents] == [
+        (b"new-state", False),
+        (b"old-state", True),
+    ]
+    assert (await mailfleet(database_dsn, new_key, "check-keys")).exit_code == 0
+
+    # Connecting the account again resumes it.
+    body = {"provider": "google", "refresh_token": "1//again"}
+    again = await client.post(f"/api/admin/accounts/{lost}/oauth", json=body, headers=h)
+    assert again.json()["status"] == "active"

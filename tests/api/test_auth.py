@@ -14,9 +14,10 @@ from mailfleet_api.settings import AuthSettings, Settings
 
 from .conftest import PASSWORD, Conn, UserFactory, account_body, campaign_body, walk_pages
 
+# /oauth/callback: the consenting browser's, authorized by its single-use state instead.
 ANONYMOUS_ROUTES = {
     "/api/admin/login", "/health", "/ready", "/metrics",
-    "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
+    "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json", "/oauth/callback",
 }  # fmt: skip
 
 

@@ -1,8 +1,9 @@
 """Settings sections shared by every service; each service adds its own on top."""
 
+from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from mailfleet_common.templating import TemplateLimits
@@ -67,6 +68,18 @@ class AccountRateSettings(BaseModel):
     rate_min_sends: int = Field(default=100, ge=1)
 
 
+def absolute_http_url(value: str) -> str:
+    """``value`` without its trailing slashes: an absolute http(s) URL or ""; else ValueError."""
+    value = value.strip().rstrip("/")
+    if value:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError("must be an absolute http(s) URL")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+    return value
+
+
 class TrackingSettings(BaseModel):
     """Signed tracking and unsubscribe URLs, shared by the sender (signs) and tracker (checks).
 
@@ -82,17 +95,7 @@ class TrackingSettings(BaseModel):
     base_url: str = ""
     unsubscribe_mailto: str = ""
 
-    @field_validator("base_url")
-    @classmethod
-    def _absolute_http_url(cls, value: str) -> str:
-        value = value.strip().rstrip("/")
-        if value:
-            parts = urlsplit(value)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ValueError("base_url must be an absolute http(s) URL")
-            if parts.query or parts.fragment:
-                raise ValueError("base_url must not have a query or fragment")
-        return value
+    _base_url = field_validator("base_url")(absolute_http_url)
 
 
 class TemplateSettings(BaseModel):
@@ -113,37 +116,62 @@ class TemplateSettings(BaseModel):
 
 
 class OAuthClientSettings(BaseModel):
-    """One provider's OAuth client (its app registration) and token endpoint."""
+    """One provider's OAuth client (its app registration), token and authorization endpoints."""
 
     client_id: str = ""
     client_secret: SecretStr = SecretStr("")
     token_uri: str
+    # Where an admin's browser is sent to consent (the authorization-code flow, API only).
+    auth_uri: str = ""
     scopes: str  # space-separated, as asked of the provider
+
+
+_PROVIDER_DEFAULTS: dict[str, dict[str, str]] = {
+    "google": {
+        "token_uri": "https://oauth2.googleapis.com/token",
+        "auth_uri": "https://accounts.google.com/o/oauth2/v2/auth",
+        "scopes": "https://www.googleapis.com/auth/gmail.send "
+        "https://www.googleapis.com/auth/gmail.modify",
+    },
+    "microsoft": {
+        "token_uri": "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+        "auth_uri": "https://login.microsoftonline.com/common/oauth2/v2.0/authorize",
+        "scopes": "offline_access https://outlook.office.com/SMTP.Send "
+        "https://outlook.office.com/IMAP.AccessAsUser.All",
+    },
+}
 
 
 class OAuthSettings(BaseModel):
     """OAuth2 clients for Google and Microsoft accounts, read by every service that sends or reads.
 
     - google / microsoft (MAILFLEET_OAUTH__GOOGLE__CLIENT_ID, __CLIENT_SECRET, __TOKEN_URI,
-      __SCOPES; the same under __MICROSOFT__): the app registration refresh tokens were issued
-      to. Microsoft's token_uri names the tenant (``common`` takes any).
+      __AUTH_URI, __SCOPES; the same under __MICROSOFT__): the app registration refresh tokens
+      were issued to. Microsoft's token_uri and auth_uri name the tenant (``common`` takes any).
+    - redirect_uri (MAILFLEET_OAUTH__REDIRECT_URI): where the provider sends the consenting
+      browser back, registered with both OAuth clients; empty means the API's
+      ``/oauth/callback`` under its public URL (MAILFLEET_HTTP__PUBLIC_URL).
     - refresh_margin_s (MAILFLEET_OAUTH__REFRESH_MARGIN_S): an access token this close to its
       expiry is refreshed before use, so none expires in the middle of a send.
     - timeout_s (MAILFLEET_OAUTH__TIMEOUT_S): the most one token request may take.
     """
 
-    google: OAuthClientSettings = OAuthClientSettings(
-        token_uri="https://oauth2.googleapis.com/token",  # noqa: S106 - a URL
-        scopes="https://www.googleapis.com/auth/gmail.send "
-        "https://www.googleapis.com/auth/gmail.modify",
-    )
-    microsoft: OAuthClientSettings = OAuthClientSettings(
-        token_uri="https://login.microsoftonline.com/common/oauth2/v2.0/token",  # noqa: S106
-        scopes="offline_access https://outlook.office.com/SMTP.Send "
-        "https://outlook.office.com/IMAP.AccessAsUser.All",
-    )
+    google: OAuthClientSettings = OAuthClientSettings(**_PROVIDER_DEFAULTS["google"])
+    microsoft: OAuthClientSettings = OAuthClientSettings(**_PROVIDER_DEFAULTS["microsoft"])
     refresh_margin_s: float = Field(default=300.0, ge=0)
     timeout_s: float = Field(default=10.0, gt=0)
+    redirect_uri: str = ""
+
+    _redirect_uri = field_validator("redirect_uri")(absolute_http_url)
+
+    @field_validator("google", "microsoft", mode="before")
+    @classmethod
+    def _provider_defaults(cls, value: Any, info: ValidationInfo) -> Any:
+        # Environment variables give only some fields of a client (its id and secret, say):
+        # the provider's endpoints and scopes stay as they are unless given too.
+        if isinstance(value, dict):
+            return {**_PROVIDER_DEFAULTS[info.field_name or ""], **value}
+        return value
 
 
 class GmailSettings(BaseModel):

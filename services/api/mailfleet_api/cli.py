@@ -1,6 +1,6 @@
 """The ``mailfleet`` command: migrate, users and API keys, secrets and keys, serve, demo.
 
-The commands for API consumers (campaigns, enqueue, messages, events) are in
+The commands for API consumers (accounts, campaigns, enqueue, messages, events) are in
 ``mailfleet_api.client``; they talk to the API, not to the database.
 """
 
@@ -21,12 +21,14 @@ from mailfleet_common.settings import HttpSettings
 from pydantic import TypeAdapter, ValidationError
 
 from mailfleet_api import auth, queries, schemas
+from mailfleet_api.client import accounts as account_commands
 from mailfleet_api.client import campaigns as campaign_commands
 from mailfleet_api.client import enqueue as enqueue_commands
 from mailfleet_api.client import events as event_commands
 from mailfleet_api.client import messages as message_commands
 from mailfleet_api.demo import DemoOptions, run_demo
 from mailfleet_api.keycheck import KeyCheck, check_secrets, explain
+from mailfleet_api.queries import consents as consent_queries
 from mailfleet_api.queries import webhooks as webhook_queries
 from mailfleet_api.retention import RetentionReport, run_retention
 from mailfleet_api.schemas import users as user_schemas
@@ -38,6 +40,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+app.add_typer(account_commands.app, name="accounts")
 app.add_typer(campaign_commands.app, name="campaigns")
 app.add_typer(message_commands.app, name="messages")
 app.add_typer(event_commands.app, name="events")
@@ -176,7 +179,10 @@ def check_keys(
         ),
     ] = False,
 ) -> None:
-    """Check that MAILFLEET_CRYPTO__KEYS decrypts every stored SMTP and IMAP password.
+    """Check that MAILFLEET_CRYPTO__KEYS decrypts every stored secret.
+
+    SMTP and IMAP passwords, webhook secrets, OAuth2 credentials and access tokens, and the
+    PKCE verifiers of consents under way.
 
     Exits 2, saying what to do, when some cannot be decrypted (unless --forget).
     """
@@ -190,8 +196,15 @@ def check_keys(
                     settings.crypto,
                     await queries.fetch_account_secrets(conn),
                     await webhook_queries.fetch_endpoint_secrets(conn),
+                    await queries.fetch_oauth_secrets(conn),
+                    await consent_queries.fetch_verifiers(conn),
                 )
                 if forget:
+                    for lost in result.locked_oauth:
+                        await queries.forget_oauth_secrets(
+                            conn, lost.account_id, lost.credentials, lost.forgotten_reason
+                        )
+                    await consent_queries.forget_verifiers(conn, result.locked_consents)
                     for endpoint in result.locked_endpoints:
                         await webhook_queries.forget_endpoint_secret(
                             conn, endpoint.endpoint_id, endpoint.forgotten_reason
@@ -212,17 +225,26 @@ def check_keys(
     if result.all_decrypted:
         typer.echo(
             f"MAILFLEET_CRYPTO__KEYS decrypts every stored password "
-            f"({result.accounts_with_secrets} accounts have one) and webhook secret "
-            f"({result.endpoints_with_secrets} endpoints)"
+            f"({result.accounts_with_secrets} accounts have one), webhook secret "
+            f"({result.endpoints_with_secrets} endpoints), OAuth2 credential "
+            f"({result.oauth_accounts} accounts) and consent verifier "
+            f"({result.pending_consents} under way)"
         )
     elif forget:
         for locked in result.locked:
             typer.echo(f"{locked.name} ({locked.account_id}): {locked.forgotten_reason}")
         for endpoint in result.locked_endpoints:
             typer.echo(f"webhook endpoint {endpoint.endpoint_id}: {endpoint.forgotten_reason}")
+        for lost in result.locked_oauth:
+            what = lost.forgotten_reason if lost.credentials else "its cached access token dropped"
+            typer.echo(f"{lost.name} ({lost.account_id}): {what}")
+        credentials = sum(lost.credentials for lost in result.locked_oauth)
         typer.echo(
-            f"deleted the passwords of {len(result.locked)} accounts and paused them, and the "
-            f"secrets of {len(result.locked_endpoints)} webhook endpoints and disabled them"
+            f"deleted the passwords of {len(result.locked)} accounts and paused them, the "
+            f"secrets of {len(result.locked_endpoints)} webhook endpoints and disabled them, "
+            f"the OAuth2 credentials of {credentials} accounts (paused for consent), "
+            f"{len(result.locked_oauth) - credentials} cached access tokens and "
+            f"{len(result.locked_consents)} consents under way"
         )
     else:
         typer.secho(f"error: {explain(result)}", err=True, fg=typer.colors.RED)
@@ -274,14 +296,14 @@ def create_api_key(
 
 @app.command("rotate-secrets")
 def rotate_secrets() -> None:
-    """Re-encrypt passwords, OAuth credentials, access tokens and webhook secrets: newest key."""
+    """Re-encrypt passwords, OAuth secrets, consent verifiers, webhook secrets: newest key."""
     settings = _settings()
     box = SecretBox.from_settings(settings.crypto)
 
     def rotated(token: bytes | None) -> bytes | None:
         return None if token is None else box.rotate(token)
 
-    async def rotate() -> tuple[int, int, int]:
+    async def rotate() -> tuple[int, int, int, int]:
         conn = await asyncpg.connect(settings.postgres.dsn)
         try:
             async with conn.transaction():
@@ -307,14 +329,19 @@ def rotate_secrets() -> None:
                     for token in (account.smtp_password_enc, account.imap_password_enc)
                 )
                 oauth_accounts = await oauth.rotate_oauth_secrets(conn, box)
-                return secrets, oauth_accounts, len(endpoints)
+                verifiers = await consent_queries.fetch_verifiers(conn)
+                await consent_queries.set_verifiers(
+                    conn, [(state, box.rotate(verifier)) for state, verifier in verifiers]
+                )
+                return secrets, oauth_accounts, len(endpoints), len(verifiers)
         finally:
             await conn.close()
 
-    accounts, oauth_accounts, endpoints = asyncio.run(rotate())
+    accounts, oauth_accounts, endpoints, verifiers = asyncio.run(rotate())
     typer.echo(
         f"re-encrypted {accounts} account secrets, the OAuth credentials and tokens of "
-        f"{oauth_accounts} accounts and {endpoints} webhook secrets with the newest key"
+        f"{oauth_accounts} accounts, {endpoints} webhook secrets and the verifiers of "
+        f"{verifiers} consents under way with the newest key"
     )
 
 

@@ -1,4 +1,4 @@
-"""Whether the configured crypto keys can decrypt the passwords stored in the database.
+"""Whether the configured crypto keys can decrypt the secrets stored in the database.
 
 A database outlives the key that encrypted its passwords when it is reached from a second
 clone, or after the file holding the key was lost: every account would then fail at its first
@@ -12,9 +12,10 @@ from typing import Any
 from uuid import UUID
 
 from mailfleet_common.crypto import SecretBox, SecretBoxError
+from mailfleet_common.oauth import CONSENT_NEEDED
 from mailfleet_common.settings import CryptoSettings
 
-from mailfleet_api.queries.accounts import AccountSecrets
+from mailfleet_api.queries.accounts import AccountSecrets, OAuthSecrets
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,26 +56,56 @@ class LockedEndpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class LockedOAuth:
+    """An OAuth2 account whose credentials, or cached access token, no configured key decrypts.
+
+    A lost access token is only a cache: it is dropped and the next use refreshes. Lost
+    credentials (refresh token or service-account key) need a new consent or import.
+    """
+
+    account_id: UUID
+    name: str
+    credentials: bool
+    access_token: bool
+
+    forgotten_reason = (
+        f"{CONSENT_NEEDED}: its OAuth2 credentials were deleted: encrypted with a crypto key no "
+        "longer configured; connect the account again (POST /api/admin/accounts/{id}/oauth/"
+        "consent) or import them (POST /api/admin/accounts/{id}/oauth)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class KeyCheck:
     accounts_with_secrets: int
     locked: list[LockedSecret]
     key_error: str | None  # no key, or a malformed one
     endpoints_with_secrets: int = 0
     locked_endpoints: list[LockedEndpoint] = field(default_factory=list)
+    oauth_accounts: int = 0
+    locked_oauth: list[LockedOAuth] = field(default_factory=list)
+    pending_consents: int = 0
+    # The state hashes of consents under way whose PKCE verifier no key decrypts.
+    locked_consents: list[bytes] = field(default_factory=list)
 
     @property
     def all_decrypted(self) -> bool:
-        return not self.locked and not self.locked_endpoints
+        return not (
+            self.locked or self.locked_endpoints or self.locked_oauth or self.locked_consents
+        )
 
 
 def check_secrets(
     settings: CryptoSettings,
     accounts: Sequence[AccountSecrets],
     endpoint_rows: Sequence[Any] = (),
+    oauth_rows: Sequence[OAuthSecrets] = (),
+    verifiers: Sequence[tuple[bytes, bytes]] = (),
 ) -> KeyCheck:
-    """Try each stored password of these accounts, and each webhook secret.
+    """Try every stored secret: passwords, webhook and OAuth2 secrets, consent verifiers.
 
-    Endpoint rows as webhooks.fetch_endpoint_secrets returns them.
+    Endpoint rows as webhooks.fetch_endpoint_secrets returns them, verifiers as
+    consents.fetch_verifiers does.
     """
     box: SecretBox | None = None
     key_error = None
@@ -103,7 +134,24 @@ def check_secrets(
     endpoints = [
         LockedEndpoint(row["id"], row["url"]) for row in endpoint_rows if locked(row["secret_enc"])
     ]
-    return KeyCheck(len(accounts), found, key_error, len(endpoint_rows), endpoints)
+    oauth = []
+    for row in oauth_rows:
+        credentials = locked(row.refresh_token_enc) or locked(row.service_account_key_enc)
+        access = locked(row.access_token_enc)
+        if credentials or access:
+            oauth.append(LockedOAuth(row.account_id, row.name, credentials, access))
+    consents = [state_hash for state_hash, verifier in verifiers if locked(verifier)]
+    return KeyCheck(
+        len(accounts),
+        found,
+        key_error,
+        len(endpoint_rows),
+        endpoints,
+        len(oauth_rows),
+        oauth,
+        len(verifiers),
+        consents,
+    )
 
 
 def explain(check: KeyCheck) -> str:
@@ -124,6 +172,19 @@ def explain(check: KeyCheck) -> str:
             f"the signing secrets of {len(check.locked_endpoints)} of "
             f"{check.endpoints_with_secrets} webhook endpoints cannot be decrypted: {urls}.\n"
         )
+    oauth = ""
+    if check.locked_oauth:
+        lost = ", ".join(repr(o.name) for o in check.locked_oauth if o.credentials) or "none"
+        oauth += (
+            f"the OAuth2 secrets of {len(check.locked_oauth)} of {check.oauth_accounts} OAuth2 "
+            f"accounts cannot be decrypted; credentials lost: {lost} (the others only a "
+            "cached access token, refreshed once dropped).\n"
+        )
+    if check.locked_consents:
+        oauth += (
+            f"{len(check.locked_consents)} consents under way cannot be finished (their PKCE "
+            "verifier cannot be decrypted).\n"
+        )
     passwords = ""
     if check.locked:
         passwords = (
@@ -131,7 +192,7 @@ def explain(check: KeyCheck) -> str:
             f"accounts cannot be decrypted (SMTP: {smtp}, IMAP: {imap}): {names}{more}.\n"
         )
     return (
-        f"{passwords}{endpoints}"
+        f"{passwords}{endpoints}{oauth}"
         f"{cause}: this database was set up with another key (another clone's, or one since "
         "lost). Every one of these accounts would be paused at its first message.\n"
         "Either:\n"
@@ -140,5 +201,7 @@ def explain(check: KeyCheck) -> str:
         "  - or give these passwords up: `mailfleet check-keys --forget` deletes them (an IMAP "
         "setting with its password) and pauses the accounts; give each again (PATCH "
         "/api/admin/accounts/{id}) and resume them. It deletes lost webhook secrets too and "
-        "disables those endpoints: rotate each secret, then enable the endpoint."
+        "disables those endpoints: rotate each secret, then enable the endpoint. Lost OAuth2 "
+        "credentials are deleted and their accounts paused for consent: connect them again "
+        "(they resume); lost access tokens and consents under way are dropped."
     )

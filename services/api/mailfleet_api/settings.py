@@ -5,9 +5,12 @@ from typing import Literal
 from limits import parse
 from mailfleet_common.settings import (
     CryptoSettings,
+    GmailSettings,
     HttpSettings,
+    OAuthSettings,
     ServiceSettings,
     TemplateSettings,
+    absolute_http_url,
 )
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
@@ -130,10 +133,31 @@ class PrivacySettings(BaseModel):
     ip: Literal["full", "truncated", "none"] = "truncated"
 
 
+class ApiHttpSettings(HttpSettings):
+    """Where the API answers, and where browsers reach it.
+
+    ``public_url`` (MAILFLEET_HTTP__PUBLIC_URL): the API's public base URL, e.g.
+    ``https://mailfleet.example.com``; the OAuth consent callback is ``/oauth/callback`` under it.
+    """
+
+    public_url: str = ""
+
+    _public_url = field_validator("public_url")(absolute_http_url)
+
+
+class ConsentSettings(BaseModel):
+    """The OAuth consent flow started from the API (MAILFLEET_CONSENT__*).
+
+    ``ttl_s``: how long a consent URL stays usable; the admin must finish consenting by then.
+    """
+
+    ttl_s: int = Field(default=900, ge=60, le=24 * 3600)
+
+
 class Settings(ServiceSettings):
     """MAILFLEET_POSTGRES__DSN, MAILFLEET_RABBIT__URL, MAILFLEET_AUTH__JWT_SECRET, ..."""
 
-    http: HttpSettings = HttpSettings()
+    http: ApiHttpSettings = ApiHttpSettings()
     auth: AuthSettings = AuthSettings()
     crypto: CryptoSettings = CryptoSettings()
     enqueue: EnqueueSettings = EnqueueSettings()
@@ -143,3 +167,13 @@ class Settings(ServiceSettings):
     templates: TemplateSettings = TemplateSettings()
     retention: RetentionSettings = RetentionSettings()
     privacy: PrivacySettings = PrivacySettings()
+    oauth: OAuthSettings = OAuthSettings()
+    gmail: GmailSettings = GmailSettings()
+    consent: ConsentSettings = ConsentSettings()
+
+    @property
+    def oauth_redirect_uri(self) -> str:
+        """Where providers send the consenting browser back; "" when neither is configured."""
+        if self.oauth.redirect_uri:
+            return self.oauth.redirect_uri
+        return f"{self.http.public_url}/oauth/callback" if self.http.public_url else ""

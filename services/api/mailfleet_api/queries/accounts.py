@@ -6,11 +6,13 @@ from typing import Any, get_args
 from uuid import UUID
 
 from mailfleet_common.db import Conn
+from mailfleet_common.oauth import CONSENT_NEEDED
 from pydantic import BaseModel, ConfigDict
 
 from mailfleet_api import schemas
 from mailfleet_api.queries.columns import field_expressions, json_object, select_list
 from mailfleet_api.queries.pages import keyset_page
+from mailfleet_api.queries.webhooks import record_account_status
 from mailfleet_api.schemas.oauth import OAuthStatus
 
 # An account has two shapes, each written once:
@@ -26,9 +28,11 @@ class AccountRow(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     name: str
-    smtp_host: str
-    smtp_port: int
-    smtp_tls: schemas.SmtpTls
+    kind: schemas.AccountKind
+    auth_kind: schemas.AuthKind
+    smtp_host: str | None
+    smtp_port: int | None
+    smtp_tls: schemas.SmtpTls | None
     smtp_username: str | None
     smtp_password_enc: bytes | None
     from_email: str
@@ -167,6 +171,35 @@ async def update_account(
     await conn.execute(_UPDATE, account_id, *row.values(), restart_rates)
 
 
+async def has_usable_oauth(conn: Conn, account_id: UUID) -> bool:
+    """Whether the account has OAuth2 credentials that the provider has not refused."""
+    found = await conn.fetchval(
+        "SELECT consent = 'granted' FROM account_oauth WHERE account_id = $1", account_id
+    )
+    return bool(found)
+
+
+async def resume_after_consent(conn: Conn, account_id: UUID, reason: str) -> bool:
+    """Make active again an account paused for consent ("consent needed: ..."), as a resume.
+
+    Its bounce and complaint rates start afresh, as when an operator resumes it, and the
+    'account-resumed' event is recorded. False if it was not paused for consent.
+    """
+    resumed = await conn.fetchval(
+        """
+        UPDATE accounts
+        SET status = 'active', status_reason = NULL, rates_since = now(), updated_at = now()
+        WHERE id = $1 AND status = 'paused' AND starts_with(status_reason, $2)
+        RETURNING true
+        """,
+        account_id,
+        CONSENT_NEEDED,
+    )
+    if resumed:
+        await record_account_status(conn, account_id, "active", "paused", reason)
+    return bool(resumed)
+
+
 async def delete_mailbox_checkpoint(conn: Conn, account_id: UUID) -> None:
     """Forget where the account's mailbox was read up to: it is read from its start."""
     await conn.execute("DELETE FROM mailbox_checkpoints WHERE account_id = $1", account_id)
@@ -275,6 +308,60 @@ async def forget_account_secrets(
         account_id,
         smtp,
         imap,
+        reason,
+    )
+
+
+class OAuthSecrets(BaseModel):
+    """An OAuth2 account's encrypted credentials and cached access token, and its name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    account_id: UUID
+    name: str
+    refresh_token_enc: bytes | None
+    service_account_key_enc: bytes | None
+    access_token_enc: bytes | None
+
+
+async def fetch_oauth_secrets(conn: Conn) -> list[OAuthSecrets]:
+    """Every account's OAuth2 secrets, row-locked until the transaction ends."""
+    rows = await conn.fetch(
+        """
+        SELECT o.account_id, a.name, o.refresh_token_enc, o.service_account_key_enc,
+               o.access_token_enc
+        FROM account_oauth o JOIN accounts a ON a.id = o.account_id
+        ORDER BY o.account_id FOR NO KEY UPDATE OF o
+        """
+    )
+    return [OAuthSecrets.model_validate(dict(r)) for r in rows]
+
+
+async def forget_oauth_secrets(
+    conn: Conn, account_id: UUID, credentials: bool, reason: str
+) -> None:
+    """Drop OAuth2 secrets no key can decrypt: the cached access token, or all credentials.
+
+    Without credentials the account is no OAuth2 account any more until connected again: an
+    active one is paused with `reason` (consent needed), and resumes once connected.
+    """
+    if not credentials:
+        await conn.execute(
+            """
+            UPDATE account_oauth SET access_token_enc = NULL, access_expires_at = NULL,
+                                     updated_at = now()
+            WHERE account_id = $1
+            """,
+            account_id,
+        )
+        return
+    await conn.execute("DELETE FROM account_oauth WHERE account_id = $1", account_id)
+    await conn.execute(
+        """
+        UPDATE accounts SET status = 'paused', status_reason = $2, updated_at = now()
+        WHERE id = $1 AND status = 'active'
+        """,
+        account_id,
         reason,
     )
 

@@ -29,11 +29,28 @@ from mailfleet_api.schemas.common import (
 )
 from mailfleet_api.schemas.oauth import OAuthStatus
 
+AccountKind = Literal["smtp", "gmail-api"]
+AuthKind = Literal["password", "oauth2"]
+
+_KIND = (
+    "smtp: sends through an SMTP server (smtp_* fields). gmail-api: sends and reads through "
+    "the Gmail API, as from_email, always with OAuth2 (Google); no SMTP or IMAP settings."
+)
+_AUTH_KIND = (
+    "How the account signs in: password (smtp_password, imap.password), or oauth2 (XOAUTH2 "
+    "for SMTP and IMAP, no passwords; Google Workspace or Microsoft 365). An oauth2 account "
+    "is created paused until it is connected (POST /api/admin/accounts/{id}/oauth/consent) "
+    "or its credentials are imported (POST /api/admin/accounts/{id}/oauth)."
+)
+_SMTP_USERNAME = "The SMTP login; for an oauth2 account, the mailbox it signs in as."
+
 
 class _AccountFields(Body):
-    smtp_port: Annotated[int, Field(ge=1, le=65535)]
-    smtp_tls: SmtpTls
-    smtp_username: SmtpUsername | None = None
+    smtp_port: Annotated[int, Field(ge=1, le=65535)] | None = Field(
+        default=None, description="Required for kind smtp."
+    )
+    smtp_tls: SmtpTls | None = Field(default=None, description="Required for kind smtp.")
+    smtp_username: SmtpUsername | None = Field(default=None, description=_SMTP_USERNAME)
     smtp_password: Annotated[SecretStr, Field(max_length=4096)] | None = None
     from_email: EmailAddress
     from_name: Name | None = None
@@ -123,7 +140,9 @@ class ImapCreate(Body):
     port: Port | None = Field(default=None, description="Default: 993 with implicit TLS, else 143.")
     tls: SmtpTls = "implicit"
     username: ImapUsername
-    password: ImapPassword
+    password: ImapPassword | None = Field(
+        default=None, description="Required unless the account is oauth2 (XOAUTH2 signs in)."
+    )
     folder: MailboxName = Field(default="INBOX", description=_IMAP_FOLDER)
     processed_folder: MailboxName | None = Field(default=None, description=_IMAP_PROCESSED_FOLDER)
 
@@ -171,7 +190,10 @@ class ImapSettings(BaseModel):
     has_password: bool
 
 
-_IMAP = "Where the account's returns arrive. The password is stored encrypted, never returned."
+_IMAP = (
+    "Where the account's returns arrive (kind smtp). The password is stored encrypted, never "
+    "returned; an oauth2 account signs in with XOAUTH2 and needs none."
+)
 
 
 _ACCOUNT_TAGS = (
@@ -200,14 +222,43 @@ class AccountCreate(_AccountFields):
                     "warmup_increment": 50,
                     "tags": ["eu", "newsletter"],
                     "imap": {**_IMAP_EXAMPLE, "password": "imap-app-password"},
-                }
+                },
+                {
+                    "name": "gmail-news",
+                    "kind": "gmail-api",
+                    "from_email": "news@example.com",
+                    "from_name": "Example News",
+                    "daily_limit": 1500,
+                },
+                {
+                    "name": "m365-news",
+                    "auth_kind": "oauth2",
+                    "smtp_host": "smtp.office365.com",
+                    "smtp_port": 587,
+                    "smtp_tls": "starttls",
+                    "smtp_username": "news@example.com",
+                    "from_email": "news@example.com",
+                    "daily_limit": 5000,
+                    "imap": {
+                        "host": "outlook.office365.com",
+                        "username": "news@example.com",
+                        "processed_folder": "Processed",
+                    },
+                },
             ]
         }
     )
 
     name: Name
-    smtp_host: HostName
-    status: SettableAccountStatus = "active"
+    kind: AccountKind = Field(default="smtp", description=_KIND)
+    auth_kind: AuthKind | None = Field(
+        default=None, description=_AUTH_KIND + " Default: oauth2 for gmail-api, else password."
+    )
+    smtp_host: HostName | None = Field(default=None, description="Required for kind smtp.")
+    status: SettableAccountStatus = Field(
+        default="active",
+        description="An oauth2 account without credentials yet starts paused (consent needed).",
+    )
     tags: Tags = Field(default=[], description=_ACCOUNT_TAGS)
     imap: ImapCreate | None = Field(default=None, description=_IMAP)
 
@@ -225,10 +276,15 @@ class AccountUpdate(Body):
     )
 
     name: Name | None = None
+    auth_kind: AuthKind | None = Field(
+        default=None,
+        description="Switching an smtp account to oauth2 needs smtp_password: null if it has "
+        "one; it stays paused for consent until connected. The kind cannot change.",
+    )
     smtp_host: HostName | None = None
     smtp_port: Annotated[int, Field(ge=1, le=65535)] | None = None
     smtp_tls: SmtpTls | None = None
-    smtp_username: SmtpUsername | None = None
+    smtp_username: SmtpUsername | None = Field(default=None, description=_SMTP_USERNAME)
     smtp_password: Annotated[SecretStr, Field(max_length=4096)] | None = None
     from_email: EmailAddress | None = None
     from_name: Name | None = None
@@ -249,9 +305,7 @@ class AccountUpdate(Body):
     def _required_stay_set(self) -> "AccountUpdate":
         required = (
             "name",
-            "smtp_host",
-            "smtp_port",
-            "smtp_tls",
+            "auth_kind",
             "from_email",
             "daily_limit",
             "min_gap_ms",
@@ -282,10 +336,10 @@ class Account(BaseModel):
 
     id: UUID
     name: str
-    kind: str
-    smtp_host: str
-    smtp_port: int
-    smtp_tls: SmtpTls
+    kind: AccountKind = Field(description=_KIND)
+    smtp_host: str | None
+    smtp_port: int | None
+    smtp_tls: SmtpTls | None
     smtp_username: str | None
     has_password: bool
     from_email: str
@@ -301,21 +355,20 @@ class Account(BaseModel):
     tags: list[str] = Field(description=_ACCOUNT_TAGS)
     held_until: datetime | None = Field(
         default=None,
-        description="Set while the account waits for its SMTP server after a failed connection "
-        "(refused, unreachable, timed out): it gets no new work until then, and what it held "
-        "went to other accounts. Null when it is not waiting.",
+        description="Set while the account waits: for its SMTP server after a failed connection "
+        "(refused, unreachable, timed out), or for the Gmail API after a rate limit or until "
+        "the next UTC midnight after its daily sending limit. It gets no new work until then, "
+        "and what it held went to other accounts. Null when it is not waiting.",
     )
     held_reason: str | None = Field(
-        default=None, description="The last connection failure, while the account waits."
+        default=None, description="Why the account waits (the last failure), while it does."
     )
     rates_since: datetime | None = Field(
         description="Bounce and complaint rates count sends after this (null: every send); "
         "set when the account is resumed."
     )
     imap: ImapSettings | None = Field(description=_IMAP)
-    auth_kind: Literal["password", "oauth2"] = Field(
-        description="How the account signs in: its password, or OAuth2 (see oauth)."
-    )
+    auth_kind: AuthKind = Field(description=_AUTH_KIND)
     oauth: OAuthStatus | None = Field(
         description="Its OAuth2 credentials (never the secrets), once imported "
         "(POST /api/admin/accounts/{id}/oauth)."

@@ -99,3 +99,49 @@ class OAuthImport(Body):
         elif self.subject is not None:
             raise ValueError("subject is only for a service account")
         return self
+
+
+class ConsentStart(Body):
+    """Which provider the mailbox's owner consents at, and the account to suggest there."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"provider": "google"},
+                {"provider": "microsoft", "login_hint": "news@example.com"},
+            ]
+        }
+    )
+
+    provider: Provider
+    login_hint: EmailAddress | None = Field(
+        default=None,
+        description="The account the provider's sign-in page suggests. Default: the "
+        "account's mailbox (smtp_username, or from_email).",
+    )
+
+
+class ConsentStarted(BaseModel):
+    """A consent URL for the mailbox's owner to open: single use, until expires_at."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "provider": "google",
+                    "authorization_url": "https://accounts.google.com/o/oauth2/v2/auth?"
+                    "response_type=code&client_id=1234.apps.googleusercontent.com&...",
+                    "redirect_uri": "https://mailfleet.example.com/oauth/callback",
+                    "expires_at": "2026-03-02T09:30:00Z",
+                }
+            ]
+        }
+    )
+
+    provider: Provider
+    authorization_url: str = Field(
+        description="Open it in a browser signed in as the mailbox's owner (or an admin of "
+        "its domain); it comes back to redirect_uri, which connects the account."
+    )
+    redirect_uri: str = Field(description="Must be registered with the provider's OAuth client.")
+    expires_at: datetime
