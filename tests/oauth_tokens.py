@@ -20,8 +20,11 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
+
+if TYPE_CHECKING:
+    from tests.doubles.oauth import TokenStore
 
 GMAIL_SCOPE = "https://mail.google.com/"
 OUTLOOK_SCOPE = (
@@ -91,6 +94,25 @@ class TokenRegistry:
             "sub": issued.address,
             "exp": int(issued.expires_at),
         }
+
+
+class ProviderTokens(TokenRegistry):
+    """The access tokens a provider's double (tests/doubles) issued, checked as the registry's.
+
+    Gives the SMTP peer (or the introspection endpoint) the tokens the sender got from the
+    Google or Microsoft double, so a grant revoked there is refused here too.
+    """
+
+    def __init__(self, store: "TokenStore") -> None:
+        super().__init__()
+        self._store = store
+
+    def holder(self, token: str) -> IssuedToken | None:
+        record = self._store.authenticate(token)
+        if record is None:
+            return None
+        scope = " ".join(sorted(record.scopes))
+        return IssuedToken(record.user.lower(), scope, record.expires_at, record.client_id)
 
 
 class _IntrospectionHandler(BaseHTTPRequestHandler):

@@ -18,7 +18,7 @@ from mailfleet_sender.settings import Settings
 from tests.doubles.google import GoogleDouble
 from tests.doubles.microsoft import MicrosoftDouble
 from tests.doubles.oauth import OAuthClient, TokenStore
-from tests.oauth_tokens import IssuedToken, TokenRegistry
+from tests.oauth_tokens import ProviderTokens
 from tests.sender.conftest import (
     GOOGLE_MAIL,
     OUTLOOK_SMTP,
@@ -37,21 +37,6 @@ from tests.sender.conftest import (
 from tests.smtp_peer import OAuthHandler, SmtpPeer, _free_port
 
 ADDRESS = "news@fleet.example.com"
-
-
-class ProviderTokens(TokenRegistry):
-    """The access tokens a provider's double issued, as the SMTP peer checks them."""
-
-    def __init__(self, store: TokenStore) -> None:
-        super().__init__()
-        self._store = store
-
-    def holder(self, token: str) -> IssuedToken | None:
-        record = self._store.authenticate(token)
-        if record is None:
-            return None
-        scope = " ".join(sorted(record.scopes))
-        return IssuedToken(record.user.lower(), scope, record.expires_at, record.client_id)
 
 
 class Provider:

@@ -63,8 +63,13 @@ class ConsentNeededError(OAuthTokenError):
 
     @property
     def reason(self) -> str:
-        """The account's status_reason once paused for it."""
-        return f"{CONSENT_NEEDED}: {self.detail}"[:500]
+        """The account's status_reason once paused for it: the provider's error, first line.
+
+        Microsoft's descriptions go on with trace and correlation ids and a timestamp, one per
+        line; they stay in the log.
+        """
+        first = self.detail.strip().splitlines()[0] if self.detail.strip() else self.detail
+        return f"{CONSENT_NEEDED}: {first}"[:500]
 
 
 class _GrantRefusedError(Exception):
