@@ -1,7 +1,9 @@
 """An aiosmtpd server in the test process, steered by the recipient's local part.
 
 ``tempfailN-...@``: 451 for the first N tries, then accepted. ``reject-...@``: 550.
-``full-...@``: 552. Any login is accepted except with the password ``wrong`` (535).
+``full-...@``: 552. ``late-...@``: the message is taken (recorded), but the reply to the end
+of DATA comes only after ``Handler.late_reply_s`` (default 30 s) or never if the client gave
+up and hung up first. Any login is accepted except with the password ``wrong`` (535).
 A peer made with ``auth=False`` offers no AUTH; with an ``ssl_context`` it speaks TLS from the
 first byte (``tls="implicit"``) or offers STARTTLS (``tls="starttls"``, and AUTH only after it).
 
@@ -13,6 +15,7 @@ for the client's empty line and answers ``535 5.7.8``; ``"microsoft"`` answers
 ``535 5.7.3 Authentication unsuccessful`` at once, as Exchange Online does.
 """
 
+import asyncio
 import base64
 import json
 import socket
@@ -58,6 +61,7 @@ class Handler:
     refused: list[tuple[str, int]] = field(default_factory=list)
     logins: list[str] = field(default_factory=list)
     ehlos: int = 0  # sessions that got as far as EHLO: one per connection of our client
+    late_reply_s: float = 30.0
     _tries: dict[str, int] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -111,6 +115,8 @@ class Handler:
                 self.received.append(
                     Received(recipient, str(envelope.mail_from), raw, session.peer)
                 )
+        if any(r.split("@", 1)[0].startswith("late") for r in envelope.rcpt_tos):
+            await asyncio.sleep(self.late_reply_s)  # taken, but the client hears nothing
         return "250 2.0.0 Accepted"
 
     def to(self, recipient: str) -> list[Received]:

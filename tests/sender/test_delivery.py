@@ -92,6 +92,31 @@ async def test_temporary_failures_are_retried_with_the_same_message_id_until_sen
     ]
 
 
+async def test_no_reply_once_data_began_leaves_the_message_uncertain_and_never_resent(
+    sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
+) -> None:
+    # The server takes the message but its reply comes after the sender's timeout (5 s):
+    # retrying could deliver it twice, so it is `uncertain`, for an operator to resolve.
+    smtp_peer.handler.late_reply_s = 8
+    account = await insert_account(db, smtp_peer.port)
+    campaign = await insert_campaign(db)
+    ids = await insert_messages(db, campaign, account, ["late-a@example.org"])
+    await publish_batch(rabbit_url, account, ids)
+    await wait_for(lambda: settled(db, ids, "uncertain"), within=15)
+    row = await db.fetchrow("SELECT attempts, last_error FROM messages WHERE id = $1", ids[0])
+    assert row["attempts"] == 1
+    assert "no reply once DATA began" in row["last_error"]
+
+    await publish_batch(rabbit_url, account, ids)  # a repeated command changes nothing
+    await wait_for(lambda: sender_idle(sender))
+    assert await statuses(db, ids) == ["uncertain"]
+    assert len(smtp_peer.handler.to("late-a@example.org")) == 1
+    # The account goes on, on a new session.
+    more = await insert_messages(db, campaign, account, ["after-late@example.org"])
+    await publish_batch(rabbit_url, account, more)
+    await wait_for(lambda: settled(db, more))
+
+
 async def test_permanent_refusal_fails_the_message_at_once(
     sender: SenderReplica, db: Any, smtp_peer: SmtpPeer, rabbit_url: str
 ) -> None:

@@ -1,8 +1,10 @@
 """SMTP delivery: pooled aiosmtplib sessions per account, pacing, and reply classification.
 
-Classification follows Mailman: 2xx delivered; 4xx, timeouts and dropped connections mean
-nothing was delivered and a retry may work; 5xx is permanent, except 552 (mailbox full) which
-is treated as temporary. A session that cannot be opened is the account's problem, not the
+Classification follows Mailman: 2xx delivered; 4xx, and timeouts and dropped connections
+before DATA, mean nothing was delivered and a retry may work; 5xx is permanent, except 552
+(mailbox full) which is treated as temporary. A timeout or a dropped connection once DATA has
+begun is `uncertain`: the server may have taken the message without its reply reaching us (the
+duplicate-message problem of RFC 1047), so it is never sent again by itself. A session that cannot be opened is the account's problem, not the
 message's: either its configuration is wrong (credentials refused or unusable, AUTH or STARTTLS
 not offered, a TLS failure) and only an operator can fix it, or its server cannot be reached
 (refused, DNS, timeout) and the account waits before it tries again.
@@ -46,8 +48,8 @@ log = logging.getLogger(__name__)
 # reached, hold it; exhausted: this process is out of file descriptors, which says nothing
 # about the account, so it only waits; throttled: the provider asked the account to slow down
 # (Gmail's quotas), it waits `hold_s`. In these four, nothing was sent. uncertain: the request
-# was sent but its answer never came (a Gmail API timeout): it may have been delivered, so it
-# is never tried again automatically.
+# was sent but its answer never came (a Gmail API timeout, an SMTP session lost once DATA
+# began): it may have been delivered, so it is never tried again automatically.
 Verdict = Literal[
     "sent", "temporary", "permanent", "config", "unreachable", "exhausted", "throttled", "uncertain"
 ]
@@ -205,7 +207,12 @@ async def _transaction(
         if reply.code == 250:
             reply = await client.execute_command(b"RCPT", b"TO:<" + recipient.encode() + b">")
             if reply.code in (250, 251):
-                reply = await client.data(data)
+                try:
+                    reply = await client.data(data)
+                except (aiosmtplib.SMTPServerDisconnected, OSError, TimeoutError) as exc:
+                    # aiosmtplib's SMTPTimeoutError is a TimeoutError. Replies (4xx, 5xx) are
+                    # SMTPResponseExceptions and not caught here: the server said no.
+                    raise DataUnansweredError(exc) from exc
                 return SmtpResult("sent", reply.code, reply.message)
         raise aiosmtplib.SMTPResponseException(reply.code, reply.message)
     except aiosmtplib.SMTPResponseException as exc:
@@ -213,6 +220,13 @@ async def _transaction(
             with contextlib.suppress(aiosmtplib.SMTPException):
                 await client.rset()  # clear the half-built envelope before the next message
         raise
+
+
+class DataUnansweredError(Exception):
+    """DATA began, and no reply came: the message may have been taken."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
 
 
 class SessionError(Exception):
@@ -391,12 +405,15 @@ class SmtpConnection:
             return result
         except SessionError as exc:
             return exc.result
+        except DataUnansweredError as exc:
+            self.close()
+            return SmtpResult("uncertain", None, f"no reply once DATA began: {exc}")
         except aiosmtplib.SMTPResponseException as exc:  # the reply to DATA or its content
             if exc.code == 421:  # the server is closing the session
                 self.close()
             return classify_reply(exc.code, exc.message)
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            # Timeouts, dropped connections mid-transaction: nothing was delivered.
+            # Timeouts, dropped connections before DATA: nothing was delivered.
             self.close()
             return SmtpResult("temporary", None, f"{type(exc).__name__}: {exc}")
 
