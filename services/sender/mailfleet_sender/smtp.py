@@ -4,8 +4,9 @@ Classification follows Mailman: 2xx delivered; 4xx, and timeouts and dropped con
 before DATA, mean nothing was delivered and a retry may work; 5xx is permanent, except 552
 (mailbox full) which is treated as temporary. A timeout or a dropped connection once DATA has
 begun is `uncertain`: the server may have taken the message without its reply reaching us (the
-duplicate-message problem of RFC 1047), so it is never sent again by itself. A session that cannot be opened is the account's problem, not the
-message's: either its configuration is wrong (credentials refused or unusable, AUTH or STARTTLS
+duplicate-message problem of RFC 1047), so it is never sent again by itself.
+
+A session that cannot be opened is the account's problem, not the message's: either its configuration is wrong (credentials refused or unusable, AUTH or STARTTLS
 not offered, a TLS failure) and only an operator can fix it, or its server cannot be reached
 (refused, DNS, timeout) and the account waits before it tries again.
 
