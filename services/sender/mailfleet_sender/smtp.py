@@ -6,9 +6,10 @@ before DATA, mean nothing was delivered and a retry may work; 5xx is permanent, 
 begun is `uncertain`: the server may have taken the message without its reply reaching us (the
 duplicate-message problem of RFC 1047), so it is never sent again by itself.
 
-A session that cannot be opened is the account's problem, not the message's: either its configuration is wrong (credentials refused or unusable, AUTH or STARTTLS
-not offered, a TLS failure) and only an operator can fix it, or its server cannot be reached
-(refused, DNS, timeout) and the account waits before it tries again.
+A session that cannot be opened is the account's problem, not the message's: either its
+configuration is wrong (credentials refused or unusable, AUTH or STARTTLS not offered, a TLS
+failure) and only an operator can fix it, or its server cannot be reached (refused, DNS,
+timeout) and the account waits before it tries again.
 
 OAuth2 accounts log in with SASL XOAUTH2 and the account's access token. A refused token is
 forgotten and the login tried once more with a fresh one; refused again, the grant is at fault
