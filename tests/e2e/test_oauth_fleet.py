@@ -150,7 +150,9 @@ async def _fleet(
         assert account["status"] == "paused"  # until it is connected
         refresh = providers.microsoft.issue_refresh_token(
             # What the settings ask on every refresh (Microsoft wants them each time).
-            providers.microsoft_client, mailbox, ["offline_access", OUTLOOK_SMTP, OUTLOOK_IMAP]
+            providers.microsoft_client,
+            mailbox,
+            ["offline_access", OUTLOOK_SMTP, OUTLOOK_IMAP],
         )
         await _connect(client, account["id"], {"provider": "microsoft", "refresh_token": refresh})
         fleet.smtp_oauth.append(account["id"])
