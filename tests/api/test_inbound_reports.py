@@ -377,6 +377,7 @@ async def test_health_shows_how_the_mailbox_is_read_and_what_came_in_this_week(
     mailbox = response.json()["mailbox"]
     polled = mailbox.pop("polled_at")
     position = {k: mailbox.pop(k) for k in ("folder", "uidvalidity", "last_uid", "last_error")}
+    assert (mailbox.pop("history_id"), mailbox.pop("backoff_until")) == (None, None)
     if read:
         assert datetime.fromisoformat(polled) == polled_at
         assert position == {
@@ -391,6 +392,46 @@ async def test_health_shows_how_the_mailbox_is_read_and_what_came_in_this_week(
     assert mailbox == {
         "reports": dict.fromkeys(KINDS, 0) | {"bounce": 3, "complaint": 1, "unrecognized": 1}
     }
+
+
+@pytest.mark.parametrize("read", [False, True])
+async def test_health_shows_how_a_gmail_api_mailbox_is_read(
+    client: httpx.AsyncClient, viewer: dict[str, Any], db: Conn, read: bool
+) -> None:
+    account_id = await db.fetchval(
+        "INSERT INTO accounts (name, kind, auth_kind, from_email, daily_limit)"
+        " VALUES ('gmail', 'gmail-api', 'oauth2', 'news@example.com', 100) RETURNING id"
+    )
+    polled_at, backoff_until = NOW - timedelta(minutes=1), NOW + timedelta(seconds=40)
+    if read:
+        await db.execute(
+            "INSERT INTO gmail_mailboxes (account_id, history_id, polled_at, last_error,"
+            " backoff_until) VALUES ($1, '18446744073709551615', $2, 'quota', $3)",
+            account_id,
+            polled_at,
+            backoff_until,
+        )
+    await add_report(db, account_id, "reply")
+
+    response = await client.get(
+        f"/api/admin/accounts/{account_id}/health", headers=viewer["headers"]
+    )
+
+    assert response.status_code == 200, response.text
+    mailbox = response.json()["mailbox"]
+    assert (mailbox["folder"], mailbox["uidvalidity"], mailbox["last_uid"]) == ("INBOX", None, None)
+    assert mailbox["reports"]["reply"] == 1
+    if read:
+        assert mailbox["history_id"] == "18446744073709551615"  # beyond a signed bigint
+        assert datetime.fromisoformat(mailbox["polled_at"]) == polled_at
+        assert datetime.fromisoformat(mailbox["backoff_until"]) == backoff_until
+        assert mailbox["last_error"] == "quota"
+    else:
+        assert (mailbox["history_id"], mailbox["polled_at"], mailbox["last_error"]) == (
+            None,
+            None,
+            None,
+        )
 
 
 async def test_health_has_no_mailbox_block_for_an_account_without_imap(

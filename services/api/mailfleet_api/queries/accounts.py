@@ -375,26 +375,40 @@ FEEDBACK_COUNTS = """
 """
 
 
-_MAILBOX_POSITION = ("folder", "uidvalidity", "last_uid", "polled_at", "last_error")
+_MAILBOX_POSITION = (
+    "folder",
+    "uidvalidity",
+    "last_uid",
+    "polled_at",
+    "last_error",
+    "history_id",
+    "backoff_until",
+)
 
 
 async def account_health(conn: Conn, account_id: UUID, window: int) -> schemas.AccountHealth | None:
     """An account's feedback and the reading of its mailbox; None: no account.
 
     The feedback is on the account's `window` newest sends since rates_since; the mailbox
-    block is there only if the account has IMAP settings.
+    block is there only if the account has IMAP settings or is read through the Gmail API.
     """
     row = await conn.fetchrow(
         """
         SELECT a.id AS account_id, a.status, a.status_reason,
                nullif(a.rates_since, '-infinity') AS rates_since,
-               a.imap_host IS NOT NULL AS reads_mailbox,
+               a.imap_host IS NOT NULL OR a.kind = 'gmail-api' AS reads_mailbox,
                -- UIDVALIDITY 0: the bouncer has not read the mailbox yet (only failed to).
-               nullif(m.folder, '') AS folder, nullif(m.uidvalidity, 0) AS uidvalidity,
+               CASE WHEN a.kind = 'gmail-api' THEN 'INBOX' ELSE nullif(m.folder, '') END
+                   AS folder,
+               nullif(m.uidvalidity, 0) AS uidvalidity,
                CASE WHEN m.uidvalidity <> 0 THEN m.last_uid END AS last_uid,
-               m.polled_at, m.last_error, r.reports, f.*
+               coalesce(g.polled_at, m.polled_at) AS polled_at,
+               CASE WHEN a.kind = 'gmail-api' THEN g.last_error ELSE m.last_error END
+                   AS last_error,
+               g.history_id, g.backoff_until, r.reports, f.*
         FROM accounts a
         LEFT JOIN mailbox_checkpoints m ON m.account_id = a.id
+        LEFT JOIN gmail_mailboxes g ON g.account_id = a.id
         CROSS JOIN LATERAL (
             SELECT coalesce(jsonb_object_agg(kind, n), '{}') AS reports
             FROM (SELECT kind, count(*) AS n FROM inbound_reports

@@ -174,6 +174,15 @@ class AccountMailbox(BaseModel):
     last_uid: int | None = Field(description="The highest UID processed.")
     polled_at: datetime | None = Field(description="When the mailbox was last read.")
     last_error: str | None = Field(description="Why the last read failed; null: it worked.")
+    history_id: str | None = Field(
+        default=None,
+        description="Gmail-API accounts: the mailbox's history id read up to (folder is "
+        "INBOX, no UIDs); null: the next read is a full one.",
+    )
+    backoff_until: datetime | None = Field(
+        default=None,
+        description="Gmail-API accounts: Gmail asked to slow down; not read before then.",
+    )
     reports: dict[InboundKind, int] = Field(
         description=f"Messages read in the last {MAILBOX_REPORT_DAYS} days, by kind."
     )
@@ -208,7 +217,8 @@ class AccountHealth(Feedback):
     rates_since: datetime | None = Field(description="Only sends after this count (null: all).")
     window: int = Field(description="At most this many of the newest sends are counted.")
     mailbox: AccountMailbox | None = Field(
-        description="The bouncer's reading of the account's mailbox; null: it has no IMAP settings."
+        description="The bouncer's reading of the account's mailbox; null: it has no IMAP "
+        "settings and is not a Gmail-API account."
     )
 
 
