@@ -1,9 +1,9 @@
 """An aiosmtpd server in the test process, steered by the recipient's local part.
 
 ``tempfailN-...@``: 451 for the first N tries, then accepted. ``reject-...@``: 550.
-``full-...@``: 552. ``late-...@``: the message is taken (recorded), but the reply to the end
-of DATA comes only after ``Handler.late_reply_s`` (default 30 s) or never if the client gave
-up and hung up first. Any login is accepted except with the password ``wrong`` (535).
+``full-...@``: 552. ``unanswered-...@``: the message is taken (recorded), but the reply to
+the end of DATA comes only after ``Handler.late_reply_s`` (default 30 s), or never if the
+client gave up and hung up first. Any login is accepted except with the password ``wrong`` (535).
 A peer made with ``auth=False`` offers no AUTH; with an ``ssl_context`` it speaks TLS from the
 first byte (``tls="implicit"``) or offers STARTTLS (``tls="starttls"``, and AUTH only after it).
 
@@ -115,7 +115,7 @@ class Handler:
                 self.received.append(
                     Received(recipient, str(envelope.mail_from), raw, session.peer)
                 )
-        if any(r.split("@", 1)[0].startswith("late") for r in envelope.rcpt_tos):
+        if any(r.split("@", 1)[0].startswith("unanswered") for r in envelope.rcpt_tos):
             await asyncio.sleep(self.late_reply_s)  # taken, but the client hears nothing
         return "250 2.0.0 Accepted"
 

@@ -100,7 +100,7 @@ async def test_no_reply_once_data_began_leaves_the_message_uncertain_and_never_r
     smtp_peer.handler.late_reply_s = 8
     account = await insert_account(db, smtp_peer.port)
     campaign = await insert_campaign(db)
-    ids = await insert_messages(db, campaign, account, ["late-a@example.org"])
+    ids = await insert_messages(db, campaign, account, ["unanswered-a@example.org"])
     await publish_batch(rabbit_url, account, ids)
     await wait_for(lambda: settled(db, ids, "uncertain"), within=15)
     row = await db.fetchrow("SELECT attempts, last_error FROM messages WHERE id = $1", ids[0])
@@ -110,7 +110,7 @@ async def test_no_reply_once_data_began_leaves_the_message_uncertain_and_never_r
     await publish_batch(rabbit_url, account, ids)  # a repeated command changes nothing
     await wait_for(lambda: sender_idle(sender))
     assert await statuses(db, ids) == ["uncertain"]
-    assert len(smtp_peer.handler.to("late-a@example.org")) == 1
+    assert len(smtp_peer.handler.to("unanswered-a@example.org")) == 1
     # The account goes on, on a new session.
     more = await insert_messages(db, campaign, account, ["after-late@example.org"])
     await publish_batch(rabbit_url, account, more)
